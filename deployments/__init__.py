@@ -1,0 +1,1 @@
+"""How tidemill runs: the local Prefect server, deployments, the worker and the replayer."""

@@ -1,0 +1,168 @@
+"""The resident state of the process that owns the warehouse.
+
+One `Runtime` per process: the open DuckDB connection (DuckDB allows one writing
+process per file), and per pipeline its resolved config and the model serving now.
+Keeping these open between micro-batches is what makes a 5 s cadence cheap: no
+process start, no re-import, no model load per batch.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from tasks.encode import FeatureEncoder
+from tasks.landing import header_of
+from tasks.model import ModelState, make_estimator
+from tidemill.config import PipelineConfig, TidemillConfig
+from tidemill.settings import Settings, get_settings
+from warehouse import registry
+from warehouse.connection import database_path, open_warehouse
+from warehouse.pipeline_tables import ensure_pipeline_tables, stored_schema
+from warehouse.snapshot import publish_snapshot, snapshot_path
+
+log = logging.getLogger("tidemill")
+
+
+@dataclass
+class PipelineState:
+    """A pipeline as the owner holds it between batches."""
+
+    config: PipelineConfig
+    model: ModelState
+    version: int | None  # registry version `model` is, None before the first
+
+
+def fresh_model(config: PipelineConfig) -> ModelState:
+    """An untrained model state for `config` (features must be resolved)."""
+    assert config.features is not None
+    numeric = [f for f in config.features if f not in config.categorical]
+    numeric += [
+        n
+        for spec in config.aggregates
+        for n in (f"{spec.name}_prev_rows", f"{spec.name}_prev_mean")
+    ]
+    periods = {"hour": 24, "weekday": 7, "month": 12}
+    encoder = FeatureEncoder(
+        numeric=numeric,
+        categorical=list(config.categorical),
+        max_categories=config.max_categories,
+        cyclic={f"event_{n}": periods[n] for n in config.time_features},
+    )
+    estimator = make_estimator(config.model.estimator, dict(config.model.params), config.task)
+    classes = config.label_classes if config.task == "classification" else None
+    return ModelState(estimator=estimator, encoder=encoder, task=config.task, classes=classes)
+
+
+@dataclass
+class Runtime:
+    """The owner of one warehouse file and the models of its pipelines."""
+
+    config: TidemillConfig
+    con: duckdb.DuckDBPyConnection
+    pipelines: dict[str, PipelineState] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    snapshot_every_seconds: float = 5.0
+    checkpoint_every_batches: int = 50
+    batches_since_checkpoint: int = 0
+    last_snapshot: float = 0.0
+
+    @classmethod
+    def open(cls, config: TidemillConfig, settings: Settings | None = None) -> Runtime:
+        """Open the warehouse of `config` for writing (fails if another process owns it)."""
+        settings = settings or get_settings()
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            con = open_warehouse(database_path(config.state_dir))
+        except duckdb.IOException as error:
+            raise OwnedElsewhere(
+                f"{database_path(config.state_dir)} is open in another process "
+                "(a running `tidemill up`/`run`?); stop it or use `tidemill query`"
+            ) from error
+        return cls(
+            config=config,
+            con=con,
+            snapshot_every_seconds=settings.snapshot_every_seconds,
+            checkpoint_every_batches=settings.checkpoint_every_batches,
+        )
+
+    @property
+    def state_dir(self) -> Path:
+        return self.config.state_dir
+
+    def pipeline(self, name: str) -> PipelineState | None:
+        """The pipeline's resident state, set up on first use; None while a config without
+        `features` waits for its first landing file to name the columns."""
+        if name in self.pipelines:
+            return self.pipelines[name]
+        config = self.config.pipeline(name)
+        with self.lock:
+            stored = stored_schema(self.con, name)
+            if config.features is None:
+                if stored is not None:
+                    config = config.with_features(list(stored["features"]))  # type: ignore[arg-type]
+                else:
+                    resolved = self._features_from_landing(config)
+                    if resolved is None:
+                        return None
+                    config = config.with_features(resolved)
+            ensure_pipeline_tables(self.con, config)
+            champion = registry.champion(self.con, name)
+            if champion is None:
+                state = PipelineState(config=config, model=fresh_model(config), version=None)
+            else:
+                model = registry.load_artifact(self.state_dir, champion)
+                state = PipelineState(config=config, model=model, version=champion.version)
+        self.pipelines[name] = state
+        return state
+
+    @staticmethod
+    def _features_from_landing(config: PipelineConfig) -> list[str] | None:
+        files = sorted(glob.glob(config.source.path))
+        if not files:
+            return None
+        special = {config.event_time, config.target, config.key}
+        return [c for c in header_of(files[0], config.source.format) if c not in special]
+
+    def reload_model(self, name: str) -> None:
+        """Forget the in-memory model of `name` and load the champion again (after a
+        failed batch, so nothing it half-learned survives)."""
+        self.pipelines.pop(name, None)
+        self.pipeline(name)
+
+    def after_commit(self) -> None:
+        """Checkpoint every N batches and publish the read-only snapshot when due."""
+        self.batches_since_checkpoint += 1
+        due = time.monotonic() - self.last_snapshot >= self.snapshot_every_seconds
+        if self.batches_since_checkpoint < self.checkpoint_every_batches and not due:
+            return
+        with self.lock:
+            try:
+                self.con.execute("CHECKPOINT")
+            except duckdb.Error as error:  # a reader holds a transaction: try next batch
+                log.debug("checkpoint skipped: %s", error)
+                return
+            self.batches_since_checkpoint = 0
+            if due:
+                publish_snapshot(database_path(self.state_dir), snapshot_path(self.state_dir))
+                self.last_snapshot = time.monotonic()
+
+    def close(self) -> None:
+        """Checkpoint, publish a last snapshot and close the file."""
+        with self.lock:
+            try:
+                self.con.execute("CHECKPOINT")
+                publish_snapshot(database_path(self.state_dir), snapshot_path(self.state_dir))
+            except duckdb.Error as error:
+                log.warning("final checkpoint failed: %s", error)
+            self.con.close()
+
+
+class OwnedElsewhere(RuntimeError):
+    """The warehouse file is held by another process."""

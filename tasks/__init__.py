@@ -1,0 +1,1 @@
+"""Units of work: pure Polars / numpy / scikit-learn logic (no Prefect, no DuckDB)."""

@@ -1,0 +1,120 @@
+"""Rows -> a numeric matrix, with state that learns online and never looks ahead.
+
+`FeatureEncoder` keeps, per numeric column, a running count/mean/M2 merged with Chan's
+parallel formula (stable in float64 on endless streams, unlike summing squares), and
+per categorical column a vocabulary in order of first appearance capped at
+`max_categories` (later newcomers share one "other" slot). The matrix width is fixed
+at construction, so a linear model's coefficients keep their shape forever.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+OTHER = "\x00other"
+
+
+@dataclass
+class RunningMoments:
+    """Count, mean and sum of squared deviations of one column, mergeable batch by batch."""
+
+    count: float = 0.0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def merge(self, values: np.ndarray) -> None:
+        """Fold the finite values of `values` in (Chan et al. 1979)."""
+        finite = values[np.isfinite(values)]
+        n = float(finite.size)
+        if n == 0:
+            return
+        batch_mean = float(finite.mean())
+        batch_m2 = float(((finite - batch_mean) ** 2).sum())
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += batch_m2 + delta * delta * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation; 1.0 until there is spread to measure."""
+        if self.count < 2:
+            return 1.0
+        value = math.sqrt(self.m2 / self.count)
+        return value if value > 1e-12 else 1.0
+
+
+@dataclass
+class FeatureEncoder:
+    """Online encoder for a fixed list of numeric and categorical columns."""
+
+    numeric: list[str]
+    categorical: list[str]
+    max_categories: int
+    cyclic: dict[str, int] = field(default_factory=dict)  # column -> period (hour: 24)
+    moments: dict[str, RunningMoments] = field(default_factory=dict)
+    vocab: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.numeric:
+            self.moments.setdefault(name, RunningMoments())
+        for name in self.categorical:
+            self.vocab.setdefault(name, {})
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Names of the matrix columns, in order."""
+        names = list(self.numeric)
+        for name, period in self.cyclic.items():
+            del period
+            names += [f"{name}_sin", f"{name}_cos"]
+        for name in self.categorical:
+            names += [f"{name}={i}" for i in range(self.max_categories)] + [f"{name}=other"]
+        return names
+
+    def update(self, frame: pl.DataFrame) -> None:
+        """Learn scaling moments and new categories from `frame` (no labels are used)."""
+        for name in self.numeric:
+            self.moments[name].merge(frame[name].cast(pl.Float64).to_numpy().astype(np.float64))
+        for name in self.categorical:
+            vocab = self.vocab[name]
+            for value in frame[name].drop_nulls().unique(maintain_order=True).to_list():
+                if value not in vocab and len(vocab) < self.max_categories:
+                    vocab[value] = len(vocab)
+
+    def transform(self, frame: pl.DataFrame) -> np.ndarray:
+        """The float64 matrix of `frame`: scaled numerics (nulls at the mean, i.e. 0),
+        sin/cos of cyclic columns, one-hot categories."""
+        n = frame.height
+        blocks: list[np.ndarray] = []
+        for name in self.numeric:
+            m = self.moments[name]
+            values = frame[name].cast(pl.Float64).to_numpy().astype(np.float64)
+            scaled = (values - m.mean) / m.std
+            blocks.append(np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0)[:, None])
+        for name, period in self.cyclic.items():
+            angle = frame[name].cast(pl.Float64).fill_null(0).to_numpy() * (2 * math.pi / period)
+            blocks.append(np.column_stack([np.sin(angle), np.cos(angle)]))
+        for name in self.categorical:
+            vocab = self.vocab[name]
+            onehot = np.zeros((n, self.max_categories + 1))
+            column = frame[name].cast(pl.Utf8)
+            codes = (
+                column.replace_strict(
+                    list(vocab),
+                    list(vocab.values()),
+                    default=self.max_categories,
+                    return_dtype=pl.Int64,
+                )
+                .set(column.is_null(), -1)
+                .to_numpy()
+            )
+            present = codes >= 0
+            onehot[np.nonzero(present)[0], codes[present]] = 1.0
+            blocks.append(onehot)
+        return np.hstack(blocks) if blocks else np.zeros((n, 0))

@@ -1,0 +1,30 @@
+"""Prequential metrics: how well the model scored a batch it had not yet learned."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tasks.model import Scores
+
+
+def prequential_metrics(task: str, scores: Scores, y: np.ndarray) -> dict[str, float]:
+    """Metric name -> value over the labelled rows (`y`, aligned with `scores`).
+
+    Classification: accuracy, and log_loss when probabilities exist (clipped at 1e-15,
+    natural log). Regression: mae, rmse. Empty input gives no metrics.
+    """
+    if y.size == 0:
+        return {}
+    if task == "regression":
+        error = scores.predictions.astype(np.float64) - y.astype(np.float64)
+        return {"mae": float(np.abs(error).mean()), "rmse": float(math.sqrt((error**2).mean()))}
+    truth = y.astype(str)
+    metrics = {"accuracy": float((scores.predictions == truth).mean())}
+    if scores.proba is not None and scores.labels is not None:
+        index = {str(c): i for i, c in enumerate(scores.labels)}
+        columns = np.array([index[t] for t in truth])
+        p = np.clip(scores.proba[np.arange(truth.size), columns], 1e-15, 1.0)
+        metrics["log_loss"] = float(-np.log(p).mean())
+    return metrics

@@ -1,0 +1,152 @@
+"""Online models: the estimator registry and the prequential score-then-learn step.
+
+A :class:`ModelState` is everything one model version needs to predict: the
+scikit-learn estimator, the feature encoder, the class list and counters. It is what
+an artifact file holds. `learn` never mutates its input state: it returns a new one,
+so a batch that fails to commit leaves the serving model untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from tasks.encode import FeatureEncoder
+
+# name -> (module, class, defaults, task it serves)
+ESTIMATORS: dict[str, tuple[str, str, dict[str, Any], str]] = {
+    "sgd_classifier": (
+        "sklearn.linear_model",
+        "SGDClassifier",
+        {"random_state": 0},
+        "classification",
+    ),
+    "sgd_regressor": ("sklearn.linear_model", "SGDRegressor", {"random_state": 0}, "regression"),
+    "perceptron": ("sklearn.linear_model", "Perceptron", {"random_state": 0}, "classification"),
+    "passive_aggressive": (
+        "sklearn.linear_model",
+        "PassiveAggressiveClassifier",
+        {"random_state": 0},
+        "classification",
+    ),
+}
+
+
+class ModelSpecError(ValueError):
+    """An estimator name or parameters that cannot make a model; one actionable line."""
+
+
+def make_estimator(name: str, params: dict[str, Any], task: str) -> BaseEstimator:
+    """A fresh estimator from a registry name or a dotted path, validated for `task`."""
+    if name in ESTIMATORS:
+        module_name, class_name, defaults, serves = ESTIMATORS[name]
+        if serves != task:
+            raise ModelSpecError(
+                f"estimator '{name}' is for {serves}, but the pipeline task is {task}"
+            )
+        params = {**defaults, **params}
+    elif "." in name:
+        module_name, _, class_name = name.rpartition(".")
+    else:
+        known = ", ".join(sorted(ESTIMATORS))
+        raise ModelSpecError(f"unknown estimator '{name}' (known: {known}, or a dotted path)")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise ModelSpecError(f"cannot import estimator '{module_name}.{class_name}'") from None
+    if not hasattr(cls, "partial_fit"):
+        raise ModelSpecError(f"estimator '{name}' has no partial_fit, so it cannot learn online")
+    try:
+        estimator = cls(**params)
+        estimator._validate_params()
+    except (TypeError, ValueError) as error:
+        raise ModelSpecError(f"estimator '{name}' rejects its params: {error}") from None
+    return estimator
+
+
+@dataclass
+class ModelState:
+    """One model version's content: estimator + encoder + counters."""
+
+    estimator: BaseEstimator
+    encoder: FeatureEncoder
+    task: str
+    classes: list[str] | None
+    rows_seen: int = 0
+    batches_seen: int = 0
+
+    @property
+    def fitted(self) -> bool:
+        """True once the estimator has learned at least one row."""
+        return self.rows_seen > 0
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Matrix column names the estimator sees."""
+        return self.encoder.feature_names
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Predictions for every row of a batch, made before the batch is learned."""
+
+    predictions: np.ndarray  # labels (str) or values (float)
+    scores: np.ndarray  # P(positive class) or the predicted value; NaN when unknown
+    proba: np.ndarray | None  # (n, n_classes) when the estimator has predict_proba
+    labels: np.ndarray | None = None  # class of each proba column (estimator.classes_)
+
+    def subset(self, mask: np.ndarray) -> Scores:
+        """The scores of the rows where `mask` is true."""
+        return Scores(
+            predictions=self.predictions[mask],
+            scores=self.scores[mask],
+            proba=self.proba[mask] if self.proba is not None else None,
+            labels=self.labels,
+        )
+
+
+def predict(state: ModelState, x: np.ndarray) -> Scores | None:
+    """Scores of `state` on `x`, or None while the model has learned nothing."""
+    if not state.fitted or x.shape[0] == 0:
+        return None
+    estimator: Any = state.estimator
+    predictions = estimator.predict(x)
+    if state.task == "regression":
+        values = predictions.astype(np.float64)
+        return Scores(predictions=values, scores=values, proba=None)
+    proba = estimator.predict_proba(x) if hasattr(estimator, "predict_proba") else None
+    labels = np.asarray(estimator.classes_).astype(str)
+    positive = int(np.flatnonzero(labels == str(state.classes[-1]))[0]) if state.classes else -1
+    if proba is not None:
+        scores = proba[:, positive]
+    elif hasattr(estimator, "decision_function"):
+        decision = estimator.decision_function(x)
+        scores = decision if decision.ndim == 1 else decision[:, positive]
+    else:
+        scores = np.full(x.shape[0], np.nan)
+    return Scores(
+        predictions=predictions.astype(str),
+        scores=scores.astype(np.float64),
+        proba=proba,
+        labels=labels,
+    )
+
+
+def learn(state: ModelState, x: np.ndarray, y: np.ndarray) -> ModelState:
+    """A new state that has also learned (x, y); `state` itself is left as it was."""
+    new = copy.deepcopy(state)
+    if x.shape[0] == 0:
+        return new
+    estimator: Any = new.estimator
+    if state.task == "classification":
+        estimator.partial_fit(x, y.astype(str), classes=np.array(state.classes, dtype=str))
+    else:
+        estimator.partial_fit(x, y.astype(np.float64))
+    new.rows_seen += int(x.shape[0])
+    new.batches_seen += 1
+    return new

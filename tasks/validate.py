@@ -1,0 +1,210 @@
+"""Text records -> typed rows that passed every check, and rejects with their reasons.
+
+Pure Polars. A row is rejected when any of its declared values does not parse as the
+declared type, a required field is empty, its event time is out of range, or its key
+repeats one seen earlier (in this batch or, via `known_keys`, in the warehouse). Every
+reason of a row is kept (joined with "; ") so a person can fix all of them at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import polars as pl
+
+from tidemill.config import PipelineConfig
+
+_TIMESTAMP_FORMATS = (
+    "%Y-%m-%dT%H:%M:%S%.fZ",
+    "%Y-%m-%dT%H:%M:%S%.f%:z",
+    "%Y-%m-%dT%H:%M:%S%.f%z",
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M",
+    "%Y-%m-%d",
+)
+_EPOCH_MS_ABOVE = 1e11  # a number this large is milliseconds, not seconds
+EARLIEST = datetime(1970, 1, 1)
+FUTURE_SLACK = timedelta(days=1)
+_TRUE = {"1", "true", "yes", "1.0"}
+_FALSE = {"0", "false", "no", "0.0"}
+
+
+@dataclass(frozen=True)
+class Validated:
+    """Result of :func:`validate_records`: typed good rows and rejected rows."""
+
+    accepted: pl.DataFrame
+    rejected: pl.DataFrame
+
+
+def parse_timestamp(column: pl.Expr) -> pl.Expr:
+    """Text (ISO-8601 with or without offset, or epoch s/ms) -> UTC Datetime, null if not."""
+    text = column.str.strip_chars().str.replace(" ", "T", literal=True)
+    candidates = [
+        text.str.strptime(pl.Datetime("us", "UTC"), fmt, strict=False) for fmt in _TIMESTAMP_FORMATS
+    ]
+    number = column.str.strip_chars().cast(pl.Float64, strict=False)
+    seconds = pl.when(number.abs() >= _EPOCH_MS_ABOVE).then(number / 1000).otherwise(number)
+    epoch = (
+        (seconds * 1_000_000)
+        .round(0)
+        .cast(pl.Int64, strict=False)
+        .cast(pl.Datetime("us", "UTC"), strict=False)
+    )
+    return pl.coalesce(*candidates, epoch).dt.replace_time_zone(None)
+
+
+def parse_number(column: pl.Expr) -> pl.Expr:
+    """Text -> finite Float64; empty text -> null; anything else -> NaN (flagged later)."""
+    text = column.str.strip_chars()
+    value = text.cast(pl.Float64, strict=False)
+    return (
+        pl.when(text.is_null() | (text == ""))
+        .then(None)
+        .when(value.is_null() | value.is_infinite() | value.is_nan())
+        .then(float("nan"))
+        .otherwise(value)
+    )
+
+
+def canonical_label(column: pl.Expr) -> pl.Expr:
+    """Class label text with numeric spellings unified ("1.0" -> "1", "true" -> "1")."""
+    text = column.str.strip_chars()
+    lowered = text.str.to_lowercase()
+    number = text.cast(pl.Float64, strict=False)
+    return (
+        pl.when(text.is_null() | (text == ""))
+        .then(None)
+        .when(lowered.is_in(list(_TRUE - {"1.0"})))
+        .then(pl.lit("1"))
+        .when(lowered.is_in(list(_FALSE - {"0.0"})))
+        .then(pl.lit("0"))
+        .when(number.is_not_null() & (number == number.round(0)) & (number.abs() < 1e15))
+        .then(number.cast(pl.Int64, strict=False).cast(pl.Utf8))
+        .otherwise(text)
+    )
+
+
+def _reason(condition: pl.Expr, message: pl.Expr | str) -> pl.Expr:
+    text = pl.lit(message) if isinstance(message, str) else message
+    return pl.when(condition).then(text).otherwise(None)
+
+
+def _typed(name: str) -> str:
+    return f"{name}\x00typed"
+
+
+def typed_columns(config: PipelineConfig) -> dict[str, pl.Expr]:
+    """Declared column -> expression turning its text into the declared type (null if not)."""
+    assert config.features is not None, "features must be resolved before validation"
+    exprs = {config.event_time: parse_timestamp(pl.col(config.event_time))}
+    if config.key:
+        exprs[config.key] = pl.col(config.key).str.strip_chars()
+    for name in config.features:
+        if name in config.categorical:
+            text = pl.col(name).str.strip_chars()
+            exprs[name] = pl.when(text == "").then(None).otherwise(text)
+        else:
+            exprs[name] = parse_number(pl.col(name))
+    if config.task == "classification":
+        exprs[config.target] = canonical_label(pl.col(config.target))
+    else:
+        exprs[config.target] = parse_number(pl.col(config.target))
+    return exprs
+
+
+def _row_reasons(
+    config: PipelineConfig, now: datetime, known_keys: pl.Series | None
+) -> list[pl.Expr]:
+    assert config.features is not None
+    ts_text, ts = pl.col(config.event_time), pl.col(_typed(config.event_time))
+    horizon = now.replace(tzinfo=None) + FUTURE_SLACK
+    empty_ts = ts_text.is_null() | (ts_text.str.strip_chars() == "")
+    reasons = [
+        _reason(empty_ts, f"{config.event_time} is empty"),
+        _reason(
+            ts.is_null() & ~empty_ts,
+            pl.format("{} '{}' is not a timestamp", pl.lit(config.event_time), ts_text),
+        ),
+        _reason(
+            (ts < EARLIEST) | (ts > horizon),
+            pl.format(
+                "{} '{}' is outside {} .. {}",
+                pl.lit(config.event_time),
+                ts_text,
+                pl.lit(EARLIEST.date().isoformat()),
+                pl.lit(horizon.isoformat(timespec="seconds")),
+            ),
+        ),
+    ]
+    if config.key:
+        key = pl.col(_typed(config.key))
+        reasons.append(_reason(key.is_null() | (key == ""), f"{config.key} is empty"))
+        reasons.append(
+            _reason(
+                key.is_not_null() & ~key.is_first_distinct(),
+                f"duplicate {config.key} within the batch",
+            )
+        )
+        if known_keys is not None and known_keys.len() > 0:
+            reasons.append(
+                _reason(key.is_in(known_keys.implode()), f"duplicate {config.key}: already stored")
+            )
+    numeric = [f for f in config.features if f not in config.categorical]
+    if config.task == "regression":
+        numeric.append(config.target)
+    for name in numeric:
+        reasons.append(
+            _reason(
+                pl.col(_typed(name)).is_nan(),
+                pl.format("{} '{}' is not a finite number", pl.lit(name), pl.col(name)),
+            )
+        )
+    if config.task == "classification":
+        target = pl.col(_typed(config.target))
+        reasons.append(
+            _reason(
+                target.is_not_null() & ~target.is_in(config.label_classes),
+                pl.format(
+                    "{} '{}' is not one of the classes {}; declare pipelines.{}.classes",
+                    pl.lit(config.target),
+                    pl.col(config.target),
+                    pl.lit(", ".join(config.label_classes)),
+                    pl.lit(config.name),
+                ),
+            )
+        )
+    return reasons
+
+
+def _row_reason(config: PipelineConfig, now: datetime, known_keys: pl.Series | None) -> pl.Expr:
+    """A structural reject stands alone; otherwise every failed check, joined."""
+    checks = pl.concat_str(_row_reasons(config, now, known_keys), separator="; ", ignore_nulls=True)
+    return pl.coalesce(pl.col("_reject"), pl.when(checks != "").then(checks))
+
+
+def validate_records(
+    records: pl.DataFrame,
+    config: PipelineConfig,
+    now: datetime,
+    known_keys: pl.Series | None = None,
+) -> Validated:
+    """Split parsed text records into typed accepted rows and rejects with reasons.
+
+    `records` has one text column per declared field plus `_line`, `_raw`, `_reject`
+    and any other `_`-prefixed meta columns (carried through to both outputs). `now`
+    bounds event times from above (plus a day of slack); `known_keys` are keys that
+    are already stored.
+    """
+    typed = typed_columns(config)
+    meta = [c for c in records.columns if c.startswith("_") and c not in ("_raw", "_reject")]
+    checked = records.with_columns(
+        [expr.alias(_typed(name)) for name, expr in typed.items()]
+    ).with_columns(_row_reason(config, now, known_keys).alias("_reason"))
+    bad = pl.col("_reason").is_not_null()
+    rejected = checked.filter(bad).select(*meta, "_raw", pl.col("_reason").alias("reason"))
+    accepted = checked.filter(~bad).select(
+        *[pl.col(_typed(name)).alias(name) for name in typed], *meta
+    )
+    return Validated(accepted=accepted, rejected=rejected)

@@ -1,0 +1,212 @@
+"""The in-process executor and the local server, against a real Prefect server.
+
+The server is started once for the module on a free port in a temporary
+state dir; the tests run in file order, the last one restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+from prefect.states import Cancelling, Pending, Running
+from prefect.utilities.engine import propose_state
+
+from deployments.executor import InProcessExecutor, ensure_deployment
+from deployments.prefect_server import is_healthy, start_server, stop_server
+
+pytestmark = pytest.mark.slow
+
+# (pid, parameter, start, end) of every execution of `tick`, kept across runs
+# because the runs execute in this process.
+TICKS: list[tuple[int, int, float, float]] = []
+
+
+@flow(name="tidemill-test-tick")
+async def tick(n: int = 0) -> int:
+    start = time.monotonic()
+    await asyncio.sleep(0.05)
+    TICKS.append((os.getpid(), n, start, time.monotonic()))
+    return n
+
+
+@flow(name="tidemill-test-sleeper")
+async def sleeper(seconds: float = 30.0) -> None:
+    await asyncio.sleep(seconds)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
+    state_dir = tmp_path_factory.mktemp("state")
+    port = _free_port()
+    started = time.monotonic()
+    start_server(state_dir, port)
+    print(f"\nserver start: {time.monotonic() - started:.1f} s")
+    settings: dict[Any, Any] = {
+        PREFECT_API_URL: f"http://127.0.0.1:{port}/api",
+        PREFECT_HOME: str(state_dir / "prefect"),
+    }
+    try:
+        with temporary_settings(updates=settings):
+            yield state_dir, port
+    finally:
+        stop_server(state_dir)
+
+
+async def _runs(deployment_id: UUID) -> list[FlowRun]:
+    async with get_client() as client:
+        return await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        )
+
+
+async def _execute_for(executor: InProcessExecutor, seconds: float) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(executor.run(stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.wait_for(task, timeout=30)
+
+
+def test_scheduled_runs_execute_in_this_process_one_at_a_time(server: Any) -> None:
+    async def scenario() -> tuple[InProcessExecutor, list[FlowRun], float]:
+        deployment_id = await ensure_deployment(
+            tick, name="every-2s", interval_seconds=2, parameters={"n": 7}, tags=["test"]
+        )
+        # Re-applying must not create a second deployment or schedule.
+        again = await ensure_deployment(
+            tick, name="every-2s", interval_seconds=2, parameters={"n": 7}, tags=["test"]
+        )
+        assert again == deployment_id
+        async with get_client() as client:
+            deployment = await client.read_deployment(deployment_id)
+        assert len(deployment.schedules) == 1
+        assert deployment.work_pool_name is None
+        # The scheduler loop runs every 5 s: wait for the first runs to exist.
+        for _ in range(40):
+            if await _runs(deployment_id):
+                break
+            await asyncio.sleep(0.25)
+        executor = InProcessExecutor({deployment_id: tick}, poll_interval=0.5)
+        cpu = time.process_time()
+        await _execute_for(executor, 12)
+        cpu = time.process_time() - cpu
+        return executor, await _runs(deployment_id), cpu
+
+    TICKS.clear()
+    executor, runs, cpu = asyncio.run(scenario())
+    completed = [r for r in runs if r.state_type == StateType.COMPLETED]
+    assert len(completed) >= 3
+    assert not [r for r in runs if r.state_type in (StateType.FAILED, StateType.CRASHED)]
+    assert executor.stats["failed"] == 0
+    assert len(TICKS) == len(completed)
+    assert {(pid, n) for pid, n, _, _ in TICKS} == {(os.getpid(), 7)}
+    ordered = sorted(TICKS, key=lambda t: t[2])
+    assert all(prev[3] <= nxt[2] for prev, nxt in itertools.pairwise(ordered))
+
+    lateness = sorted(
+        (r.start_time - r.expected_start_time).total_seconds()
+        for r in completed
+        if r.start_time and r.expected_start_time
+    )
+    p95 = lateness[min(len(lateness) - 1, round(0.95 * (len(lateness) - 1)))]
+    print(
+        f"\n{len(completed)} runs, executor CPU {cpu / len(completed):.3f} s/run, "
+        f"lateness p50 {statistics.median(lateness):.2f} s p95 {p95:.2f} s, "
+        f"stats {dict(executor.stats)}"
+    )
+
+
+def test_runs_left_running_by_a_killed_executor_are_crashed(server: Any) -> None:
+    async def scenario() -> tuple[FlowRun, FlowRun]:
+        deployment_id = await ensure_deployment(
+            tick, name="leftover", interval_seconds=3600, parameters={"n": 1}, tags=[], paused=True
+        )
+        async with get_client() as client:
+            # What a SIGKILLed executor leaves: a claimed run (holding the
+            # deployment's only concurrency slot) stuck in Running.
+            stuck = await client.create_flow_run_from_deployment(deployment_id)
+            assert (await propose_state(client, Pending(), flow_run_id=stuck.id)).is_pending()
+            assert (await propose_state(client, Running(), flow_run_id=stuck.id)).is_running()
+            fresh = await client.create_flow_run_from_deployment(deployment_id)
+            await _execute_for(InProcessExecutor({deployment_id: tick}), 3)
+            return await client.read_flow_run(stuck.id), await client.read_flow_run(fresh.id)
+
+    stuck, fresh = asyncio.run(scenario())
+    assert stuck.state_type == StateType.CRASHED
+    # The crashed run released the slot, so the next run could be claimed.
+    assert fresh.state_type == StateType.COMPLETED
+
+
+def test_cancelling_a_run_cancels_its_task(server: Any) -> None:
+    async def scenario() -> FlowRun:
+        deployment_id = await ensure_deployment(
+            sleeper, name="cancel-me", interval_seconds=3600, parameters={}, tags=[], paused=True
+        )
+        executor = InProcessExecutor({deployment_id: sleeper})
+        async with get_client() as client:
+            run = await client.create_flow_run_from_deployment(deployment_id)
+            stop = asyncio.Event()
+            task = asyncio.create_task(executor.run(stop))
+            for _ in range(40):
+                await asyncio.sleep(0.25)
+                if (await client.read_flow_run(run.id)).state_type == StateType.RUNNING:
+                    break
+            await client.set_flow_run_state(run.id, Cancelling())
+            await asyncio.sleep(2)
+            stop.set()
+            await asyncio.wait_for(task, timeout=10)  # would wait 30 s if not cancelled
+            assert executor.stats["cancelled"] == 1
+            return await client.read_flow_run(run.id)
+
+    run = asyncio.run(scenario())
+    assert run.state_type == StateType.CANCELLED
+
+
+def test_server_start_is_idempotent_and_refuses_a_busy_port(server: Any, tmp_path: Path) -> None:
+    state_dir, port = server
+    pid = start_server(state_dir, port)
+    assert start_server(state_dir, port) == pid
+
+    with pytest.raises(RuntimeError, match=f"port {port} is already used by a Prefect server"):
+        start_server(tmp_path / "other", port)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        busy = squatter.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"port {busy} is already used by another process"):
+            start_server(tmp_path / "other", busy)
+
+    stale = tmp_path / "stale"
+    (stale / "run").mkdir(parents=True)
+    (stale / "run" / "prefect-server.pid").write_text(f"{pid + 10_000_000}\n")
+    assert stop_server(stale) is False
+    assert not (stale / "run" / "prefect-server.pid").exists()
+
+    assert stop_server(state_dir) is True
+    assert stop_server(state_dir) is False
+    assert not is_healthy(port)
+    started = time.monotonic()
+    assert start_server(state_dir, port) != pid
+    print(f"\nserver restart (migrated db): {time.monotonic() - started:.1f} s")
+    assert is_healthy(port)

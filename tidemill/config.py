@@ -1,0 +1,249 @@
+"""Pipelines as config: the TOML file that declares sources, schema, model and cadence.
+
+`load_config` returns a validated :class:`TidemillConfig` or raises :class:`ConfigError`
+whose message is ONE line naming the key and what is allowed — the CLI prints it as is.
+Relative paths resolve against the folder of the config file.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+TimeFeature = Literal["hour", "weekday", "month"]
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message is one actionable line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FilesSource(_Strict):
+    """A landing folder: every file matching `path` is read once (see tasks/sources.py)."""
+
+    kind: Literal["files"]
+    path: str = Field(description="Glob of landing files, relative to the config file's folder.")
+    format: Literal["csv", "parquet", "ndjson"] = "csv"
+    settle_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="A file modified less than this long ago is left for the next cycle "
+        "(its writer may still be writing). Drains ignore it.",
+    )
+
+
+class ModelSpec(_Strict):
+    """The estimator by registry name (or dotted path) and its constructor parameters."""
+
+    estimator: str = "sgd_classifier"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class AggregateSpec(_Strict):
+    """An event-time window aggregate per key: `agg.<pipeline>_<name>`."""
+
+    name: str
+    by: list[str] = Field(min_length=1)
+    every: str = "1h"
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, value: str) -> str:
+        if not IDENTIFIER.match(value):
+            raise ValueError("must be lowercase letters, digits and _ (a SQL name)")
+        return value
+
+    @field_validator("every")
+    @classmethod
+    def _every_is_duration(cls, value: str) -> str:
+        if not DURATION.match(value):
+            raise ValueError("must be a duration like '15m', '1h' or '1d'")
+        return value
+
+    @property
+    def every_seconds(self) -> int:
+        """Window length in seconds."""
+        match = DURATION.match(self.every)
+        assert match is not None
+        return int(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+
+
+class PipelineConfig(_Strict):
+    """One pipeline: where rows come from, what they mean, what learns from them."""
+
+    name: str
+    source: FilesSource
+    event_time: str
+    key: str | None = None
+    target: str
+    features: list[str] | None = None
+    categorical: list[str] = Field(default_factory=list)
+    task: Literal["classification", "regression"] = "classification"
+    classes: list[str] | None = None
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    batch_rows: int = Field(default=500, ge=1, le=1_000_000)
+    every_seconds: float = Field(default=5.0, ge=1)
+    time_features: list[TimeFeature] = Field(default_factory=list)
+    aggregates: list[AggregateSpec] = Field(default_factory=list)
+    max_categories: int = Field(default=64, ge=1, le=10_000)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, value: str) -> str:
+        if not IDENTIFIER.match(value):
+            raise ValueError("pipeline names must be lowercase letters, digits and _")
+        return value
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _classes_as_text(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [str(v) for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _columns_are_consistent(self) -> PipelineConfig:
+        special = {self.event_time, self.target} | ({self.key} if self.key else set())
+        features = self.features or []
+        clash = special & set(features)
+        if clash:
+            raise ValueError(f"features may not include event_time/key/target ({sorted(clash)})")
+        if self.features is not None:
+            unknown = set(self.categorical) - set(features)
+            if unknown:
+                raise ValueError(f"categorical names columns not in features: {sorted(unknown)}")
+            for agg in self.aggregates:
+                missing = set(agg.by) - set(features) - special
+                if missing:
+                    raise ValueError(
+                        f"aggregate '{agg.name}' groups by unknown columns {sorted(missing)}"
+                    )
+        if self.task == "classification" and self.classes is not None and len(self.classes) < 2:
+            raise ValueError("classes needs at least two labels")
+        names = [a.name for a in self.aggregates]
+        if len(set(names)) != len(names):
+            raise ValueError("aggregate names must be unique")
+        return self
+
+    @property
+    def label_classes(self) -> list[str]:
+        """Declared class labels (text); 0/1 when the config declares none."""
+        return self.classes if self.classes is not None else ["0", "1"]
+
+    def with_features(self, features: list[str]) -> PipelineConfig:
+        """This pipeline with its feature list resolved (when the config left it out)."""
+        return self.model_copy(update={"features": features})
+
+
+class StateConfig(_Strict):
+    """Where the DuckDB file, artifacts, snapshots and server state live."""
+
+    dir: Path = Path(".tidemill")
+
+
+class TidemillConfig(_Strict):
+    """A whole config file."""
+
+    state: StateConfig = Field(default_factory=StateConfig)
+    pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
+    path: Path = Path("tidemill.toml")
+
+    @property
+    def state_dir(self) -> Path:
+        """Absolute state folder."""
+        return self.state.dir
+
+    def pipeline(self, name: str) -> PipelineConfig:
+        """The named pipeline, or a ConfigError listing the declared ones."""
+        if name not in self.pipelines:
+            known = ", ".join(sorted(self.pipelines)) or "none"
+            raise ConfigError(f"{self.path}: no pipeline named '{name}' (declared: {known})")
+        return self.pipelines[name]
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("function-after[_columns_are_consistent()]",)]
+    return ".".join(p for p in parts if not p.startswith(("function-", "tagged-union")))
+
+
+def _one_line(path: Path, error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = _location(first["loc"])
+    kind = first["type"]
+    message = first["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        message = "unknown key (check the spelling; see docs/configuration.md)"
+    elif kind == "missing":
+        message = "is required"
+    elif kind == "literal_error":
+        message = message.replace("Input should be", "must be")
+    got = first.get("input")
+    suffix = (
+        f" (got {got!r})" if kind not in ("missing", "extra_forbidden") and got is not None else ""
+    )
+    if isinstance(got, dict | list):
+        suffix = ""
+    return f"{path}: {where}: {message}{suffix}" if where else f"{path}: {message}"
+
+
+def parse_config(raw: dict[str, Any], path: Path) -> TidemillConfig:
+    """Validate a parsed TOML document; paths resolve against `path`'s folder."""
+    base = path.resolve().parent
+    pipelines = raw.get("pipelines", {})
+    if not isinstance(pipelines, dict):
+        raise ConfigError(f"{path}: pipelines: must be a table of [pipelines.NAME] sections")
+    document = dict(raw)
+    document["pipelines"] = {}
+    for name, body in pipelines.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: pipelines.{name}: must be a table")
+        body = {**body, "name": name}
+        source = body.get("source")
+        if isinstance(source, dict) and isinstance(source.get("path"), str):
+            source_path = Path(source["path"])
+            if not source_path.is_absolute():
+                source = {**source, "path": str(base / source_path)}
+            body["source"] = source
+        document["pipelines"][name] = body
+    state = document.get("state", {})
+    if isinstance(state, dict) and "dir" in state:
+        state_dir = Path(str(state["dir"]))
+        document["state"] = {
+            **state,
+            "dir": state_dir if state_dir.is_absolute() else base / state_dir,
+        }
+    else:
+        document["state"] = {
+            **(state if isinstance(state, dict) else {}),
+            "dir": base / ".tidemill",
+        }
+    document["path"] = path
+    try:
+        return TidemillConfig.model_validate(document)
+    except ValidationError as error:
+        raise ConfigError(_one_line(path, error)) from None
+
+
+def load_config(path: Path) -> TidemillConfig:
+    """Read and validate a config file, or raise ConfigError (one line)."""
+    if not path.exists():
+        raise ConfigError(
+            f"{path}: config file not found (pass --config PATH or set TIDEMILL_CONFIG)"
+        )
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    return parse_config(raw, path)

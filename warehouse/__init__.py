@@ -1,0 +1,1 @@
+"""DuckDB: schema migrations, connections, ledgers, watermarks and the model registry."""

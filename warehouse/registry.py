@@ -1,0 +1,168 @@
+"""The model registry: artifact files and their `ml.model_versions` rows.
+
+An artifact is written (temp file, fsync, rename) BEFORE the batch that registers it
+commits; a crash in between leaves an orphan file that no row points at, never a row
+without its file. Loading checks the file's SHA-256 against the registry row first:
+joblib files are pickles, and unpickling runs code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import joblib
+import numpy
+import polars
+import sklearn
+
+ARTIFACTS_DIR = "artifacts"
+
+
+class ArtifactIntegrityError(RuntimeError):
+    """An artifact file is missing or does not match the hash its registry row recorded."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One row of ml.model_versions."""
+
+    pipeline: str
+    version: int
+    parent_version: int | None
+    batch_id: int
+    rows_seen: int
+    batches_seen: int
+    created_at: datetime
+    artifact_path: str
+    sha256: str
+    estimator: str
+    params_json: str
+    library_versions: str
+    feature_names: list[str]
+    status: str
+    metrics_json: str
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Prequential metrics recorded with this version."""
+        return dict(json.loads(self.metrics_json))
+
+
+COLUMNS = [f for f in ModelVersion.__dataclass_fields__]
+
+
+def library_versions() -> str:
+    """JSON of the library versions an artifact depends on."""
+    return json.dumps(
+        {
+            "python": platform.python_version(),
+            "scikit-learn": sklearn.__version__,
+            "numpy": numpy.__version__,
+            "joblib": joblib.__version__,
+            "polars": polars.__version__,
+        },
+        sort_keys=True,
+    )
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def artifact_relpath(pipeline: str, version: int, batch_id: int) -> str:
+    """Artifact location relative to the state folder (unique per batch attempt)."""
+    return f"{ARTIFACTS_DIR}/{pipeline}/v{version:06d}-b{batch_id}.joblib"
+
+
+def write_artifact(state_dir: Path, relpath: str, state: Any) -> str:
+    """Durably write `state` to `relpath` under `state_dir`; returns its SHA-256."""
+    target = state_dir / relpath
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".part")
+    with partial.open("wb") as handle:
+        joblib.dump(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, target)
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return sha256_of(target)
+
+
+def load_artifact(state_dir: Path, version: ModelVersion) -> Any:
+    """The model state of `version`, after checking the file against its recorded hash."""
+    path = state_dir / version.artifact_path
+    if not path.exists():
+        raise ArtifactIntegrityError(
+            f"artifact of {version.pipeline} v{version.version} is missing: {path}"
+        )
+    actual = sha256_of(path)
+    if actual != version.sha256:
+        raise ArtifactIntegrityError(
+            f"artifact of {version.pipeline} v{version.version} does not match the registry "
+            f"(sha256 {actual[:12]}… != {version.sha256[:12]}…); refusing to load {path}"
+        )
+    return joblib.load(path)
+
+
+def _rows(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]) -> list[ModelVersion]:
+    rows = con.execute(
+        f"SELECT {', '.join(COLUMNS)} FROM ml.model_versions WHERE {where} ORDER BY version",
+        params,
+    ).fetchall()
+    return [ModelVersion(*row) for row in rows]
+
+
+def versions(con: duckdb.DuckDBPyConnection, pipeline: str) -> list[ModelVersion]:
+    """Every version of `pipeline`, oldest first."""
+    return _rows(con, "pipeline = ?", [pipeline])
+
+
+def get_version(con: duckdb.DuckDBPyConnection, pipeline: str, version: int) -> ModelVersion | None:
+    """One version, or None."""
+    found = _rows(con, "pipeline = ? AND version = ?", [pipeline, version])
+    return found[0] if found else None
+
+
+def champion(con: duckdb.DuckDBPyConnection, pipeline: str) -> ModelVersion | None:
+    """The version serving predictions, or None before the first one."""
+    found = _rows(con, "pipeline = ? AND status = 'champion'", [pipeline])
+    return found[-1] if found else None
+
+
+def next_version(con: duckdb.DuckDBPyConnection, pipeline: str) -> int:
+    """The number the next version of `pipeline` gets."""
+    row = con.execute(
+        "SELECT coalesce(max(version), 0) + 1 FROM ml.model_versions WHERE pipeline = ?",
+        [pipeline],
+    ).fetchall()
+    return int(row[0][0])
+
+
+def record_champion(con: duckdb.DuckDBPyConnection, version: ModelVersion) -> None:
+    """Insert `version` as champion and retire the previous champion (caller's transaction)."""
+    con.execute(
+        "UPDATE ml.model_versions SET status = 'retired' WHERE pipeline = ? AND status = 'champion'",
+        [version.pipeline],
+    )
+    placeholders = ", ".join("?" for _ in COLUMNS)
+    con.execute(
+        f"INSERT INTO ml.model_versions ({', '.join(COLUMNS)}) VALUES ({placeholders})",
+        [getattr(version, c) for c in COLUMNS],
+    )
