@@ -1,0 +1,134 @@
+"""SQL routed into the process that owns the warehouse, over a local Unix socket.
+
+DuckDB lets no second process open a file that is being written, so `tidemill query`
+asks the owner (worker or `tidemill run`) to run the statement on a cursor of its own.
+One JSON line in ({"sql": ...}), one JSON line out ({"ok", "columns", "types", "rows"}
+or {"ok": false, "error"}). The socket lives in the state folder, mode 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import socketserver
+import threading
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from warehouse.readonly import QueryResult, ReadOnlyViolation, run_readonly
+
+MAX_REQUEST_BYTES = 1 << 20
+
+
+def socket_path(state_dir: Path) -> Path:
+    """Where the owner listens."""
+    return state_dir / "run" / "query.sock"
+
+
+class OwnerUnavailable(ConnectionError):
+    """No owner process is listening."""
+
+
+class QueryRefused(ValueError):
+    """The owner refused or failed the statement; the message says why."""
+
+
+def _encode(result: QueryResult) -> bytes:
+    body = {"ok": True, "columns": result.columns, "types": result.types, "rows": result.rows}
+    return json.dumps(body, default=str).encode() + b"\n"
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        line = self.rfile.readline(MAX_REQUEST_BYTES)
+        try:
+            sql = str(json.loads(line)["sql"])
+            with self.server.lock:
+                cursor = self.server.con.cursor()
+            try:
+                reply = _encode(run_readonly(cursor, sql))
+            finally:
+                cursor.close()
+        except ReadOnlyViolation as error:
+            reply = json.dumps({"ok": False, "error": str(error)}).encode() + b"\n"
+        except duckdb.Error as error:
+            message = str(error).splitlines()[0]
+            reply = json.dumps({"ok": False, "error": message}).encode() + b"\n"
+        except (ValueError, KeyError, TypeError):
+            reply = json.dumps({"ok": False, "error": "malformed request"}).encode() + b"\n"
+        self.wfile.write(reply)
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: str, con: duckdb.DuckDBPyConnection, lock: Any) -> None:
+        self.con = con
+        self.lock = lock
+        super().__init__(path, _Handler)
+
+
+class QueryService:
+    """Serves read-only queries on `con` from a background thread until `close()`."""
+
+    def __init__(self, state_dir: Path, con: duckdb.DuckDBPyConnection, lock: Any) -> None:
+        path = socket_path(state_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            if _listening(path):
+                raise RuntimeError(f"another owner already serves queries on {path}")
+            path.unlink()
+        self.path = path
+        self._server = _Server(str(path), con, lock)
+        os.chmod(path, 0o600)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="tidemill-query", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving and remove the socket."""
+        self._server.shutdown()
+        self._server.server_close()
+        self.path.unlink(missing_ok=True)
+
+
+def _listening(path: Path) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+
+
+def ask_owner(state_dir: Path, sql: str, timeout: float = 60.0) -> QueryResult:
+    """Run `sql` in the owning process; raises OwnerUnavailable or QueryRefused."""
+    path = socket_path(state_dir)
+    if not path.exists():
+        raise OwnerUnavailable(str(path))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(timeout)
+        try:
+            client.connect(str(path))
+        except OSError as error:
+            raise OwnerUnavailable(str(path)) from error
+        client.sendall(json.dumps({"sql": sql}).encode() + b"\n")
+        chunks = []
+        while True:
+            chunk = client.recv(1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    reply = json.loads(b"".join(chunks) or b'{"ok": false, "error": "owner closed the connection"}')
+    if not reply["ok"]:
+        raise QueryRefused(reply["error"])
+    return QueryResult(
+        columns=reply["columns"], types=reply["types"], rows=[tuple(r) for r in reply["rows"]]
+    )

@@ -1,0 +1,430 @@
+"""The `tidemill` command line.
+
+Every command reads the pipeline config (`--config PATH`, else $TIDEMILL_CONFIG, else
+./tidemill.toml). Errors a person can fix print ONE line and exit 2; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import sys
+import threading
+import time
+from datetime import date, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from typer._click import exceptions as click_errors
+
+from tidemill.config import ConfigError, TidemillConfig, load_config
+from tidemill.settings import get_settings
+
+app = typer.Typer(
+    name="tidemill",
+    help="Real-time analytics and online ML: micro-batches into DuckDB, models that learn "
+    "every few seconds, scheduled and watched in Prefect.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+models_app = typer.Typer(
+    help="Inspect model versions (registry rows and artifacts).", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
+
+# Tables keep their columns when piped (rich would otherwise assume 80 columns).
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class UserError(Exception):
+    """An error whose message is the whole story (printed as one line)."""
+
+
+class Format(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+_state: dict[str, Any] = {}
+
+
+@app.callback()
+def _main(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="TIDEMILL_CONFIG",
+            help="Pipeline config file (TOML). Default: ./tidemill.toml.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    _state["config_path"] = config or get_settings().config
+
+
+def _config() -> TidemillConfig:
+    if "config" not in _state:
+        _state["config"] = load_config(Path(_state["config_path"]))
+    config: TidemillConfig = _state["config"]
+    return config
+
+
+# ---------------------------------------------------------------- run
+
+
+@app.command()
+def run(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name from the config.")],
+    drain: Annotated[
+        bool,
+        typer.Option("--drain", help="Process everything available, then exit with a summary."),
+    ] = False,
+    max_batches: Annotated[
+        int | None,
+        typer.Option("--max-batches", min=1, help="Stop after this many committed batches."),
+    ] = None,
+) -> None:
+    """Run micro-batches of PIPELINE in this process (no Prefect needed).
+
+    Without --drain it runs one batch every `every_seconds` until Ctrl-C. While it runs,
+    `tidemill query` reaches the warehouse through this process.
+    """
+    from deployments.query_service import QueryService
+    from flows.cycle import BatchFailed, run_cycle
+    from flows.runtime import Runtime
+
+    config = _config()
+    spec = config.pipeline(pipeline)
+    runtime = Runtime.open(config)
+    service = QueryService(config.state_dir, runtime.con, runtime.lock)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    reports = []
+    started = time.perf_counter()
+    try:
+        if drain:
+            reports = _drain(runtime, pipeline, max_batches)
+        else:
+            err.print(f"running {pipeline} every {spec.every_seconds:g}s; Ctrl-C stops")
+            while not stop.is_set():
+                tick = time.monotonic()
+                try:
+                    report = run_cycle(runtime, pipeline)
+                except BatchFailed as failure:
+                    err.print(f"[red]{failure}[/red]")
+                    report = failure.report
+                if report.status == "committed":
+                    reports.append(report)
+                    err.print(_one_line(report))
+                if max_batches and len(reports) >= max_batches:
+                    break
+                stop.wait(max(0.0, spec.every_seconds - (time.monotonic() - tick)))
+    except KeyboardInterrupt:
+        err.print("stopped")
+    finally:
+        service.close()
+        runtime.close()
+    _summary(pipeline, reports, time.perf_counter() - started)
+
+
+def _drain(runtime: Any, pipeline: str, max_batches: int | None) -> list[Any]:
+    from flows.cycle import BatchFailed, run_cycle
+
+    reports = []
+    failures = 0
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"draining {pipeline}", total=None)
+        done = 0
+        while True:
+            try:
+                report = run_cycle(runtime, pipeline, drain=True)
+            except BatchFailed as failure:
+                failures += 1
+                err.print(f"[red]{failure}[/red]")
+                if failures >= 3:
+                    raise UserError(
+                        f"{pipeline}: 3 batches failed in a row; see `tidemill status`"
+                    ) from None
+                continue
+            failures = 0
+            if report.status == "waiting":
+                raise UserError(
+                    f"{pipeline}: no landing files match {runtime.config.pipeline(pipeline).source.path}"
+                )
+            if report.status != "committed":
+                break
+            reports.append(report)
+            done += report.rows_in
+            progress.update(task, completed=done, total=done + report.backlog)
+            if max_batches and len(reports) >= max_batches:
+                break
+    return reports
+
+
+def _one_line(report: Any) -> str:
+    metrics = " ".join(f"{k}={v:.4f}" for k, v in report.metrics.items())
+    return (
+        f"batch {report.batch_id}: {report.rows_in} in, {report.rows_accepted} accepted, "
+        f"{report.rows_quarantined} quarantined, learned {report.rows_learned} -> "
+        f"v{report.model_version} {metrics}"
+    )
+
+
+def _summary(pipeline: str, reports: list[Any], seconds: float) -> None:
+    table = Table(title=f"{pipeline}: {len(reports)} batches in {seconds:.1f}s")
+    for column in ("batches", "rows in", "accepted", "quarantined", "learned", "model", "rows/s"):
+        table.add_column(column, justify="right")
+    rows_in = sum(r.rows_in for r in reports)
+    table.add_row(
+        str(len(reports)),
+        str(rows_in),
+        str(sum(r.rows_accepted for r in reports)),
+        str(sum(r.rows_quarantined for r in reports)),
+        str(sum(r.rows_learned for r in reports)),
+        f"v{reports[-1].model_version}" if reports and reports[-1].model_version else "-",
+        f"{rows_in / seconds:,.0f}" if seconds > 0 else "-",
+    )
+    out.print(table)
+    scored = [r for r in reports if r.metrics]
+    if scored:
+        names = sorted({m for r in scored for m in r.metrics})
+        means = {m: sum(r.metrics.get(m, 0.0) for r in scored) / len(scored) for m in names}
+        out.print(
+            "prequential (mean over batches): "
+            + ", ".join(f"{m}={v:.4f}" for m, v in means.items())
+        )
+
+
+# ---------------------------------------------------------------- query
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
+
+
+def _print_result(
+    columns: list[str], rows: list[tuple[Any, ...]], fmt: Format, title: str | None = None
+) -> None:
+    if fmt is Format.json:
+        sys.stdout.write(
+            json.dumps([dict(zip(columns, map(_cell, r), strict=True)) for r in rows], default=str)
+            + "\n"
+        )
+    elif fmt is Format.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([[_cell(v) for v in r] for r in rows])
+    else:
+        table = Table(title=title)
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*["NULL" if v is None else str(_cell(v)) for v in row])
+        out.print(table)
+
+
+@app.command()
+def query(
+    sql: Annotated[
+        str, typer.Argument(help="Read-only SQL (SELECT, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN).")
+    ],
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    snapshot: Annotated[
+        bool,
+        typer.Option("--snapshot", help="Read the published snapshot, not the live warehouse."),
+    ] = False,
+) -> None:
+    """Run read-only SQL on the warehouse, also while the platform is writing it.
+
+    The query runs inside the owning process when one is running (`tidemill up` or
+    `tidemill run`), else on the file itself, else on the published snapshot.
+    Tables: raw.P, raw.P_quarantine, clean.P, agg.P_*, ml.P_predictions,
+    ml.model_versions, ml.batch_metrics, _batches, _watermarks, _files.
+    """
+    from tidemill.reader import read_sql
+
+    result, _ = read_sql(_config().state_dir, sql, snapshot=snapshot)
+    _print_result(result.columns, result.rows, fmt)
+
+
+# ---------------------------------------------------------------- status and models
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Pipelines, their last batch, rows, quarantine counts, backlog and lag."""
+    from tidemill.reader import read_sql
+    from warehouse.reports import known_pipelines_sql, status_sql
+
+    config = _config()
+    known, _ = read_sql(config.state_dir, known_pipelines_sql())
+    names = [r[0] for r in known.rows if r[0] in config.pipelines]
+    if not names:
+        raise UserError(
+            "no pipeline has run yet: try `tidemill run PIPELINE --drain` or `make run`"
+        )
+    result, source = read_sql(config.state_dir, status_sql(names))
+    _print_result(
+        result.columns,
+        result.rows,
+        Format.json if as_json else Format.table,
+        title=f"tidemill status (read via {source})",
+    )
+
+
+@models_app.command("list")
+def models_list(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Newest N versions.")] = 20,
+) -> None:
+    """Model versions of PIPELINE, newest first: lineage, rows seen, hash, metrics."""
+    from tidemill.reader import read_sql
+    from warehouse.reports import models_sql
+
+    _config().pipeline(pipeline)
+    result, _ = read_sql(_config().state_dir, models_sql(pipeline))
+    rows = result.rows[:limit]
+    if as_json:
+        _print_result(result.columns, rows, Format.json)
+        return
+    table = Table(title=f"{pipeline}: {len(result.rows)} model versions")
+    for column in (
+        "version",
+        "parent",
+        "status",
+        "batch",
+        "batches",
+        "rows seen",
+        "created",
+        "sha256",
+        "metrics",
+    ):
+        table.add_column(column)
+    index = {c: i for i, c in enumerate(result.columns)}
+    for row in rows:
+        metrics = json.loads(row[index["metrics_json"]])
+        table.add_row(
+            str(row[index["version"]]),
+            str(row[index["parent_version"]] or "-"),
+            row[index["status"]],
+            str(row[index["batch_id"]]),
+            str(row[index["batches_seen"]]),
+            str(row[index["rows_seen"]]),
+            str(_cell(row[index["created_at"]]))[:19],
+            row[index["sha256"]][:12],
+            " ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
+        )
+    out.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
+    version: Annotated[
+        int | None, typer.Argument(help="Version (default: the champion).", min=1)
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Everything recorded about one model version (default: the champion)."""
+    from tidemill.reader import read_sql
+    from warehouse.reports import models_sql
+
+    _config().pipeline(pipeline)
+    result, _ = read_sql(_config().state_dir, models_sql(pipeline, version))
+    rows = result.rows
+    if version is None:
+        rows = [r for r in rows if r[result.columns.index("status")] == "champion"]
+    if not rows:
+        what = f"version {version}" if version else "champion"
+        raise UserError(f"{pipeline} has no {what} yet (see `tidemill models list {pipeline}`)")
+    record = {c: _cell(v) for c, v in zip(result.columns, rows[0], strict=True)}
+    for key in ("params_json", "library_versions", "metrics_json"):
+        record[key.removesuffix("_json")] = json.loads(record.pop(key))
+    if as_json:
+        sys.stdout.write(json.dumps(record, default=str) + "\n")
+        return
+    table = Table(title=f"{pipeline} v{record['version']}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in record.items():
+        if key == "feature_names":
+            value = f"{len(value)}: " + ", ".join(value[:12]) + (" …" if len(value) > 12 else "")
+        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    out.print(table)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from deployments.query_service import QueryRefused
+    from flows.runtime import OwnedElsewhere
+    from tasks.model import ModelSpecError
+    from tidemill.reader import NothingToRead
+    from warehouse.pipeline_tables import SchemaMismatch
+    from warehouse.readonly import ReadOnlyViolation
+    from warehouse.registry import ArtifactIntegrityError
+
+    return (
+        ConfigError,
+        UserError,
+        QueryRefused,
+        OwnedElsewhere,
+        ModelSpecError,
+        NothingToRead,
+        SchemaMismatch,
+        ReadOnlyViolation,
+        ArtifactIntegrityError,
+    )
+
+
+def main() -> None:
+    """Console-script entry: one-line errors, exit 2 for usage and user errors."""
+    try:
+        app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as shown:
+        err.print(shown.format_message(), highlight=False, markup=False)
+        sys.exit(0)
+    except click_errors.UsageError as error:
+        command = error.ctx.command_path if error.ctx else "tidemill"
+        message = error.format_message().replace("Value error, ", "")
+        err.print(f"error: {message} (see `{command} --help`)", highlight=False, markup=False)
+        sys.exit(2)
+    except click_errors.ClickException as error:
+        err.print(f"error: {error.format_message()}", highlight=False, markup=False)
+        sys.exit(2)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except _known_errors() as error:
+        err.print(f"error: {error}", highlight=False, markup=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

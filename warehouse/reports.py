@@ -1,0 +1,41 @@
+"""Read-only SQL behind `tidemill status` and `tidemill models` (run through any reader)."""
+
+from __future__ import annotations
+
+from warehouse.pipeline_tables import PipelineTables, lit
+
+
+def status_sql(pipelines: list[str]) -> str:
+    """One row per pipeline: batches, rows, quarantine, backlog, lag, champion."""
+    parts = []
+    for name in pipelines:
+        t = PipelineTables(name)
+        parts.append(
+            f"""SELECT {lit(name)} AS pipeline,
+  (SELECT count(*) FROM _batches WHERE pipeline = {lit(name)} AND status = 'committed') AS batches,
+  (SELECT count(*) FROM _batches WHERE pipeline = {lit(name)} AND status = 'failed') AS failed,
+  w.last_batch_id AS last_batch,
+  (SELECT max(finished_at) FROM _batches WHERE pipeline = {lit(name)}) AS last_batch_at,
+  w.rows_total AS rows,
+  (SELECT count(*) FROM {t.quarantine}) AS quarantined,
+  (SELECT count(*) FROM {t.inbox}) AS backlog,
+  w.event_time_at AS watermark,
+  round(epoch(now()::TIMESTAMP - w.heartbeat_at), 1) AS heartbeat_age_s,
+  (SELECT max(version) FROM ml.model_versions WHERE pipeline = {lit(name)} AND status = 'champion') AS champion
+FROM _watermarks w WHERE w.pipeline = {lit(name)}"""
+        )
+    return "\nUNION ALL\n".join(parts) + "\nORDER BY pipeline"
+
+
+def known_pipelines_sql() -> str:
+    """Pipelines that have tables in this warehouse."""
+    return "SELECT pipeline FROM _pipelines ORDER BY pipeline"
+
+
+def models_sql(pipeline: str, version: int | None = None) -> str:
+    """Registry rows of `pipeline` (one version, or all newest first)."""
+    where = f"pipeline = {lit(pipeline)}" + (f" AND version = {int(version)}" if version else "")
+    return f"""SELECT version, parent_version, status, batch_id, batches_seen, rows_seen,
+  created_at, sha256, estimator, params_json, library_versions, feature_names, metrics_json,
+  artifact_path
+FROM ml.model_versions WHERE {where} ORDER BY version DESC"""
