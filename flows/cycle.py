@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import polars as pl
 from polars.exceptions import PanicException
 
-from flows.runtime import PipelineState, Runtime
+from flows.runtime import PipelineState, Runtime, log
 from tasks.aggregate import (
     merge_window_stats,
     previous_window_keys,
@@ -168,26 +168,29 @@ def run_cycle(
                 timings_ms=timer.ms,
                 error=f"{type(error).__name__}: {error}",
             )
-            record_failure(
-                runtime.con,
-                BatchRecord(
-                    batch_id=batch_id,
-                    pipeline=name,
-                    status="failed",
-                    window_start_at=None,
-                    window_end_at=None,
-                    rows_in=records.height,
-                    rows_accepted=0,
-                    rows_quarantined=0,
-                    rows_learned=0,
-                    model_version=state.version,
-                    started_at=started,
-                    finished_at=_now(),
-                    timings_ms=timer.ms,
-                    flow_run_id=flow_run_id,
-                    error=report.error,
-                ),
-            )
+            try:
+                record_failure(
+                    runtime.con,
+                    BatchRecord(
+                        batch_id=batch_id,
+                        pipeline=name,
+                        status="failed",
+                        window_start_at=None,
+                        window_end_at=None,
+                        rows_in=records.height,
+                        rows_accepted=0,
+                        rows_quarantined=0,
+                        rows_learned=0,
+                        model_version=state.version,
+                        started_at=started,
+                        finished_at=_now(),
+                        timings_ms=timer.ms,
+                        flow_run_id=flow_run_id,
+                        error=report.error,
+                    ),
+                )
+            except Exception as unrecorded:  # e.g. the disk is still full
+                log.warning("could not record failed batch %s: %s", batch_id, unrecorded)
             runtime.reload_model(name)
             raise BatchFailed(report) from error
         if new_state is not None:

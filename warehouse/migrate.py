@@ -35,6 +35,12 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
         "COMMENT ON TABLE _schema_versions IS "
         "'Warehouse migrations applied to this file (warehouse/migrations/NNNN_*.sql).'"
     )
+    for column, text in (
+        ("version", "Migration number (NNNN of the file name)."),
+        ("name", "Migration file name."),
+        ("applied_at", "When it was applied (UTC)."),
+    ):
+        con.execute(f"COMMENT ON COLUMN _schema_versions.{column} IS '{text}'")
     done = applied_versions(con)
     applied = []
     for version, name, sql in available_migrations():

@@ -140,6 +140,7 @@ def ddl(config: PipelineConfig) -> list[str]:
                 "_raw": "The record as it was in the file.",
                 "_reject": "Why the reader could not split the record (ragged, bad UTF-8, ...).",
                 "_event_at": "Event time parsed for ordering (NULL: unparseable, batched first).",
+                **{c: f"{text} (as text, not yet validated)" for c, text in source_text.items()},
             },
             "Records read from landing files and not yet taken by a batch (text as read).",
         ),

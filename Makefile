@@ -1,0 +1,50 @@
+# tidemill — every target sets up what it needs; `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run up down test test-fast lint format bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "tidemill needs Python 3.11 (found %s)" % sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install tidemill with its pinned dependencies
+
+run: $(STAMP) ## Start Prefect, the worker and the flights replayer; Ctrl-C stops everything
+	$(BIN)/tidemill up
+
+down: $(STAMP) ## Stop whatever `make run` / `tidemill up --detach` left running
+	$(BIN)/tidemill down
+
+test: $(STAMP) ## Lint, then the whole test suite (real Prefect server, real DuckDB files)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP) ## The quick tests only (no Prefect server, no worker processes)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+lint: $(STAMP) ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP) ## Format and auto-fix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP) ## Benchmarks: full-cycle rows/s against a bare script
+	$(BIN)/python benchmarks/cycle.py
+
+clean: ## Remove the state folder (warehouse, artifacts, Prefect database)
+	rm -rf .tidemill

@@ -1,0 +1,43 @@
+import numpy as np
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tasks.encode import FeatureEncoder, RunningMoments
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(st.floats(-1e6, 1e6), min_size=0, max_size=20), min_size=1, max_size=8))
+def test_running_moments_match_numpy_over_any_batching(batches: list[list[float]]) -> None:
+    moments = RunningMoments()
+    for batch in batches:
+        moments.merge(np.array(batch, dtype=np.float64))
+    everything = np.array([v for b in batches for v in b])
+    assert moments.count == everything.size
+    if everything.size:
+        assert np.isclose(moments.mean, everything.mean(), rtol=1e-9, atol=1e-6)
+    if everything.size >= 2 and everything.std() > 1e-6:
+        assert np.isclose(moments.std, everything.std(), rtol=1e-6)
+
+
+def test_moments_stay_finite_on_a_long_stream_of_large_values() -> None:
+    moments = RunningMoments()
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        moments.merge(1e12 + rng.normal(size=1000))
+    assert moments.count == 2_000_000
+    assert np.isfinite(moments.mean) and abs(moments.std - 1.0) < 0.01
+
+
+def test_encoder_width_is_fixed_and_categories_beyond_the_cap_share_one_slot() -> None:
+    encoder = FeatureEncoder(numeric=["x"], categorical=["c"], max_categories=2, cyclic={"h": 24})
+    first = pl.DataFrame({"x": [1.0, 3.0], "c": ["a", "b"], "h": [0, 6]})
+    later = pl.DataFrame({"x": [None], "c": ["z"], "h": [12]})
+    encoder.update(first)
+    encoder.update(later)
+    assert encoder.feature_names == ["x", "h_sin", "h_cos", "c=0", "c=1", "c=other"]
+    matrix = encoder.transform(pl.concat([first, later]))
+    assert matrix.shape == (3, 6)
+    np.testing.assert_allclose(matrix[:, 0], [-1.0, 1.0, 0.0])  # null imputed at the mean
+    np.testing.assert_allclose(matrix[:, 3:], [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    np.testing.assert_allclose(matrix[1, 1:3], [1.0, 0.0], atol=1e-12)  # 06:00 on the circle
