@@ -378,6 +378,146 @@ def models_show(
     out.print(table)
 
 
+# ---------------------------------------------------------------- the stack
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option("--port", help="Prefect server/UI port.")] = 4200,
+    speed: Annotated[
+        float,
+        typer.Option("--speed", min=1, help="Replay the flights at this many times real time."),
+    ] = 1800,
+    no_replay: Annotated[
+        bool, typer.Option("--no-replay", help="Do not start the replayer.")
+    ] = False,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Return once started; stop later with `tidemill down`.")
+    ] = False,
+) -> None:
+    """Start the platform: Prefect server + UI, the worker, and the flights replayer.
+
+    The worker owns the warehouse, registers one deployment per pipeline (every
+    `every_seconds`, concurrency 1) and runs their flow runs in-process. Stays in the
+    foreground until Ctrl-C, then stops everything it started.
+    """
+    from deployments import stack
+
+    config = _config()
+    err.print("starting the Prefect server, the worker and the replayer …")
+    try:
+        started = stack.up(config, port=port, speed=None if no_replay else speed)
+    except stack.StackError as error:
+        stack.down(config)
+        raise UserError(str(error)) from None
+    first = started.pipelines[0] if started.pipelines else "PIPELINE"
+    out.print(
+        f"\n[bold green]tidemill is running[/bold green] (state in {config.state_dir})\n"
+        f"  Prefect UI    {started.ui_url}  (Deployments → micro-batch/{first.replace('_', '-')})\n"
+        f'  SQL           tidemill query "SELECT count(*) AS rows, max(ts) FROM raw.{first}"\n'
+        f"  models        tidemill models list {first}\n"
+        f"  status        tidemill status\n"
+        f"  snapshot      duckdb -readonly {config.state_dir / 'snapshot.duckdb'}\n"
+        f"  logs          {stack.logs_dir(config.state_dir)}/\n"
+    )
+    if detach:
+        return
+    out.print("Ctrl-C stops everything.")
+    reason = None
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
+    try:
+        reason = stack.watch(config, started)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        err.print("stopping …")
+        stopped = stack.down(config)
+        err.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    if reason:
+        raise UserError(reason)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@app.command()
+def down() -> None:
+    """Stop the replayer, the worker and the Prefect server of this state folder."""
+    from deployments import stack
+
+    stopped = stack.down(_config())
+    err.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@app.command()
+def worker(
+    pipeline: Annotated[
+        list[str] | None,
+        typer.Option("--pipeline", "-p", help="Serve only these pipelines (repeatable)."),
+    ] = None,
+) -> None:
+    """Run the long-lived worker (what `tidemill up` starts): own the warehouse, register
+    the deployments, execute their scheduled runs in this process until SIGTERM."""
+    import logging
+    import os
+
+    from deployments.prefect_server import server_env
+
+    config = _config()
+    if "PREFECT_API_URL" not in os.environ:
+        os.environ.update(server_env(config.state_dir, get_settings().prefect_port))
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from deployments.worker import run_worker
+
+    run_worker(config, pipeline)
+
+
+@app.command()
+def replay(
+    dataset: Annotated[str, typer.Argument(help="Data set to replay: flights.")],
+    speed: Annotated[
+        float, typer.Option("--speed", min=1, help="Simulated seconds per real second.")
+    ] = 1800,
+    max_files: Annotated[
+        int | None, typer.Option("--max-files", min=1, help="Stop after N files.")
+    ] = None,
+    tick: Annotated[float, typer.Option("--tick", min=0.05, help="Seconds between files.")] = 1.0,
+) -> None:
+    """Write the packaged 2013 NYC flights into the flights pipeline's landing folder as
+    small CSV files, at SPEED times their scheduled times. Resumes where it stopped."""
+    from deployments.replayer import load_flights
+    from deployments.replayer import replay as run_replay
+    from tasks.replay import flight_events
+
+    if dataset != "flights":
+        raise UserError(f"unknown data set '{dataset}' (available: flights)")
+    config = _config()
+    landing = Path(config.pipeline("flights").source.path).parent
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    err.print(f"replaying flights into {landing} at {speed:g}x; Ctrl-C stops")
+    try:
+        stats = run_replay(
+            flight_events(load_flights()),
+            landing,
+            config.state_dir / "replay" / "flights.json",
+            speed,
+            tick_seconds=tick,
+            stop=stop,
+            max_files=max_files,
+        )
+    except KeyboardInterrupt:
+        return
+    err.print(
+        f"wrote {stats.rows_written} rows in {stats.files_written} files"
+        + (" (all flights replayed)" if stats.exhausted else "")
+    )
+
+
 # ---------------------------------------------------------------- entry point
 
 

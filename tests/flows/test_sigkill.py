@@ -27,9 +27,13 @@ def _start(config: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def test_killing_the_worker_anywhere_loses_and_duplicates_nothing(tmp_path: Path, flight_rows: pl.DataFrame) -> None:
+def test_killing_the_worker_anywhere_loses_and_duplicates_nothing(
+    tmp_path: Path, flight_rows: pl.DataFrame
+) -> None:
     config = tmp_path / "tidemill.toml"
-    config.write_text((REPO / "tidemill.toml").read_text().replace("batch_rows = 500", "batch_rows = 100"))
+    config.write_text(
+        (REPO / "tidemill.toml").read_text().replace("batch_rows = 500", "batch_rows = 100")
+    )
     landing = tmp_path / ".tidemill" / "landing" / "flights"
     landing.mkdir(parents=True)
     rows = flight_rows.head(4000)
@@ -65,10 +69,13 @@ def test_killing_the_worker_anywhere_loses_and_duplicates_nothing(tmp_path: Path
     committed = one("SELECT count(*) FROM _batches WHERE status = 'committed'")
     assert one("SELECT count(*) FROM ml.model_versions") == committed
     assert one("SELECT count(*) FROM ml.batch_metrics WHERE metric = 'accuracy'") == committed - 1
-    assert one(
-        "SELECT count(*) FROM ml.model_versions v LEFT JOIN ml.model_versions p "
-        "ON p.version = v.parent_version WHERE v.version > 1 AND p.version IS NULL"
-    ) == 0
+    assert (
+        one(
+            "SELECT count(*) FROM ml.model_versions v LEFT JOIN ml.model_versions p "
+            "ON p.version = v.parent_version WHERE v.version > 1 AND p.version IS NULL"
+        )
+        == 0
+    )
     # every registry row points at its artifact, unaltered
     for path, sha in con.sql("SELECT artifact_path, sha256 FROM ml.model_versions").fetchall():
         assert sha256_of(tmp_path / ".tidemill" / path) == sha

@@ -1,0 +1,113 @@
+"""The local stack of `tidemill up` / `make run`: Prefect server, worker, replayer.
+
+`up` starts what is not already running (idempotent), waits until the worker has
+registered its deployments, prints where to look, and — unless detached — stays in
+the foreground until Ctrl-C, then stops everything it manages. `down` stops the
+same set from any terminal. The stack binds to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from deployments import processes
+from deployments.prefect_server import server_env, start_server, stop_server
+from deployments.worker import ready_file
+from tidemill.config import TidemillConfig
+
+WORKER = ("worker", ("tidemill", "worker"))
+REPLAYER = ("replayer", ("tidemill", "replay"))
+
+
+class StackError(RuntimeError):
+    """The stack could not start; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Stack:
+    """What `up` started and where to find it."""
+
+    ui_url: str
+    server_pid: int
+    worker_pid: int
+    replayer_pid: int | None
+    pipelines: list[str]
+
+
+def _command(config: TidemillConfig, *args: str) -> list[str]:
+    return [sys.executable, "-m", "tidemill", "--config", str(config.path.resolve()), *args]
+
+
+def _environment(config: TidemillConfig, port: int) -> dict[str, str]:
+    return {**os.environ, **server_env(config.state_dir, port), "PYTHONUNBUFFERED": "1"}
+
+
+def _wait_ready(config: TidemillConfig, pid: int, timeout: float) -> None:
+    ready = ready_file(config.state_dir)
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if not processes.alive(pid):
+            log = processes.log_file(config.state_dir, WORKER[0])
+            raise StackError(f"the worker exited during start-up; see {log}")
+        if time.monotonic() > deadline:
+            raise StackError(f"the worker was not ready after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def up(config: TidemillConfig, *, port: int, speed: float | None, timeout: float = 120) -> Stack:
+    """Start the server, the worker and (when `speed` is given and the config has a
+    `flights` pipeline) the replayer; return once the worker is ready."""
+    state = config.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    try:
+        server_pid = start_server(state, port)
+    except RuntimeError as error:
+        raise StackError(str(error)) from None
+    env = _environment(config, port)
+    worker_pid = processes.running(state, *WORKER)
+    if worker_pid is None:
+        ready_file(state).unlink(missing_ok=True)
+        worker_pid = processes.spawn(state, WORKER[0], _command(config, "worker"), env, state)
+    _wait_ready(config, worker_pid, timeout)
+    replayer_pid = processes.running(state, *REPLAYER)
+    if replayer_pid is None and speed is not None and "flights" in config.pipelines:
+        argv = _command(config, "replay", "flights", "--speed", f"{speed:g}")
+        replayer_pid = processes.spawn(state, REPLAYER[0], argv, env, state)
+    return Stack(
+        ui_url=f"http://127.0.0.1:{port}",
+        server_pid=server_pid,
+        worker_pid=worker_pid,
+        replayer_pid=replayer_pid,
+        pipelines=sorted(config.pipelines),
+    )
+
+
+def down(config: TidemillConfig) -> list[str]:
+    """Stop the replayer, the worker (it finishes its batch) and the server; returns what
+    was running."""
+    stopped = []
+    for name, marker in (REPLAYER, WORKER):
+        if processes.stop(config.state_dir, name, marker, timeout=40):
+            stopped.append(name)
+    if stop_server(config.state_dir):
+        stopped.append("prefect-server")
+    ready_file(config.state_dir).unlink(missing_ok=True)
+    return stopped
+
+
+def watch(config: TidemillConfig, stack: Stack) -> str | None:
+    """Block while the worker runs; returns why it stopped (None: it did not)."""
+    while True:
+        time.sleep(1.0)
+        if not processes.alive(stack.worker_pid):
+            log = processes.log_file(config.state_dir, WORKER[0])
+            return f"the worker stopped; see {log}"
+
+
+def logs_dir(state_dir: Path) -> Path:
+    """Where every stack process logs."""
+    return state_dir / "logs"

@@ -1,0 +1,97 @@
+"""The whole local stack for real: Prefect server, worker process, scheduled runs in it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from deployments import processes, stack
+from tidemill.config import TidemillConfig
+from tidemill.reader import read_sql
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _flow_runs(port: int, deployment: str) -> list[tuple[str, str]]:
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    async def fetch() -> list[tuple[str, str]]:
+        async with PrefectClient(f"http://127.0.0.1:{port}/api") as client:
+            runs = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment]))
+            )
+            return [(r.name, r.state_type.value if r.state_type else "") for r in runs]
+
+    return asyncio.run(fetch())
+
+
+def test_up_runs_scheduled_batches_in_the_worker_and_sql_works_meanwhile(
+    elec_config: Callable[..., TidemillConfig], elec_csv: Callable[..., pl.DataFrame]
+) -> None:
+    config = elec_config(batch_rows=40)
+    landing = Path(config.pipeline("elec").source.path).parent
+    elec_csv(landing / "a.csv", 0, 200)
+    port = _free_port()
+    started = stack.up(config, port=port, speed=None)
+    try:
+        assert (
+            stack.up(config, port=port, speed=None).worker_pid == started.worker_pid
+        )  # idempotent
+        deadline = time.monotonic() + 90
+        rows = 0
+        while time.monotonic() < deadline and rows < 200:
+            time.sleep(1)
+            result, where = read_sql(config.state_dir, "SELECT count(*) FROM raw.elec")
+            rows = result.rows[0][0]
+        assert where == "owner"  # routed into the worker while it writes
+        assert rows == 200
+        elec_csv(landing / "b.csv", 200, 40)  # new data arrives while it runs
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and rows < 240:
+            time.sleep(1)
+            rows = read_sql(config.state_dir, "SELECT count(*) FROM raw.elec")[0].rows[0][0]
+        assert rows == 240
+        runs = _flow_runs(port, "elec")
+        states = [state for _, state in runs]
+        assert states.count("COMPLETED") >= 6
+        assert "FAILED" not in states and "CRASHED" not in states
+        assert any(name.startswith("elec-batch-") for name, _ in runs)
+        versions = read_sql(
+            config.state_dir, "SELECT count(*), max(rows_seen) FROM ml.model_versions"
+        )[0]
+        assert versions.rows[0] == (6, 240)  # one version per batch of 40, every row learned once
+    finally:
+        stopped = stack.down(config)
+    assert {"worker", "prefect-server"} <= set(stopped)
+    assert processes.running(config.state_dir, *stack.WORKER) is None
+    assert stack.down(config) == []  # idempotent
+    # with the owner gone, SQL reads the file itself
+    assert read_sql(config.state_dir, "SELECT count(*) FROM raw.elec") == (
+        read_sql(config.state_dir, "SELECT count(*) FROM raw.elec")[0],
+        "file",
+    )
+
+
+def test_a_busy_port_gives_a_clear_message(elec_config: Callable[..., TidemillConfig]) -> None:
+    config = elec_config()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(
+            stack.StackError, match=f"port {port} is already used by another process"
+        ):
+            stack.up(config, port=port, speed=None)
