@@ -29,6 +29,7 @@ down: $(STAMP) ## Stop whatever `make run` / `tidemill up --detach` left running
 test: $(STAMP) ## Lint, then the whole test suite (real Prefect server, real DuckDB files)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP) ## The quick tests only (no Prefect server, no worker processes)

@@ -204,13 +204,13 @@ def parse_parquet(data: bytes, required: list[str]) -> tuple[list[str], pl.DataF
 
 
 def _as_text(series: pl.Series) -> pl.Series:
-    if series.dtype == pl.Datetime or isinstance(series.dtype, pl.Datetime):
-        tz = series.dtype.time_zone  # type: ignore[union-attr]
-        utc = series.dt.convert_time_zone("UTC") if tz else series
+    dtype = series.dtype
+    if isinstance(dtype, pl.Datetime):
+        utc = series.dt.convert_time_zone("UTC") if dtype.time_zone else series
         return utc.dt.strftime("%Y-%m-%dT%H:%M:%S%.fZ")
-    if series.dtype == pl.Boolean:
+    if dtype == pl.Boolean:
         return series.replace_strict({True: "true", False: "false"}, return_dtype=pl.Utf8)
-    if series.dtype.is_nested() or series.dtype == pl.Struct:
+    if dtype.is_nested():
         return series.cast(pl.Utf8, strict=False)
     return series.cast(pl.Utf8)
 

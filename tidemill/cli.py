@@ -546,7 +546,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 def main() -> None:
     """Console-script entry: one-line errors, exit 2 for usage and user errors."""
     try:
-        app(standalone_mode=False)
+        app(prog_name="tidemill", standalone_mode=False)
     except click_errors.NoArgsIsHelpError as shown:
         err.print(shown.format_message(), highlight=False, markup=False)
         sys.exit(0)

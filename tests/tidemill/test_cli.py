@@ -1,0 +1,146 @@
+"""The command line: drains, queries, models, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tidemill import cli
+from tidemill.config import TidemillConfig
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    cli._state.clear()
+    old = sys.argv
+    sys.argv = ["tidemill", *args]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as done:
+        code = int(done.code or 0)
+    finally:
+        sys.argv = old
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def drained(
+    elec_config: Callable[..., TidemillConfig],
+    elec_csv: Callable[..., pl.DataFrame],
+    capsys: pytest.CaptureFixture[str],
+) -> Path:
+    config = elec_config(batch_rows=50)
+    elec_csv(Path(config.pipeline("elec").source.path).parent / "a.csv", 0, 120)
+    code, out, _ = _run(capsys, "--config", str(config.path), "run", "elec", "--drain")
+    assert code == 0, out
+    assert "3 batches" in out and "120" in out
+    return config.path
+
+
+def test_query_json_is_one_array_of_objects(
+    drained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(
+        capsys,
+        "-c",
+        str(drained),
+        "query",
+        "SELECT count(*) AS n, max(batch_id) AS b FROM raw.elec",
+        "--format",
+        "json",
+    )
+    assert code == 0
+    assert json.loads(out) == [{"n": 120, "b": 3}]
+    code, out, _ = _run(
+        capsys,
+        "-c",
+        str(drained),
+        "query",
+        "SELECT id FROM raw.elec ORDER BY id::INT LIMIT 2",
+        "-f",
+        "csv",
+    )
+    assert out.splitlines() == ["id", "0", "1"]
+
+
+def test_models_list_and_show(drained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "-c", str(drained), "models", "list", "elec", "--json")
+    versions = json.loads(out)
+    assert code == 0 and [v["version"] for v in versions] == [3, 2, 1]
+    assert [v["rows_seen"] for v in versions] == [120, 100, 50]
+    code, out, _ = _run(capsys, "-c", str(drained), "models", "show", "elec", "--json")
+    champion = json.loads(out)
+    assert (
+        champion["version"] == 3
+        and champion["status"] == "champion"
+        and champion["parent_version"] == 2
+    )
+    assert set(champion["metrics"]) == {"accuracy", "log_loss"}
+    assert len(champion["sha256"]) == 64
+    code, out, _ = _run(capsys, "-c", str(drained), "status", "--json")
+    status = json.loads(out)[0]
+    assert (status["pipeline"], status["batches"], status["rows"], status["champion"]) == (
+        "elec",
+        3,
+        120,
+        3,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "nope"], "no pipeline named 'nope' (declared: elec)"),
+        (["run", "elec", "--bogus"], "No such option: --bogus (see `tidemill run --help`)"),
+        (["query", "SELECT 1", "--format", "xml"], "'xml' is not one of 'table', 'csv', 'json'"),
+        (
+            ["query", "DROP TABLE raw.elec"],
+            "DROP statements are refused: tidemill query is read-only",
+        ),
+        (["query", "SELEC 1"], "syntax error"),
+        (["models", "show", "elec", "99"], "elec has no version 99 yet"),
+        (["replay", "trains"], "unknown data set 'trains' (available: flights)"),
+    ],
+)
+def test_bad_arguments_print_one_line_and_exit_2(
+    drained: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    code, out, err = _run(capsys, "-c", str(drained), *args)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+    assert "Traceback" not in out + err
+
+
+def test_a_missing_config_is_one_line_from_a_real_process(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tidemill", "--config", str(tmp_path / "none.toml"), "status"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'none.toml'}: config file not found (pass --config PATH or set TIDEMILL_CONFIG)"
+    ]
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in (
+        ["run"],
+        ["query"],
+        ["status"],
+        ["models", "list"],
+        ["models", "show"],
+        ["up"],
+        ["down"],
+        ["worker"],
+        ["replay"],
+    ):
+        code, out, _ = _run(capsys, *command, "--help")
+        assert code == 0 and "Usage:" in out and len(out.splitlines()) > 4, command
