@@ -143,6 +143,7 @@ def run_cycle(
             records = inbox.take(runtime.con, name, config.batch_rows)
         if records.height == 0:
             heartbeat(runtime.con, name, _now())
+            runtime.after_cycle(committed=False)
             return CycleReport(
                 pipeline=name,
                 status="empty",
@@ -196,7 +197,7 @@ def run_cycle(
         if new_state is not None:
             state.model, state.version = new_state
         backlog = inbox.backlog(runtime.con, name)
-    runtime.after_commit()
+    runtime.after_cycle(committed=True)
     record = write.record
     return CycleReport(
         pipeline=name,

@@ -72,6 +72,7 @@ class Runtime:
     checkpoint_every_batches: int = 50
     batches_since_checkpoint: int = 0
     last_snapshot: float = 0.0
+    unpublished: bool = False
 
     @classmethod
     def open(cls, config: TidemillConfig, settings: Settings | None = None) -> Runtime:
@@ -136,22 +137,30 @@ class Runtime:
         self.pipelines.pop(name, None)
         self.pipeline(name)
 
-    def after_commit(self) -> None:
-        """Checkpoint every N batches and publish the read-only snapshot when due."""
-        self.batches_since_checkpoint += 1
-        due = time.monotonic() - self.last_snapshot >= self.snapshot_every_seconds
+    def after_cycle(self, committed: bool) -> None:
+        """Checkpoint every N batches, and publish the read-only snapshot once it is
+        `snapshot_every_seconds` old and a batch committed since (empty cycles too, so the
+        last batch of a burst is published)."""
+        if committed:
+            self.batches_since_checkpoint += 1
+            self.unpublished = True
+        due = (
+            self.unpublished
+            and time.monotonic() - self.last_snapshot >= self.snapshot_every_seconds
+        )
         if self.batches_since_checkpoint < self.checkpoint_every_batches and not due:
             return
         with self.lock:
             try:
                 self.con.execute("CHECKPOINT")
-            except duckdb.Error as error:  # a reader holds a transaction: try next batch
+            except duckdb.Error as error:  # a reader holds a transaction: try next cycle
                 log.debug("checkpoint skipped: %s", error)
                 return
             self.batches_since_checkpoint = 0
             if due:
                 publish_snapshot(database_path(self.state_dir), snapshot_path(self.state_dir))
                 self.last_snapshot = time.monotonic()
+                self.unpublished = False
 
     def close(self) -> None:
         """Checkpoint, publish a last snapshot and close the file."""

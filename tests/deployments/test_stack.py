@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pytest
 
@@ -58,6 +59,14 @@ def test_up_runs_scheduled_batches_in_the_worker_and_sql_works_meanwhile(
             rows = result.rows[0][0]
         assert where == "owner"  # routed into the worker while it writes
         assert rows == 200
+        # any DuckDB client can open the published snapshot while the worker holds the file
+        deadline = time.monotonic() + 15
+        published = 0
+        while time.monotonic() < deadline and published < 200:
+            time.sleep(1)
+            with duckdb.connect(str(config.state_dir / "snapshot.duckdb"), read_only=True) as snap:
+                published = snap.sql("SELECT count(*) FROM raw.elec").fetchall()[0][0]
+        assert published == 200
         elec_csv(landing / "b.csv", 200, 40)  # new data arrives while it runs
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and rows < 240:
