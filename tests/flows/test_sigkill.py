@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from deployments.query_service import OwnerUnavailable, QueryRefused, ask_owner
 from warehouse.connection import open_readonly
 from warehouse.registry import sha256_of
 
@@ -27,12 +28,21 @@ def _start(config: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def _batches(state_dir: Path) -> int:
+    """Committed batches, asked of the running worker over its query socket."""
+    try:
+        result = ask_owner(state_dir, "SELECT count(*) FROM _batches WHERE status = 'committed'", 2)
+    except (OwnerUnavailable, OSError, QueryRefused):
+        return -1
+    return int(result.rows[0][0])
+
+
 def test_killing_the_worker_anywhere_loses_and_duplicates_nothing(
     tmp_path: Path, flight_rows: pl.DataFrame
 ) -> None:
     config = tmp_path / "tidemill.toml"
     config.write_text(
-        (REPO / "tidemill.toml").read_text().replace("batch_rows = 500", "batch_rows = 100")
+        (REPO / "tidemill.toml").read_text().replace("batch_rows = 500", "batch_rows = 50")
     )
     landing = tmp_path / ".tidemill" / "landing" / "flights"
     landing.mkdir(parents=True)
@@ -41,10 +51,16 @@ def test_killing_the_worker_anywhere_loses_and_duplicates_nothing(
         rows.slice(i * 500, 500).write_csv(landing / f"part-{i}.csv")
 
     rng = random.Random(7)
-    kills = 0
-    for _ in range(12):
+    state_dir = tmp_path / ".tidemill"
+    kills = committed = 0
+    for _ in range(8):
         worker = _start(config)
-        time.sleep(rng.uniform(1.5, 4.0))  # start-up is ~1.5 s; then batches commit every ~50 ms
+        # wait until this worker has committed a batch of its own, then kill it at a random
+        # moment of the following ones (mid-validation, mid-learning, mid-commit, ...)
+        while worker.poll() is None and (now := _batches(state_dir)) <= committed:
+            time.sleep(0.02)
+        committed = max(committed, now)
+        time.sleep(rng.uniform(0.0, 0.3))
         if worker.poll() is not None:
             break
         worker.send_signal(signal.SIGKILL)
@@ -53,7 +69,7 @@ def test_killing_the_worker_anywhere_loses_and_duplicates_nothing(
     finished = _start(config)
     _, stderr = finished.communicate(timeout=120)
     assert finished.returncode == 0, stderr.decode()
-    assert kills >= 5
+    assert kills == 8
 
     con = open_readonly(tmp_path / ".tidemill" / "warehouse.duckdb")
     one = lambda sql: con.sql(sql).fetchall()[0][0]  # noqa: E731
