@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from deployments import processes
 
-# Popen objects of servers started by this process, kept so that their exit
-# status is collected (an unreaped child stays a zombie that `kill(pid, 0)`
-# still reports as alive).
-_children: dict[int, subprocess.Popen[bytes]] = {}
+HOST = "127.0.0.1"
 
 
 def server_env(state_dir: Path, port: int) -> dict[str, str]:
@@ -66,6 +61,10 @@ def is_healthy(port: int, timeout: float = 2.0) -> bool:
         return False
 
 
+NAME = "prefect-server"
+MARKER = ("prefect", "server", "start")
+
+
 def start_server(state_dir: Path, port: int = 4200, timeout: float = 60) -> int:
     """Start the state dir's Prefect server on `port` unless it already runs; return its pid.
 
@@ -73,9 +72,8 @@ def start_server(state_dir: Path, port: int = 4200, timeout: float = 60) -> int:
     exits during start-up, or if it is not healthy within `timeout` seconds
     (it is then stopped again).
     """
-    pid_file = _pid_file(state_dir)
-    pid = _read_pid(pid_file)
-    if pid is not None and _is_our_server(pid):
+    pid = processes.running(state_dir, NAME, MARKER)
+    if pid is not None:
         running_port = _port_of(pid)
         if running_port != port:
             raise RuntimeError(
@@ -84,7 +82,7 @@ def start_server(state_dir: Path, port: int = 4200, timeout: float = 60) -> int:
             )
         _wait_healthy(pid, port, timeout, state_dir)
         return pid
-    pid_file.unlink(missing_ok=True)
+    processes.pid_file(state_dir, NAME).unlink(missing_ok=True)
 
     if _port_in_use(port):
         what = "a Prefect server" if is_healthy(port) else "another process"
@@ -92,31 +90,25 @@ def start_server(state_dir: Path, port: int = 4200, timeout: float = 60) -> int:
             f"port {port} is already used by {what} not started from {state_dir}; "
             "stop it or choose another port"
         )
-
-    log_path = state_dir / "logs" / "prefect-server.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **server_env(state_dir, port)}
-    command = [sys.executable, "-m", "prefect", "server", "start"]
-    command += ["--host", HOST, "--port", str(port)]
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            command,
-            env=env,
-            cwd=state_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    _children[proc.pid] = proc
-    pid_file.write_text(f"{proc.pid}\n")
+    command = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "server",
+        "start",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+    ]
+    pid = processes.spawn(state_dir, NAME, command, env, state_dir)
     try:
-        _wait_healthy(proc.pid, port, timeout, state_dir)
+        _wait_healthy(pid, port, timeout, state_dir)
     except RuntimeError:
         stop_server(state_dir)
         raise
-    return proc.pid
+    return pid
 
 
 def stop_server(state_dir: Path, timeout: float = 20) -> bool:
@@ -125,66 +117,11 @@ def stop_server(state_dir: Path, timeout: float = 20) -> bool:
     Sends SIGTERM to the server's process group, then SIGKILL after `timeout`
     seconds. Removes the pid file, also when it is stale.
     """
-    pid_file = _pid_file(state_dir)
-    pid = _read_pid(pid_file)
-    if pid is None or not _is_our_server(pid):
-        pid_file.unlink(missing_ok=True)
-        return False
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)
-        deadline = time.monotonic() + wait
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not _alive(pid):
-            break
-    pid_file.unlink(missing_ok=True)
-    _children.pop(pid, None)
-    return True
-
-
-def _pid_file(state_dir: Path) -> Path:
-    return state_dir / "run" / "prefect-server.pid"
-
-
-def _read_pid(pid_file: Path) -> int | None:
-    try:
-        return int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    child = _children.get(pid)
-    if child is not None:
-        return child.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def _is_our_server(pid: int) -> bool:
-    """A pid from our pid file may have been reused by an unrelated process."""
-    if not _alive(pid):
-        return False
-    args = _cmdline(pid)
-    return "prefect" in args and "server" in args and "start" in args
+    return processes.stop(state_dir, NAME, MARKER, timeout)
 
 
 def _port_of(pid: int) -> int | None:
-    args = _cmdline(pid)
+    args = processes.cmdline(pid)
     with contextlib.suppress(ValueError, IndexError):
         return int(args[args.index("--port") + 1])
     return None
@@ -204,8 +141,8 @@ def _port_in_use(port: int) -> bool:
 def _wait_healthy(pid: int, port: int, timeout: float, state_dir: Path) -> None:
     deadline = time.monotonic() + timeout
     while not is_healthy(port):
-        if not _alive(pid):
-            log = state_dir / "logs" / "prefect-server.log"
+        if not processes.alive(pid):
+            log = processes.log_file(state_dir, NAME)
             raise RuntimeError(f"the Prefect server exited during start-up; see {log}")
         if time.monotonic() > deadline:
             raise RuntimeError(
