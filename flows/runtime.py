@@ -18,8 +18,9 @@ from pathlib import Path
 import duckdb
 
 from tasks.encode import FeatureEncoder
-from tasks.landing import header_of
+from tasks.landing import column_values, header_of
 from tasks.model import ModelState, make_estimator
+from tasks.validate import class_labels
 from tidemill.config import PipelineConfig, TidemillConfig
 from tidemill.settings import Settings, get_settings
 from warehouse import registry
@@ -105,14 +106,15 @@ class Runtime:
         config = self.config.pipeline(name)
         with self.lock:
             stored = stored_schema(self.con, name)
-            if config.features is None:
-                if stored is not None:
-                    config = config.with_features(list(stored["features"]))  # type: ignore[arg-type]
-                else:
-                    resolved = self._features_from_landing(config)
-                    if resolved is None:
-                        return None
-                    config = config.with_features(resolved)
+            if stored is not None:  # what the config leaves out was fixed at creation
+                features = config.features or list(stored["features"])  # type: ignore[call-overload]
+                classes = config.classes or stored["classes"]
+            else:
+                found = self._from_landing(config)
+                if found is None:
+                    return None
+                features, classes = found
+            config = config.resolved(features, list(classes) if classes else None)  # type: ignore[arg-type]
             ensure_pipeline_tables(self.con, config)
             champion = registry.champion(self.con, name)
             if champion is None:
@@ -124,12 +126,23 @@ class Runtime:
         return state
 
     @staticmethod
-    def _features_from_landing(config: PipelineConfig) -> list[str] | None:
+    def _from_landing(config: PipelineConfig) -> tuple[list[str], list[str] | None] | None:
+        """Features and classes the config leaves out, read from the landing files there
+        are now; None while the folder is empty (the pipeline then waits)."""
+        features, classes = config.features, config.classes
+        if features is not None and (classes is not None or config.task == "regression"):
+            return features, classes
         files = sorted(glob.glob(config.source.path))
         if not files:
             return None
-        special = {config.event_time, config.target, config.key}
-        return [c for c in header_of(files[0], config.source.format) if c not in special]
+        if features is None:
+            special = {config.event_time, config.target, config.key}
+            header = header_of(files[0], config.source.format)
+            features = [c for c in header if c not in special]
+        if classes is None and config.task == "classification":
+            found = class_labels(column_values(files, config.source.format, config.target))
+            classes = found if len(found) >= 2 else None
+        return features, classes
 
     def reload_model(self, name: str) -> None:
         """Forget the in-memory model of `name` and load the champion again (after a

@@ -133,3 +133,15 @@ def header_of(path: str, fmt: str) -> list[str]:
     data = Path(path).read_bytes()
     columns, _ = parse_records(data, fmt, [])
     return columns
+
+
+def column_values(paths: list[str], fmt: str, column: str) -> pl.Series:
+    """Every value of `column` in the readable records of `paths` (text)."""
+    values = []
+    for path in paths:
+        try:
+            _, records = parse_records(Path(path).read_bytes(), fmt, [column])
+        except ValueError:
+            continue
+        values.append(records.filter(pl.col("_reject").is_null())[column])
+    return pl.concat(values) if values else pl.Series(column, [], dtype=pl.Utf8)

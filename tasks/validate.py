@@ -208,3 +208,19 @@ def validate_records(
         *[pl.col(_typed(name)).alias(name) for name in typed], *meta
     )
     return Validated(accepted=accepted, rejected=rejected)
+
+
+def class_labels(values: pl.Series) -> list[str]:
+    """Distinct canonical labels of `values`, numeric ones in numeric order, else sorted."""
+    labels = (
+        pl.DataFrame({"y": values.cast(pl.Utf8)})
+        .select(canonical_label(pl.col("y")))
+        .to_series()
+        .drop_nulls()
+        .unique()
+        .to_list()
+    )
+    try:
+        return sorted(labels, key=float)
+    except ValueError:
+        return sorted(labels)

@@ -137,12 +137,13 @@ class PipelineConfig(_Strict):
 
     @property
     def label_classes(self) -> list[str]:
-        """Declared class labels (text); 0/1 when the config declares none."""
+        """Class labels (text), the last one counted as positive in aggregates: as declared,
+        or as found in the landing files when the pipeline was created, else 0/1."""
         return self.classes if self.classes is not None else ["0", "1"]
 
-    def with_features(self, features: list[str]) -> PipelineConfig:
-        """This pipeline with its feature list resolved (when the config left it out)."""
-        return self.model_copy(update={"features": features})
+    def resolved(self, features: list[str], classes: list[str] | None) -> PipelineConfig:
+        """This pipeline with the features and classes the config left out filled in."""
+        return self.model_copy(update={"features": features, "classes": classes})
 
 
 class StateConfig(_Strict):

@@ -210,3 +210,32 @@ def test_grown_and_replaced_files_add_only_what_is_new(
         )
         == 30
     )
+
+
+def test_features_and_classes_left_out_of_the_config_come_from_the_landing_files(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "tidemill.toml").write_text(
+        '[pipelines.elec]\nsource = { kind = "files", path = "in/*.csv" }\nevent_time = "ts"\ntarget = "class"\n'
+    )
+    config = load_config(tmp_path / "tidemill.toml")
+    runtime = Runtime.open(config)
+    assert run_cycle(runtime, "elec").status == "waiting"  # nothing landed yet: nothing to infer
+    (tmp_path / "in").mkdir()
+    lines = ["ts,price,demand,class"] + [
+        f"{1262304000 + 1800 * i},{i % 7 / 7:.3f},{i % 5 / 5:.3f},{'UP' if i % 7 > 3 else 'DOWN'}"
+        for i in range(100)
+    ]
+    (tmp_path / "in" / "a.csv").write_text("\n".join(lines) + "\n")
+    _drain(runtime, "elec")
+    state = runtime.pipelines["elec"]
+    assert state.config.features == ["price", "demand"]
+    assert state.model.classes == ["DOWN", "UP"]
+    (tmp_path / "in" / "b.csv").write_text(
+        f"ts,price,demand,class\n{1262304000 + 1800 * 200},0.5,0.5,FLAT\n"
+    )
+    _drain(runtime, "elec")
+    assert _one(runtime, "SELECT reason FROM raw.elec_quarantine") == (
+        "class 'FLAT' is not one of the classes DOWN, UP; declare pipelines.elec.classes"
+    )
+    assert _one(runtime, "SELECT count(*) FROM raw.elec") == 100
