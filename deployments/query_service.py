@@ -1,9 +1,11 @@
-"""SQL routed into the process that owns the warehouse, over a local Unix socket.
+"""Requests routed into the process that owns the warehouse, over a local Unix socket.
 
 DuckDB lets no second process open a file that is being written, so `tidemill query`
-asks the owner (worker or `tidemill run`) to run the statement on a cursor of its own.
-One JSON line in ({"sql": ...}), one JSON line out ({"ok", "columns", "types", "rows"}
-or {"ok": false, "error"}). The socket lives in the state folder, mode 0600.
+asks the owner (worker or `tidemill run`) to run the statement on a cursor of its own,
+and commands that change something (`tidemill models promote`, ...) are carried out by
+the owner too. One JSON line in ({"sql": ...} or {"op": NAME, ...}), one JSON line out
+({"ok": true, ...} or {"ok": false, "error"}). The socket lives in the state folder,
+mode 0600, so only the owner's user can reach it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import socket
 import socketserver
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +50,23 @@ class _Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         line = self.rfile.readline(MAX_REQUEST_BYTES)
         try:
-            sql = str(json.loads(line)["sql"])
-            with self.server.lock:
-                cursor = self.server.con.cursor()
-            try:
-                reply = _encode(run_readonly(cursor, sql))
-            finally:
-                cursor.close()
+            request = json.loads(line)
+            op = request.get("op", "query")
+            if op == "query":
+                sql = str(request["sql"])
+                with self.server.lock:
+                    cursor = self.server.con.cursor()
+                try:
+                    reply = _encode(run_readonly(cursor, sql))
+                finally:
+                    cursor.close()
+            elif op in self.server.commands:
+                result = self.server.commands[op](request)
+                reply = json.dumps({"ok": True, **result}, default=str).encode() + b"\n"
+            else:
+                reply = json.dumps({"ok": False, "error": f"unknown op {op!r}"}).encode() + b"\n"
+        except Refused as error:
+            reply = json.dumps({"ok": False, "error": str(error)}).encode() + b"\n"
         except ReadOnlyViolation as error:
             reply = json.dumps({"ok": False, "error": str(error)}).encode() + b"\n"
         except duckdb.Error as error:
@@ -64,19 +77,36 @@ class _Handler(socketserver.StreamRequestHandler):
         self.wfile.write(reply)
 
 
+Command = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Refused(ValueError):
+    """Raised by a command to refuse a request; the message goes back to the caller."""
+
+
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
-    def __init__(self, path: str, con: duckdb.DuckDBPyConnection, lock: Any) -> None:
+    def __init__(
+        self, path: str, con: duckdb.DuckDBPyConnection, lock: Any, commands: Mapping[str, Command]
+    ) -> None:
         self.con = con
         self.lock = lock
+        self.commands = dict(commands)
         super().__init__(path, _Handler)
 
 
 class QueryService:
-    """Serves read-only queries on `con` from a background thread until `close()`."""
+    """Serves read-only queries on `con`, and `commands` by name, from a background thread
+    until `close()`."""
 
-    def __init__(self, state_dir: Path, con: duckdb.DuckDBPyConnection, lock: Any) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        con: duckdb.DuckDBPyConnection,
+        lock: Any,
+        commands: Mapping[str, Command] | None = None,
+    ) -> None:
         path = socket_path(state_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
@@ -84,7 +114,7 @@ class QueryService:
                 raise RuntimeError(f"another owner already serves queries on {path}")
             path.unlink()
         self.path = path
-        self._server = _Server(str(path), con, lock)
+        self._server = _Server(str(path), con, lock, commands or {})
         os.chmod(path, 0o600)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="tidemill-query", daemon=True
@@ -108,8 +138,9 @@ def _listening(path: Path) -> bool:
         return False
 
 
-def ask_owner(state_dir: Path, sql: str, timeout: float = 60.0) -> QueryResult:
-    """Run `sql` in the owning process; raises OwnerUnavailable or QueryRefused."""
+def call_owner(state_dir: Path, request: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+    """Send `request` to the owning process; returns its reply. Raises OwnerUnavailable
+    when no owner listens, QueryRefused when it refuses or fails the request."""
     path = socket_path(state_dir)
     if not path.exists():
         raise OwnerUnavailable(str(path))
@@ -119,16 +150,24 @@ def ask_owner(state_dir: Path, sql: str, timeout: float = 60.0) -> QueryResult:
             client.connect(str(path))
         except OSError as error:
             raise OwnerUnavailable(str(path)) from error
-        client.sendall(json.dumps({"sql": sql}).encode() + b"\n")
+        client.sendall(json.dumps(request).encode() + b"\n")
         chunks = []
         while True:
             chunk = client.recv(1 << 16)
             if not chunk:
                 break
             chunks.append(chunk)
-    reply = json.loads(b"".join(chunks) or b'{"ok": false, "error": "owner closed the connection"}')
+    reply: dict[str, Any] = json.loads(
+        b"".join(chunks) or b'{"ok": false, "error": "owner closed the connection"}'
+    )
     if not reply["ok"]:
         raise QueryRefused(reply["error"])
+    return reply
+
+
+def ask_owner(state_dir: Path, sql: str, timeout: float = 60.0) -> QueryResult:
+    """Run read-only `sql` in the owning process; raises OwnerUnavailable or QueryRefused."""
+    reply = call_owner(state_dir, {"sql": sql}, timeout)
     return QueryResult(
         columns=reply["columns"], types=reply["types"], rows=[tuple(r) for r in reply["rows"]]
     )

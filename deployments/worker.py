@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 from uuid import UUID
 
+from deployments import owner
 from deployments.executor import InProcessExecutor, ensure_deployment
-from deployments.query_service import QueryService
 from flows.micro_batch import micro_batch
 from flows.resident import install
 from flows.runtime import Runtime
@@ -63,7 +63,7 @@ def run_worker(config: TidemillConfig, pipelines: list[str] | None = None) -> No
     for name in names:
         runtime.pipeline(name)  # tables exist (and models load) before the first run
     install(runtime)
-    service = QueryService(config.state_dir, runtime.con, runtime.lock)
+    service = owner.serve(runtime)
     ready = ready_file(config.state_dir)
     try:
         ids = asyncio.run(register(config, names))

@@ -175,6 +175,29 @@ class Runtime:
                 self.last_snapshot = time.monotonic()
                 self.unpublished = False
 
+    def change_champion(
+        self, name: str, to_version: int | None, *, action: str, actor: str, reason: str
+    ) -> registry.ModelVersion:
+        """Promote `to_version` (rollback: to the previous champion when None); the next
+        batch is scored and learned by it. Its artifact is verified before anything changes."""
+        state = self.pipeline(name)
+        if state is None:
+            raise registry.RegistryError(f"{name} has no tables yet")
+        with self.lock:
+            target = (
+                to_version if to_version is not None else registry.rollback_target(self.con, name)
+            )
+            row = registry.get_version(self.con, name, target)
+            if row is None:
+                raise registry.RegistryError(f"{name} has no version {target}")
+            model = registry.load_artifact(self.state_dir, row)
+            changed = registry.change_champion(
+                self.con, name, target, action=action, actor=actor, reason=reason
+            )
+            state.model, state.version = model, changed.version
+            self.unpublished = True
+        return changed
+
     def close(self) -> None:
         """Checkpoint, publish a last snapshot and close the file."""
         with self.lock:

@@ -17,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
+import duckdb
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -101,14 +102,14 @@ def run(
     Without --drain it runs one batch every `every_seconds` until Ctrl-C. While it runs,
     `tidemill query` reaches the warehouse through this process.
     """
-    from deployments.query_service import QueryService
+    from deployments import owner
     from flows.cycle import BatchFailed, run_cycle
     from flows.runtime import Runtime
 
     config = _config()
     spec = config.pipeline(pipeline)
     runtime = Runtime.open(config)
-    service = QueryService(config.state_dir, runtime.con, runtime.lock)
+    service = owner.serve(runtime)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     reports = []
@@ -263,7 +264,7 @@ def query(
     Tables: raw.P, raw.P_quarantine, clean.P, agg.P_*, ml.P_predictions,
     ml.model_versions, ml.batch_metrics, _batches, _watermarks, _files.
     """
-    from tidemill.reader import read_sql
+    from tidemill.access import read_sql
 
     result, _ = read_sql(_config().state_dir, sql, snapshot=snapshot)
     _print_result(result.columns, result.rows, fmt)
@@ -277,7 +278,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Pipelines, their last batch, rows, quarantine counts, backlog and lag."""
-    from tidemill.reader import read_sql
+    from tidemill.access import read_sql
     from warehouse.reports import known_pipelines_sql, status_sql
 
     config = _config()
@@ -303,7 +304,7 @@ def models_list(
     limit: Annotated[int, typer.Option("--limit", min=1, help="Newest N versions.")] = 20,
 ) -> None:
     """Model versions of PIPELINE, newest first: lineage, rows seen, hash, metrics."""
-    from tidemill.reader import read_sql
+    from tidemill.access import read_sql
     from warehouse.reports import models_sql
 
     _config().pipeline(pipeline)
@@ -351,7 +352,7 @@ def models_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Everything recorded about one model version (default: the champion)."""
-    from tidemill.reader import read_sql
+    from tidemill.access import read_sql
     from warehouse.reports import models_sql
 
     _config().pipeline(pipeline)
@@ -376,6 +377,72 @@ def models_show(
             value = f"{len(value)}: " + ", ".join(value[:12]) + (" …" if len(value) > 12 else "")
         table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
     out.print(table)
+
+
+def _actor() -> str:
+    import getpass
+    import socket
+
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+@models_app.command("promote")
+def models_promote(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
+    version: Annotated[int, typer.Argument(help="Version to make the champion.", min=1)],
+    reason: Annotated[
+        str, typer.Option("--reason", "-r", help="Why (kept in ml.model_events).")
+    ] = "",
+) -> None:
+    """Make VERSION the champion of PIPELINE: the next batch is scored and learned by it.
+
+    Recorded in ml.model_events with who, when and why. The artifact's SHA-256 is checked
+    before anything changes.
+    """
+    from tidemill.access import command
+
+    config = _config()
+    config.pipeline(pipeline)
+    done = command(
+        config,
+        "champion",
+        pipeline=pipeline,
+        version=version,
+        action="promote",
+        actor=_actor(),
+        reason=reason or "promoted by hand",
+    )
+    out.print(f"{pipeline}: v{done['version']} is the champion ({done['rows_seen']} rows seen)")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
+    to: Annotated[int | None, typer.Option("--to", min=1, help="Version to return to.")] = None,
+    reason: Annotated[
+        str, typer.Option("--reason", "-r", help="Why (kept in ml.model_events).")
+    ] = "",
+) -> None:
+    """Return PIPELINE to the champion before the last promotion (or its parent, or --to).
+
+    Recorded in ml.model_events; takes effect on the next batch.
+    """
+    from tidemill.access import command
+
+    config = _config()
+    config.pipeline(pipeline)
+    done = command(
+        config,
+        "champion",
+        pipeline=pipeline,
+        version=to,
+        action="rollback",
+        actor=_actor(),
+        reason=reason or "rolled back by hand",
+    )
+    out.print(
+        f"{pipeline}: rolled back, v{done['version']} is the champion ({done['rows_seen']} rows seen)"
+    )
 
 
 # ---------------------------------------------------------------- the stack
@@ -525,7 +592,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from deployments.query_service import QueryRefused
     from flows.runtime import OwnedElsewhere
     from tasks.model import ModelSpecError
-    from tidemill.reader import NothingToRead
+    from tidemill.access import NothingToRead
     from warehouse.pipeline_tables import SchemaMismatch
     from warehouse.readonly import ReadOnlyViolation
     from warehouse.registry import ArtifactIntegrityError
@@ -565,6 +632,10 @@ def main() -> None:
         sys.exit(done.exit_code)
     except _known_errors() as error:
         err.print(f"error: {error}", highlight=False, markup=False)
+        sys.exit(2)
+    except duckdb.Error as error:  # SQL a person typed: DuckDB's message says what is wrong
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        err.print(f"error: {message}", highlight=False, markup=False)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -166,3 +166,74 @@ def record_champion(con: duckdb.DuckDBPyConnection, version: ModelVersion) -> No
         f"INSERT INTO ml.model_versions ({', '.join(COLUMNS)}) VALUES ({placeholders})",
         [getattr(version, c) for c in COLUMNS],
     )
+
+
+class RegistryError(ValueError):
+    """A registry change that cannot be made; the message says why."""
+
+
+def change_champion(
+    con: duckdb.DuckDBPyConnection,
+    pipeline: str,
+    to_version: int,
+    *,
+    action: str,
+    actor: str,
+    reason: str,
+) -> ModelVersion:
+    """Make `to_version` the champion (the previous one is retired) and record who, when
+    and why in ml.model_events, in one transaction; returns the new champion."""
+    target = get_version(con, pipeline, to_version)
+    if target is None:
+        raise RegistryError(f"{pipeline} has no version {to_version}")
+    current = champion(con, pipeline)
+    if current is not None and current.version == to_version:
+        raise RegistryError(f"{pipeline} v{to_version} is already the champion")
+    con.begin()
+    try:
+        con.execute(
+            "UPDATE ml.model_versions SET status = 'retired' WHERE pipeline = ? AND status = 'champion'",
+            [pipeline],
+        )
+        con.execute(
+            "UPDATE ml.model_versions SET status = 'champion' WHERE pipeline = ? AND version = ?",
+            [pipeline, to_version],
+        )
+        con.execute(
+            "INSERT INTO ml.model_events SELECT ?, coalesce(max(event_id), 0) + 1, now()::TIMESTAMP, "
+            "?, ?, ?, ?, ? FROM ml.model_events WHERE pipeline = ?",
+            [
+                pipeline,
+                action,
+                current.version if current else None,
+                to_version,
+                actor,
+                reason,
+                pipeline,
+            ],
+        )
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    changed = get_version(con, pipeline, to_version)
+    assert changed is not None
+    return changed
+
+
+def rollback_target(con: duckdb.DuckDBPyConnection, pipeline: str) -> int:
+    """The version a rollback returns to: the champion the current one was promoted over,
+    else (it was never promoted, or was itself reached by a rollback) its parent."""
+    current = champion(con, pipeline)
+    if current is None:
+        raise RegistryError(f"{pipeline} has no champion to roll back")
+    rows = con.execute(
+        "SELECT from_version FROM ml.model_events WHERE pipeline = ? AND to_version = ? "
+        "AND action = 'promote' ORDER BY event_id DESC LIMIT 1",
+        [pipeline, current.version],
+    ).fetchall()
+    if rows and rows[0][0] is not None:
+        return int(rows[0][0])
+    if current.parent_version is None:
+        raise RegistryError(f"{pipeline} v{current.version} has no parent to roll back to")
+    return current.parent_version

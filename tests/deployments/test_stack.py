@@ -13,8 +13,8 @@ import polars as pl
 import pytest
 
 from deployments import processes, stack
+from tidemill.access import read_sql
 from tidemill.config import TidemillConfig
-from tidemill.reader import read_sql
 
 pytestmark = pytest.mark.slow
 

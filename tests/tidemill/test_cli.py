@@ -94,6 +94,30 @@ def test_models_list_and_show(drained: Path, capsys: pytest.CaptureFixture[str])
     )
 
 
+def test_promote_and_rollback_from_the_command_line(
+    drained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(
+        capsys, "-c", str(drained), "models", "promote", "elec", "1", "--reason", "baseline"
+    )
+    assert code == 0 and "v1 is the champion (50 rows seen)" in out
+    code, out, _ = _run(capsys, "-c", str(drained), "models", "rollback", "elec")
+    assert code == 0 and "v3 is the champion" in out
+    code, out, _ = _run(
+        capsys,
+        "-c",
+        str(drained),
+        "query",
+        "SELECT action, to_version, reason FROM ml.model_events ORDER BY event_id",
+        "-f",
+        "json",
+    )
+    assert json.loads(out) == [
+        {"action": "promote", "to_version": 1, "reason": "baseline"},
+        {"action": "rollback", "to_version": 3, "reason": "rolled back by hand"},
+    ]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -107,6 +131,8 @@ def test_models_list_and_show(drained: Path, capsys: pytest.CaptureFixture[str])
         (["query", "SELEC 1"], "syntax error"),
         (["models", "show", "elec", "99"], "elec has no version 99 yet"),
         (["replay", "trains"], "unknown data set 'trains' (available: flights)"),
+        (["models", "promote", "elec", "3"], "elec v3 is already the champion"),
+        (["query", "SELECT * FROM nowhere"], "Table with name nowhere does not exist"),
     ],
 )
 def test_bad_arguments_print_one_line_and_exit_2(

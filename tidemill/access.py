@@ -1,17 +1,26 @@
-"""Reading the warehouse from outside the owning process, whatever is running.
+"""Reaching the warehouse from outside the owning process, whatever is running.
 
-Tries, in order: the owner's query socket (fresh, consistent), the warehouse file
-opened read-only (works when nothing owns it), the published snapshot (works always,
-as fresh as its last publication).
+Reads try, in order: the owner's socket (fresh, consistent), the warehouse file opened
+read-only (works when nothing owns it), the published snapshot (works always, as fresh
+as its last publication). Commands go to the owner, or run here on the file when no
+process owns it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
-from deployments.query_service import OwnerUnavailable, ask_owner
+from deployments.query_service import (
+    OwnerUnavailable,
+    QueryRefused,
+    Refused,
+    ask_owner,
+    call_owner,
+)
+from tidemill.config import TidemillConfig
 from warehouse.connection import database_path, open_readonly
 from warehouse.readonly import QueryResult, run_readonly
 from warehouse.snapshot import snapshot_path
@@ -44,3 +53,22 @@ def read_sql(state_dir: Path, sql: str, *, snapshot: bool = False) -> tuple[Quer
         )
     with open_readonly(published) as con:
         return run_readonly(con, sql), "snapshot"
+
+
+def command(config: TidemillConfig, op: str, **payload: Any) -> dict[str, Any]:
+    """Carry out owner command `op` (see deployments/owner.py) in the owner, or here."""
+    request = {"op": op, **payload}
+    try:
+        return call_owner(config.state_dir, request)
+    except OwnerUnavailable:
+        pass
+    from deployments.owner import commands
+    from flows.runtime import Runtime
+
+    runtime = Runtime.open(config)
+    try:
+        return commands(runtime)[op](request)
+    except Refused as error:
+        raise QueryRefused(str(error)) from None
+    finally:
+        runtime.close()
