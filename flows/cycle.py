@@ -11,7 +11,6 @@ This module orders steps and times them; the logic lives in `tasks/`, the SQL in
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +31,7 @@ from tasks.clean import clean_rows
 from tasks.landing import Known, discover, read_arrival
 from tasks.metrics import prequential_metrics
 from tasks.model import ModelState, learn, predict
-from tasks.validate import validate_records
+from tasks.validate import content_hashes, validate_records
 from warehouse import inbox, registry
 from warehouse.batches import (
     BatchRecord,
@@ -255,27 +254,20 @@ def _batch(
         with timer("learn"):
             learned = learn(candidate, x[labelled], y)
         with timer("artifact"):
-            version = registry.next_version(runtime.con, config.name)
-            relpath = registry.artifact_relpath(config.name, version, batch_id)
-            sha256 = registry.write_artifact(runtime.state_dir, relpath, learned)
-            version_row = registry.ModelVersion(
-                pipeline=config.name,
-                version=version,
+            version_row = registry.write_version(
+                runtime.con,
+                runtime.state_dir,
+                config.name,
+                learned,
+                estimator=config.model.estimator,
+                params=config.model.params,
                 parent_version=state.version,
                 batch_id=batch_id,
-                rows_seen=learned.rows_seen,
-                batches_seen=learned.batches_seen,
-                created_at=_now(),
-                artifact_path=relpath,
-                sha256=sha256,
-                estimator=config.model.estimator,
-                params_json=_json(config.model.params),
-                library_versions=registry.library_versions(),
-                feature_names=learned.feature_names,
                 status="champion",
-                metrics_json=_json(metrics),
+                metrics=metrics,
+                created_at=_now(),
             )
-        new_state = (learned, version)
+        new_state = (learned, version_row.version)
     predictions = None
     if scores is not None:
         keep = [c for c in (config.key, config.event_time) if c]
@@ -304,7 +296,9 @@ def _batch(
     write = BatchWrite(
         record=record,
         taken=records["_seq"],
-        raw=validated.accepted.select(raw_columns),
+        raw=validated.accepted.select(raw_columns).with_columns(
+            content_hashes(validated.accepted, declared_columns(config))
+        ),
         quarantine=validated.rejected.select("_file", "_line", "_raw", "reason"),
         clean=clean,
         aggregates=partials,
@@ -315,7 +309,3 @@ def _batch(
         version=version_row,
     )
     return write, new_state
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, sort_keys=True, default=str)

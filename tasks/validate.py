@@ -8,6 +8,7 @@ reason of a row is kept (joined with "; ") so a person can fix all of them at on
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -224,3 +225,16 @@ def class_labels(values: pl.Series) -> list[str]:
         return sorted(labels, key=float)
     except ValueError:
         return sorted(labels)
+
+
+def content_hashes(rows: pl.DataFrame, columns: list[str]) -> pl.Series:
+    """MD5 of each row's `columns` as canonical text: the identity of a row when the
+    pipeline has no key (stable across processes and library versions)."""
+    text = rows.select(
+        pl.concat_str(
+            [pl.col(c).cast(pl.Utf8).fill_null("\x00") for c in columns], separator="\x1f"
+        )
+    ).to_series()
+    return pl.Series(
+        "_row_hash", [hashlib.md5(t.encode()).hexdigest() for t in text.to_list()], dtype=pl.Utf8
+    )

@@ -106,7 +106,7 @@ def window_stats(
         con.unregister("_wanted")
 
 
-def _insert(
+def insert_frame(
     con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, extra: str = ""
 ) -> None:
     if frame.height == 0:
@@ -146,7 +146,7 @@ def _upsert_window(
         con.unregister("_partials")
 
 
-def _record_batch(con: duckdb.DuckDBPyConnection, record: BatchRecord) -> None:
+def record_batch(con: duckdb.DuckDBPyConnection, record: BatchRecord) -> None:
     con.execute(
         "INSERT INTO _batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
@@ -179,12 +179,12 @@ def commit_batch(con: duckdb.DuckDBPyConnection, config: PipelineConfig, write: 
         con.execute(f"DELETE FROM {t.inbox} WHERE _seq IN (SELECT _seq FROM _taken)")
         con.unregister("_taken")
         stamp = [pl.lit(batch_id, dtype=pl.Int64).alias("batch_id")]
-        _insert(
+        insert_frame(
             con,
             t.raw,
             write.raw.with_columns(*stamp, pl.lit(write.record.finished_at).alias("_loaded_at")),
         )
-        _insert(
+        insert_frame(
             con,
             t.quarantine,
             write.quarantine.select(
@@ -196,11 +196,11 @@ def commit_batch(con: duckdb.DuckDBPyConnection, config: PipelineConfig, write: 
                 pl.lit(write.record.finished_at).alias("quarantined_at"),
             ),
         )
-        _insert(con, t.clean, write.clean.with_columns(*stamp))
+        insert_frame(con, t.clean, write.clean.with_columns(*stamp))
         for spec in config.aggregates:
             _upsert_window(con, t.aggregate(spec.name), spec, write.aggregates[spec.name], batch_id)
         if write.predictions is not None and write.scored_by is not None:
-            _insert(
+            insert_frame(
                 con,
                 t.predictions,
                 write.predictions.with_columns(
@@ -208,7 +208,7 @@ def commit_batch(con: duckdb.DuckDBPyConnection, config: PipelineConfig, write: 
                 ),
             )
         if write.metrics and write.scored_by is not None:
-            _insert(
+            insert_frame(
                 con,
                 "ml.batch_metrics",
                 pl.DataFrame(
@@ -229,7 +229,7 @@ def commit_batch(con: duckdb.DuckDBPyConnection, config: PipelineConfig, write: 
             )
         if write.version is not None:
             record_champion(con, write.version)
-        _record_batch(con, write.record)
+        record_batch(con, write.record)
         con.execute(
             "UPDATE _watermarks SET event_time_at = greatest(coalesce(event_time_at, ?), ?), "
             "last_batch_id = ?, rows_total = rows_total + ?, heartbeat_at = ? WHERE pipeline = ?",
@@ -252,7 +252,7 @@ def record_failure(con: duckdb.DuckDBPyConnection, record: BatchRecord) -> None:
     """Record a failed batch (nothing else of it was written)."""
     con.begin()
     try:
-        _record_batch(con, record)
+        record_batch(con, record)
         con.commit()
     except BaseException:
         con.rollback()

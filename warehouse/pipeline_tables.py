@@ -145,7 +145,7 @@ def ddl(config: PipelineConfig) -> list[str]:
             "Records read from landing files and not yet taken by a batch (text as read).",
         ),
         f"CREATE TABLE {t.raw} ({typed}, batch_id BIGINT NOT NULL, _loaded_at TIMESTAMP NOT NULL, "
-        f"_file VARCHAR NOT NULL, _line BIGINT NOT NULL{pk})",
+        f"_file VARCHAR NOT NULL, _line BIGINT NOT NULL, _row_hash VARCHAR NOT NULL{pk})",
         *_comments(
             t.raw,
             {
@@ -154,6 +154,7 @@ def ddl(config: PipelineConfig) -> list[str]:
                 "_loaded_at": "When the row was committed (UTC).",
                 "_file": "Landing file the row came from.",
                 "_line": "Line or row number in that file.",
+                "_row_hash": "MD5 of the row's source columns: its identity when there is no key.",
             },
             f"Every accepted source row of pipeline {config.name}, exactly once, typed.",
         ),

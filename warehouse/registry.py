@@ -121,6 +121,44 @@ def load_artifact(state_dir: Path, version: ModelVersion) -> Any:
     return joblib.load(path)
 
 
+def write_version(
+    con: duckdb.DuckDBPyConnection,
+    state_dir: Path,
+    pipeline: str,
+    model: Any,
+    *,
+    estimator: str,
+    params: dict[str, Any],
+    parent_version: int | None,
+    batch_id: int,
+    status: str,
+    metrics: dict[str, float],
+    created_at: datetime,
+) -> ModelVersion:
+    """Write `model`'s artifact under the next version number and return its registry row
+    (not inserted yet: the caller commits it with the rows it learned)."""
+    version = next_version(con, pipeline)
+    relpath = artifact_relpath(pipeline, version, batch_id)
+    sha256 = write_artifact(state_dir, relpath, model)
+    return ModelVersion(
+        pipeline=pipeline,
+        version=version,
+        parent_version=parent_version,
+        batch_id=batch_id,
+        rows_seen=model.rows_seen,
+        batches_seen=model.batches_seen,
+        created_at=created_at,
+        artifact_path=relpath,
+        sha256=sha256,
+        estimator=estimator,
+        params_json=json.dumps(params, sort_keys=True, default=str),
+        library_versions=library_versions(),
+        feature_names=model.feature_names,
+        status=status,
+        metrics_json=json.dumps(metrics, sort_keys=True),
+    )
+
+
 def _rows(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]) -> list[ModelVersion]:
     rows = con.execute(
         f"SELECT {', '.join(COLUMNS)} FROM ml.model_versions WHERE {where} ORDER BY version",
@@ -161,6 +199,11 @@ def record_champion(con: duckdb.DuckDBPyConnection, version: ModelVersion) -> No
         "UPDATE ml.model_versions SET status = 'retired' WHERE pipeline = ? AND status = 'champion'",
         [version.pipeline],
     )
+    record(con, version)
+
+
+def record(con: duckdb.DuckDBPyConnection, version: ModelVersion) -> None:
+    """Insert `version` as it is (a candidate leaves the champion alone)."""
     placeholders = ", ".join("?" for _ in COLUMNS)
     con.execute(
         f"INSERT INTO ml.model_versions ({', '.join(COLUMNS)}) VALUES ({placeholders})",

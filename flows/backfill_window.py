@@ -1,0 +1,282 @@
+"""A manual backfill of one event-time window: THE code path for the CLI and the flow.
+
+Re-reads the source for records with event time in [start, end), inserts only those
+not already stored (same key, or same content when there is no key; records still in
+the inbox or already quarantined are left to their owners), recomputes every aggregate
+window it adds to from the clean rows, and with `retrain` trains a candidate model on
+the window without touching the champion. Chunks commit one transaction each and take
+the runtime lock only for their own duration, so live micro-batches run in between. A
+second run of the same window inserts nothing.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+from polars.exceptions import PanicException
+
+from flows.runtime import PipelineState, Runtime, fresh_model
+from tasks.aggregate import (
+    previous_window_keys,
+    window_partials,
+    window_start,
+    with_window_features,
+)
+from tasks.clean import clean_rows
+from tasks.landing import Arrival, read_arrival
+from tasks.metrics import prequential_metrics
+from tasks.model import learn, predict
+from tasks.validate import content_hashes, validate_records
+from warehouse import backfills, registry
+from warehouse.batches import BatchRecord, next_batch_id, window_stats
+from warehouse.pipeline_tables import declared_columns
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class BackfillReport:
+    """What a backfill did."""
+
+    backfill_id: int
+    pipeline: str
+    rows_in_window: int
+    rows_inserted: int
+    rows_present: int
+    rows_quarantined: int
+    windows_recomputed: int
+    candidate_version: int | None = None
+    candidate_metrics: dict[str, float] = field(default_factory=dict)
+
+
+class BackfillError(RuntimeError):
+    """A backfill that cannot run; the message says why."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def source_records(state: PipelineState, start: datetime, end: datetime) -> pl.DataFrame:
+    """Every record of the landing files with event time in [start, end), with `_file`."""
+    config = state.config
+    frames = []
+    for path in sorted(glob.glob(config.source.path)):
+        with open(path, "rb") as handle:
+            data = handle.read()
+        arrival = Arrival(path, len(data), 0, "", "backfill", 0, data)
+        _, records = read_arrival(
+            arrival, config.source.format, declared_columns(config), None, config.event_time
+        )
+        frames.append(records.with_columns(pl.lit(path).alias("_file")))
+    if not frames:
+        return pl.DataFrame()
+    everything = pl.concat(frames, how="vertical_relaxed")
+    return everything.filter((pl.col("_event_at") >= start) & (pl.col("_event_at") < end)).sort(
+        "_event_at", "_file", "_line"
+    )
+
+
+def _recompute(
+    runtime: Runtime, state: PipelineState, new_clean: pl.DataFrame
+) -> dict[str, tuple[pl.DataFrame, pl.DataFrame]]:
+    """Per aggregate: the windows `new_clean` adds to, and their stats recomputed from
+    the stored clean rows of those windows plus `new_clean`."""
+    config = state.config
+    out = {}
+    for spec in config.aggregates:
+        keyed = new_clean.with_columns(window_start(config, spec).alias("window_start"))
+        windows = keyed.select("window_start", *spec.by).unique()
+        if windows.height == 0:
+            out[spec.name] = (windows, windows)
+            continue
+        first = windows["window_start"].min()
+        last = windows["window_start"].max() + timedelta(seconds=spec.every_seconds)  # type: ignore[operator]
+        stored = backfills.clean_rows_between(
+            runtime.con, config.name, config.event_time, first, last
+        )  # type: ignore[arg-type]
+        rows = pl.concat([stored.select(new_clean.columns), new_clean], how="vertical_relaxed")
+        stats = window_partials(rows, config, spec).join(
+            windows, on=["window_start", *spec.by], how="semi", nulls_equal=True
+        )
+        out[spec.name] = (windows, stats)
+    return out
+
+
+def _insert_chunk(
+    runtime: Runtime, state: PipelineState, backfill_id: int, chunk: pl.DataFrame
+) -> None:
+    config = state.config
+    started = _now()
+    validated = validate_records(chunk, config, _now())
+    accepted = validated.accepted
+    identity = (
+        accepted[config.key] if config.key else content_hashes(accepted, declared_columns(config))
+    )
+    stored = backfills.stored_identities(runtime.con, config, identity)
+    fresh = ~identity.is_in(stored.implode())
+    new = accepted.filter(fresh)
+    clean = clean_rows(new, config)
+    recompute = _recompute(runtime, state, clean)
+    ts = clean[config.event_time]
+    record = BatchRecord(
+        batch_id=next_batch_id(runtime.con),
+        pipeline=config.name,
+        status="backfill",
+        window_start_at=ts.min() if clean.height else None,  # type: ignore[arg-type]
+        window_end_at=ts.max() if clean.height else None,  # type: ignore[arg-type]
+        rows_in=chunk.height,
+        rows_accepted=new.height,
+        rows_quarantined=validated.rejected.height,
+        rows_learned=0,
+        model_version=state.version,
+        started_at=started,
+        finished_at=_now(),
+    )
+    raw = new.select([*declared_columns(config), "_file", "_line"]).with_columns(
+        content_hashes(new, declared_columns(config))
+    )
+    backfills.commit_chunk(
+        runtime.con,
+        config,
+        backfill_id,
+        backfills.ChunkWrite(
+            record=record,
+            raw=raw,
+            clean=clean,
+            quarantine=validated.rejected.select("_file", "_line", "_raw", "reason"),
+            present=int((~fresh).sum()),
+        ),
+        recompute,
+    )
+
+
+def _train_candidate(
+    runtime: Runtime, state: PipelineState, start: datetime, end: datetime
+) -> tuple[registry.ModelVersion, dict[str, float]] | None:
+    """A fresh model learned prequentially on the window's clean rows, registered as a
+    candidate; None when the window has no labelled row."""
+    config = state.config
+    with runtime.lock:
+        rows = backfills.clean_rows_between(runtime.con, config.name, config.event_time, start, end)
+    model = fresh_model(config)
+    totals: dict[str, float] = {}
+    scored = 0
+    for chunk in rows.iter_slices(config.batch_rows):
+        features = chunk
+        with runtime.lock:
+            for spec in config.aggregates:
+                wanted = previous_window_keys(chunk, config, spec)
+                features = with_window_features(
+                    features, config, spec, window_stats(runtime.con, config, spec, wanted)
+                )
+        model.encoder.update(features)
+        x = model.encoder.transform(features)
+        labelled = features[config.target].is_not_null().to_numpy()
+        y = features[config.target].to_numpy()[labelled]
+        scores = predict(model, x)
+        if scores is not None and y.size:
+            for name, value in prequential_metrics(config.task, scores.subset(labelled), y).items():
+                totals[name] = totals.get(name, 0.0) + value * y.size
+            scored += int(y.size)
+        model = learn(model, x[labelled], y)
+    if not model.fitted:
+        return None
+    metrics = {name: total / scored for name, total in totals.items()} if scored else {}
+    with runtime.lock:
+        row = registry.write_version(
+            runtime.con,
+            runtime.state_dir,
+            config.name,
+            model,
+            estimator=config.model.estimator,
+            params=config.model.params,
+            parent_version=None,
+            batch_id=next_batch_id(runtime.con) - 1,
+            status="candidate",
+            metrics=metrics,
+            created_at=_now(),
+        )
+        registry.record(runtime.con, row)
+    return row, metrics
+
+
+def run_backfill(
+    runtime: Runtime,
+    name: str,
+    start: datetime,
+    end: datetime,
+    *,
+    retrain: bool = False,
+    requested_by: str,
+    progress: Progress | None = None,
+    chunk_rows: int = 2000,
+) -> BackfillReport:
+    """Backfill [start, end) of pipeline `name` (see module docstring)."""
+    if start >= end:
+        raise BackfillError(
+            f"--start {start:%Y-%m-%d %H:%M} must be before --end {end:%Y-%m-%d %H:%M}"
+        )
+    state = runtime.pipeline(name)
+    if state is None:
+        raise BackfillError(
+            f"{name} has no data yet: nothing has landed in {runtime.config.pipeline(name).source.path}"
+        )
+    with runtime.lock:
+        backfill_id = backfills.begin(runtime.con, name, start, end, retrain, requested_by)
+    try:
+        records = source_records(state, start, end)
+        total = records.height
+        if total:
+            with runtime.lock:
+                elsewhere = backfills.waiting_or_quarantined(runtime.con, name)
+                backfills.set_total(runtime.con, backfill_id, total)
+            records = records.join(elsewhere, on=["_file", "_line"], how="anti")
+            skipped = total - records.height
+            if skipped:
+                with runtime.lock:
+                    runtime.con.execute(
+                        "UPDATE _backfills SET rows_done = rows_done + ?, rows_present = rows_present + ? "
+                        "WHERE backfill_id = ?",
+                        [skipped, skipped, backfill_id],
+                    )
+            if progress:
+                progress(skipped, total)
+            done = skipped
+            for chunk in records.iter_slices(chunk_rows):
+                with runtime.lock:
+                    _insert_chunk(runtime, state, backfill_id, chunk)
+                done += chunk.height
+                if progress:
+                    progress(done, total)
+        candidate = _train_candidate(runtime, state, start, end) if retrain else None
+        with runtime.lock:
+            backfills.finish(
+                runtime.con,
+                backfill_id,
+                "done",
+                candidate_version=candidate[0].version if candidate else None,
+            )
+            row = backfills.get(runtime.con, backfill_id)
+            runtime.unpublished = True
+    except (Exception, PanicException) as error:
+        with runtime.lock:
+            backfills.finish(
+                runtime.con, backfill_id, "failed", error=f"{type(error).__name__}: {error}"
+            )
+        raise
+    return BackfillReport(
+        backfill_id=backfill_id,
+        pipeline=name,
+        rows_in_window=row.rows_in_window,
+        rows_inserted=row.rows_inserted,
+        rows_present=row.rows_present,
+        rows_quarantined=row.rows_quarantined,
+        windows_recomputed=row.windows_recomputed,
+        candidate_version=candidate[0].version if candidate else None,
+        candidate_metrics=candidate[1] if candidate else {},
+    )
