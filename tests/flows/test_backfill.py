@@ -128,7 +128,7 @@ def test_retrain_registers_a_candidate_and_leaves_the_champion_serving(runtime: 
 def test_overlapping_backfills_and_bad_windows_are_refused(runtime: Runtime) -> None:
     backfills.begin(runtime.con, "flights", START, END, False, "someone")
     with pytest.raises(
-        backfills.BackfillRefused, match="backfill 1 of flights .* is still running"
+        backfills.BackfillRefused, match=r"backfill 1 of flights .* is still running"
     ):
         run_backfill(runtime, "flights", START, END, requested_by="test")
     assert backfills.interrupt_running(runtime.con) == 1
