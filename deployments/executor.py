@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import datetime as dt
 import logging
 import signal
@@ -47,6 +48,22 @@ from prefect.states import Cancelled, Crashed, Pending, State
 from prefect.utilities.engine import propose_state
 
 logger = logging.getLogger(__name__)
+
+
+class _LeaseGoneAfterRun(logging.Filter):
+    """Drop the retry warning of a lease renewal that lost the race against the run.
+
+    The engine starts a thread that renews the deployment's concurrency lease;
+    a run that finishes first releases the lease, and that thread's first renew
+    then gets 410 Gone (about a third of sub-second runs). A real renewal
+    failure still ends in an ERROR record after the last attempt.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING and "410 Gone" in record.getMessage())
+
+
+_CONCURRENCY_LOGGER = logging.getLogger("prefect.concurrency")
 
 
 @dataclass
@@ -88,6 +105,8 @@ class InProcessExecutor:
                     f"flow {flow.name!r} of deployment {deployment_id} must be a "
                     "plain `async def` flow to run in-process"
                 )
+        if not any(isinstance(f, _LeaseGoneAfterRun) for f in _CONCURRENCY_LOGGER.filters):
+            _CONCURRENCY_LOGGER.addFilter(_LeaseGoneAfterRun())
         self._flows = dict(flows)
         self._poll_interval = poll_interval
         self._max_lateness = dt.timedelta(seconds=max_lateness)
@@ -108,7 +127,6 @@ class InProcessExecutor:
         loop's select, or a poll), which would kill the loop instead of
         stopping it; off the main thread the engine leaves signals alone.
         """
-        started = threading.Event()
         loop: asyncio.AbstractEventLoop | None = None
         stop: asyncio.Event | None = None
         failure: list[BaseException] = []
@@ -116,7 +134,8 @@ class InProcessExecutor:
         async def main() -> None:
             nonlocal loop, stop
             loop, stop = asyncio.get_running_loop(), asyncio.Event()
-            started.set()
+            if signals:  # signalled before the loop existed
+                stop.set()
             await self.run(stop)
 
         def target() -> None:
@@ -124,8 +143,6 @@ class InProcessExecutor:
                 asyncio.run(main())
             except BaseException as exc:
                 failure.append(exc)
-            finally:
-                started.set()
 
         signals = 0
 
@@ -142,9 +159,11 @@ class InProcessExecutor:
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            thread = threading.Thread(target=target, name="tidemill-executor")
+            # A new thread starts with empty contextvars: carry over the caller's
+            # Prefect settings context (e.g. temporary_settings).
+            context = contextvars.copy_context()
+            thread = threading.Thread(target=context.run, args=(target,), name="tidemill-executor")
             thread.start()
-            started.wait()
             while thread.is_alive():
                 thread.join(0.2)  # a timed join lets the signal handlers run
         finally:
@@ -317,14 +336,15 @@ async def ensure_deployment(
     flow: Flow[..., Any],
     *,
     name: str,
-    interval_seconds: float,
+    interval_seconds: float | None,
     parameters: dict[str, Any],
     tags: list[str],
     paused: bool = False,
 ) -> UUID:
     """Create or update the deployment `<flow name>/<name>`; return its id.
 
-    The deployment has one interval schedule, at most one active run
+    The deployment has one interval schedule (none when `interval_seconds` is None:
+    runs only when asked, e.g. a backfill), at most one active run
     (collision strategy CANCEL_NEW: a run proposed while another is active is
     cancelled, never queued), a parameter schema taken from the flow's
     signature (the UI's run form) and no work pool, so no worker picks its
@@ -333,7 +353,7 @@ async def ensure_deployment(
     """
     deployment = await flow.ato_deployment(
         name=name,
-        interval=dt.timedelta(seconds=interval_seconds),
+        interval=dt.timedelta(seconds=interval_seconds) if interval_seconds else None,
         parameters=parameters,
         tags=tags,
         paused=paused,

@@ -11,7 +11,13 @@ from typing import Any
 
 from deployments.query_service import Command, QueryService, Refused
 from flows.runtime import Runtime
+from warehouse import backfills
 from warehouse.registry import ArtifactIntegrityError, RegistryError
+
+
+def deployment_name(pipeline: str) -> str:
+    """Name of a pipeline's deployments (micro-batch/NAME, backfill/NAME in the UI)."""
+    return pipeline.replace("_", "-")
 
 
 def _champion(runtime: Runtime) -> Command:
@@ -31,9 +37,36 @@ def _champion(runtime: Runtime) -> Command:
     return change
 
 
+def _backfill(runtime: Runtime) -> Command:
+    """Start a run of the pipeline's backfill deployment; this worker executes it."""
+
+    def start(request: dict[str, Any]) -> dict[str, Any]:
+        from prefect.deployments import run_deployment
+
+        pipeline = str(request["pipeline"])
+        with runtime.lock:
+            other = backfills.running(runtime.con, pipeline)
+        if other is not None:
+            raise Refused(backfills.refusal(other))
+        flow_run = run_deployment(
+            name=f"backfill/{deployment_name(pipeline)}",
+            parameters={
+                "pipeline": pipeline,
+                "start": request["start"],
+                "end": request["end"],
+                "retrain": bool(request.get("retrain", False)),
+            },
+            timeout=0,
+            tags=["tidemill", f"pipeline:{pipeline}", "backfill"],
+        )
+        return {"flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name}
+
+    return start
+
+
 def commands(runtime: Runtime) -> dict[str, Command]:
     """Command name -> handler, for the socket service and for in-process use."""
-    return {"champion": _champion(runtime)}
+    return {"champion": _champion(runtime), "backfill": _backfill(runtime)}
 
 
 def serve(runtime: Runtime) -> QueryService:

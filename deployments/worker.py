@@ -13,15 +13,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 from uuid import UUID
+
+from prefect import Flow
 
 from deployments import owner
 from deployments.executor import InProcessExecutor, ensure_deployment
+from deployments.owner import deployment_name
+from flows.backfill import backfill
 from flows.micro_batch import micro_batch
 from flows.resident import install
 from flows.runtime import Runtime
 from tidemill.config import TidemillConfig
 from tidemill.settings import get_settings
+from warehouse import backfills
 
 log = logging.getLogger("tidemill.worker")
 READY_FILE = "worker.ready"
@@ -32,25 +38,30 @@ def ready_file(state_dir: Path) -> Path:
     return state_dir / "run" / READY_FILE
 
 
-def deployment_name(pipeline: str) -> str:
-    """Name of a pipeline's micro-batch deployment (shown as micro-batch/NAME in the UI)."""
-    return pipeline.replace("_", "-")
-
-
-async def register(config: TidemillConfig, pipelines: list[str]) -> dict[UUID, str]:
-    """Create or update the micro-batch deployment of each pipeline; id -> pipeline."""
-    ids = {}
+async def register(config: TidemillConfig, pipelines: list[str]) -> dict[UUID, Flow[..., Any]]:
+    """Create or update each pipeline's deployments: micro-batch/NAME on its interval and
+    backfill/NAME (no schedule; a custom run with start/end from the UI or the CLI).
+    Returns deployment id -> the flow this worker runs for it."""
+    flows: dict[UUID, Flow[..., Any]] = {}
     for name in pipelines:
         spec = config.pipeline(name)
-        deployment_id = await ensure_deployment(
+        tags = ["tidemill", f"pipeline:{name}"]
+        scheduled = await ensure_deployment(
             micro_batch,
             name=deployment_name(name),
             interval_seconds=spec.every_seconds,
             parameters={"pipeline": name},
-            tags=["tidemill", f"pipeline:{name}"],
+            tags=tags,
         )
-        ids[deployment_id] = name
-    return ids
+        on_demand = await ensure_deployment(
+            backfill,
+            name=deployment_name(name),
+            interval_seconds=None,
+            parameters={"pipeline": name, "retrain": False},
+            tags=[*tags, "backfill"],
+        )
+        flows[scheduled], flows[on_demand] = micro_batch, backfill
+    return flows
 
 
 def run_worker(config: TidemillConfig, pipelines: list[str] | None = None) -> None:
@@ -66,14 +77,19 @@ def run_worker(config: TidemillConfig, pipelines: list[str] | None = None) -> No
     service = owner.serve(runtime)
     ready = ready_file(config.state_dir)
     try:
-        ids = asyncio.run(register(config, names))
+        with runtime.lock:
+            interrupted = backfills.interrupt_running(runtime.con)
+        if interrupted:
+            log.warning(
+                "%d backfill(s) were left running by a stopped worker: marked interrupted",
+                interrupted,
+            )
+        flows = asyncio.run(register(config, names))
         executor = InProcessExecutor(
-            {deployment_id: micro_batch for deployment_id in ids},
-            poll_interval=0.5,
-            max_lateness=settings.max_lateness_seconds,
+            flows, poll_interval=0.5, max_lateness=settings.max_lateness_seconds
         )
-        ready.write_text("\n".join(f"{i} {n}" for i, n in ids.items()) + "\n")
-        log.info("worker ready: %s", ", ".join(f"{n} ({i})" for i, n in ids.items()))
+        ready.write_text("\n".join(f"{i} {f.name}" for i, f in flows.items()) + "\n")
+        log.info("worker ready: %s", ", ".join(f"{f.name} ({i})" for i, f in flows.items()))
         executor.serve()
     finally:
         ready.unlink(missing_ok=True)

@@ -82,6 +82,24 @@ def begin(
     return backfill_id
 
 
+def running(con: duckdb.DuckDBPyConnection, pipeline: str) -> BackfillRow | None:
+    """The backfill of `pipeline` that is running, if any."""
+    rows = con.execute(
+        f"SELECT {', '.join(COLUMNS)} FROM _backfills WHERE pipeline = ? AND status = 'running'",
+        [pipeline],
+    ).fetchall()
+    return BackfillRow(*rows[0]) if rows else None
+
+
+def refusal(row: BackfillRow) -> str:
+    """Why a new backfill of the same pipeline cannot start while `row` runs."""
+    return (
+        f"backfill {row.backfill_id} of {row.pipeline} ({row.start_at:%Y-%m-%d %H:%M} .. "
+        f"{row.end_at:%Y-%m-%d %H:%M}) is still running; wait for it to finish "
+        '(tidemill query "SELECT * FROM _backfills")'
+    )
+
+
 def get(con: duckdb.DuckDBPyConnection, backfill_id: int) -> BackfillRow:
     """The `_backfills` row of `backfill_id`."""
     row = con.execute(

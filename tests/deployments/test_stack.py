@@ -25,14 +25,20 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _flow_runs(port: int, deployment: str) -> list[tuple[str, str]]:
+def _flow_runs(port: int, deployment: str, flow: str = "micro-batch") -> list[tuple[str, str]]:
     from prefect.client.orchestration import PrefectClient
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowFilter,
+        FlowFilterName,
+    )
 
     async def fetch() -> list[tuple[str, str]]:
         async with PrefectClient(f"http://127.0.0.1:{port}/api") as client:
             runs = await client.read_flow_runs(
-                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment]))
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])),
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
             )
             return [(r.name, r.state_type.value if r.state_type else "") for r in runs]
 
