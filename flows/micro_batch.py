@@ -12,13 +12,17 @@ from dataclasses import asdict
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_table_artifact
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.client.orchestration import get_client
+from prefect.events import emit_event
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from flows.cycle import CycleReport, run_cycle
+from flows.cycle import BatchFailed, CycleReport, run_cycle
 from flows.resident import resident_runtime
+from flows.runtime import Runtime
+from warehouse.readonly import run_readonly
+from warehouse.reports import recent_metrics_sql
 
 
 def _artifact_rows(report: CycleReport) -> list[dict[str, Any]]:
@@ -35,6 +39,35 @@ def _artifact_rows(report: CycleReport) -> list[dict[str, Any]]:
     rows += [{"field": f"prequential {k}", "value": round(v, 5)} for k, v in report.metrics.items()]
     rows += [{"field": f"{k} ms", "value": round(v, 2)} for k, v in report.timings_ms.items()]
     return rows
+
+
+QUARANTINE_SPIKE = 0.2  # share of a batch's rows; above it the flow emits an event
+
+
+def _markdown_metrics(runtime: Runtime, pipeline: str) -> str:
+    """Markdown table of the recent prequential metrics (read on a cursor of its own)."""
+    with runtime.lock:
+        cursor = runtime.con.cursor()
+    try:
+        result = run_readonly(cursor, recent_metrics_sql(pipeline))
+    finally:
+        cursor.close()
+    head = "| " + " | ".join(result.columns) + " |\n|" + "---|" * len(result.columns) + "\n"
+    body = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in result.rows)
+    return (
+        f"## {pipeline}: prequential metrics of the last {len(result.rows)} scored batches\n\n"
+        "Each batch is scored by the model version serving before it learned the batch.\n\n"
+        + head
+        + body
+        + f"\nFull history: `tidemill query \"SELECT * FROM ml.batch_metrics WHERE pipeline = '{pipeline}'\"`\n"
+    )
+
+
+def _pipeline_resource(pipeline: str) -> dict[str, str]:
+    return {
+        "prefect.resource.id": f"tidemill.pipeline.{pipeline}",
+        "prefect.resource.name": pipeline,
+    }
 
 
 async def _name_run(name: str) -> None:
@@ -55,9 +88,33 @@ async def micro_batch(
     learn, commit. Returns the batch report."""
     logger = get_run_logger()
     runtime = resident_runtime()
-    report = await asyncio.to_thread(
-        run_cycle, runtime, pipeline, flow_run_id=str(flow_run.get_id() or "") or None
-    )
+    try:
+        report = await asyncio.to_thread(
+            run_cycle, runtime, pipeline, flow_run_id=str(flow_run.get_id() or "") or None
+        )
+    except BatchFailed as failure:
+        emit_event(
+            event="tidemill.batch.failed",
+            resource=_pipeline_resource(pipeline),
+            payload={"batch_id": failure.report.batch_id, "error": failure.report.error},
+        )
+        raise
+    if report.rows_in and report.rows_quarantined / report.rows_in > QUARANTINE_SPIKE:
+        emit_event(
+            event="tidemill.quarantine.spike",
+            resource=_pipeline_resource(pipeline),
+            payload={
+                "batch_id": report.batch_id,
+                "rows_in": report.rows_in,
+                "rows_quarantined": report.rows_quarantined,
+            },
+        )
+        logger.warning(
+            "batch %s: %s of %s rows quarantined",
+            report.batch_id,
+            report.rows_quarantined,
+            report.rows_in,
+        )
     if report.status == "committed":
         await _name_run(f"{pipeline}-batch-{report.batch_id}")
         await acreate_table_artifact(
@@ -65,6 +122,12 @@ async def micro_batch(
             key=f"{pipeline.replace('_', '-')}-batch",
             description=f"Batch {report.batch_id} of {pipeline}",
         )
+        if report.metrics:
+            await acreate_markdown_artifact(
+                markdown=await asyncio.to_thread(_markdown_metrics, runtime, pipeline),
+                key=f"{pipeline.replace('_', '-')}-metrics",
+                description=f"Latest prequential metrics of {pipeline}",
+            )
         logger.info(
             "batch %s: %s in, %s accepted, %s quarantined, learned %s -> v%s %s",
             report.batch_id,

@@ -26,5 +26,5 @@ def prequential_metrics(task: str, scores: Scores, y: np.ndarray) -> dict[str, f
         index = {str(c): i for i, c in enumerate(scores.labels)}
         columns = np.array([index[t] for t in truth])
         p = np.clip(scores.proba[np.arange(truth.size), columns], 1e-15, 1.0)
-        metrics["log_loss"] = float(-np.log(p).mean())
+        metrics["log_loss"] = float(-np.log(p).mean()) + 0.0  # never -0.0
     return metrics

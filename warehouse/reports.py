@@ -39,3 +39,11 @@ def models_sql(pipeline: str, version: int | None = None) -> str:
   created_at, sha256, estimator, params_json, library_versions, feature_names, metrics_json,
   artifact_path
 FROM ml.model_versions WHERE {where} ORDER BY version DESC"""
+
+
+def recent_metrics_sql(pipeline: str, batches: int = 20) -> str:
+    """Prequential metrics of the last `batches` scored batches, newest first."""
+    return f"""SELECT batch_id, model_version AS scored_by, max(n_scored) AS n_scored,
+  string_agg(metric || '=' || round(value, 4), ' ' ORDER BY metric) AS metrics
+FROM ml.batch_metrics WHERE pipeline = {lit(pipeline)}
+GROUP BY batch_id, model_version ORDER BY batch_id DESC LIMIT {int(batches)}"""

@@ -45,6 +45,33 @@ def _flow_runs(port: int, deployment: str, flow: str = "micro-batch") -> list[tu
     return asyncio.run(fetch())
 
 
+def _events(port: int, name: str) -> list[dict]:
+    import httpx
+
+    deadline = time.monotonic() + 15
+    while True:  # events reach the server asynchronously
+        reply = httpx.post(
+            f"http://127.0.0.1:{port}/api/events/filter",
+            json={"filter": {"event": {"name": [name]}}, "limit": 10},
+            timeout=10,
+        )
+        reply.raise_for_status()
+        events = reply.json()["events"]
+        if events or time.monotonic() > deadline:
+            return events
+        time.sleep(1)
+
+
+def _artifact_keys(port: int) -> set[str]:
+    import httpx
+
+    reply = httpx.post(
+        f"http://127.0.0.1:{port}/api/artifacts/filter", json={"limit": 200}, timeout=10
+    )
+    reply.raise_for_status()
+    return {a["key"] for a in reply.json() if a.get("key")}
+
+
 def test_up_runs_scheduled_batches_in_the_worker_and_sql_works_meanwhile(
     elec_config: Callable[..., TidemillConfig], elec_csv: Callable[..., pl.DataFrame]
 ) -> None:
@@ -79,6 +106,20 @@ def test_up_runs_scheduled_batches_in_the_worker_and_sql_works_meanwhile(
             time.sleep(1)
             rows = read_sql(config.state_dir, "SELECT count(*) FROM raw.elec")[0].rows[0][0]
         assert rows == 240
+        # a file of bad rows: quarantined, and the spike is a Prefect event automations can use
+        (landing / "c.csv").write_text(
+            "id,ts,feat_1,feat_2,target\n" + "".join(f"{900 + i},soon,x,y,1\n" for i in range(10))
+        )
+        deadline = time.monotonic() + 30
+        quarantined = 0
+        while time.monotonic() < deadline and quarantined < 10:
+            time.sleep(1)
+            quarantined = read_sql(config.state_dir, "SELECT count(*) FROM raw.elec_quarantine")[
+                0
+            ].rows[0][0]
+        assert quarantined == 10
+        assert _events(port, "tidemill.quarantine.spike")[0]["payload"]["rows_quarantined"] == 10
+        assert {"elec-batch", "elec-metrics"} <= _artifact_keys(port)
         runs = _flow_runs(port, "elec")
         states = [state for _, state in runs]
         assert states.count("COMPLETED") >= 6
