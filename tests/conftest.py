@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -78,3 +81,69 @@ def write_elec_csv(path: Path, start: int, n: int, seed: int = 0) -> pl.DataFram
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.write_csv(path)
     return frame
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PrefectApi:
+    """Reads what a real Prefect server recorded (runs, events, artifacts)."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/api"
+
+    def flow_runs(self, deployment: str, flow: str = "micro-batch") -> list[tuple[str, str]]:
+        """(name, state type) of the runs of deployment `flow/deployment`."""
+        import httpx
+
+        body = {
+            "flows": {"name": {"any_": [flow]}},
+            "deployments": {"name": {"any_": [deployment]}},
+            "limit": 200,
+        }
+        runs: list[dict[str, Any]] = []
+        while True:
+            reply = httpx.post(
+                f"{self.url}/flow_runs/filter", json={**body, "offset": len(runs)}, timeout=10
+            )
+            reply.raise_for_status()
+            page = reply.json()
+            runs += page
+            if len(page) < 200:
+                return [(r["name"], r["state_type"]) for r in runs]
+
+    def events(self, name: str, wait: float = 15) -> list[dict[str, Any]]:
+        """Events named `name` (they reach the server asynchronously: waits up to `wait` s)."""
+        import httpx
+
+        deadline = time.monotonic() + wait
+        while True:
+            reply = httpx.post(
+                f"{self.url}/events/filter",
+                json={"filter": {"event": {"name": [name]}}, "limit": 10},
+                timeout=10,
+            )
+            reply.raise_for_status()
+            events: list[dict[str, Any]] = reply.json()["events"]
+            if events or time.monotonic() > deadline:
+                return events
+            time.sleep(1)
+
+    def artifact_keys(self) -> set[str]:
+        """Keys of the artifacts the server holds."""
+        import httpx
+
+        reply = httpx.post(f"{self.url}/artifacts/filter", json={"limit": 200}, timeout=10)
+        reply.raise_for_status()
+        return {a["key"] for a in reply.json() if a.get("key")}
+
+
+@pytest.fixture
+def prefect_api() -> Callable[[int], PrefectApi]:
+    """PrefectApi for a server on a port."""
+    return PrefectApi

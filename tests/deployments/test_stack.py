@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import polars as pl
@@ -19,66 +19,17 @@ from tidemill.config import TidemillConfig
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _flow_runs(port: int, deployment: str, flow: str = "micro-batch") -> list[tuple[str, str]]:
-    from prefect.client.orchestration import PrefectClient
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterName,
-        FlowFilter,
-        FlowFilterName,
-    )
-
-    async def fetch() -> list[tuple[str, str]]:
-        async with PrefectClient(f"http://127.0.0.1:{port}/api") as client:
-            runs = await client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])),
-                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
-            )
-            return [(r.name, r.state_type.value if r.state_type else "") for r in runs]
-
-    return asyncio.run(fetch())
-
-
-def _events(port: int, name: str) -> list[dict]:
-    import httpx
-
-    deadline = time.monotonic() + 15
-    while True:  # events reach the server asynchronously
-        reply = httpx.post(
-            f"http://127.0.0.1:{port}/api/events/filter",
-            json={"filter": {"event": {"name": [name]}}, "limit": 10},
-            timeout=10,
-        )
-        reply.raise_for_status()
-        events = reply.json()["events"]
-        if events or time.monotonic() > deadline:
-            return events
-        time.sleep(1)
-
-
-def _artifact_keys(port: int) -> set[str]:
-    import httpx
-
-    reply = httpx.post(
-        f"http://127.0.0.1:{port}/api/artifacts/filter", json={"limit": 200}, timeout=10
-    )
-    reply.raise_for_status()
-    return {a["key"] for a in reply.json() if a.get("key")}
-
-
 def test_up_runs_scheduled_batches_in_the_worker_and_sql_works_meanwhile(
-    elec_config: Callable[..., TidemillConfig], elec_csv: Callable[..., pl.DataFrame]
+    elec_config: Callable[..., TidemillConfig],
+    elec_csv: Callable[..., pl.DataFrame],
+    free_port: int,
+    prefect_api: Callable[[int], Any],
 ) -> None:
     config = elec_config(batch_rows=40)
     landing = Path(config.pipeline("elec").source.path).parent
     elec_csv(landing / "a.csv", 0, 200)
-    port = _free_port()
+    port = free_port
+    api = prefect_api(port)
     started = stack.up(config, port=port, speed=None)
     try:
         assert (
@@ -118,9 +69,9 @@ def test_up_runs_scheduled_batches_in_the_worker_and_sql_works_meanwhile(
                 0
             ].rows[0][0]
         assert quarantined == 10
-        assert _events(port, "tidemill.quarantine.spike")[0]["payload"]["rows_quarantined"] == 10
-        assert {"elec-batch", "elec-metrics"} <= _artifact_keys(port)
-        runs = _flow_runs(port, "elec")
+        assert api.events("tidemill.quarantine.spike")[0]["payload"]["rows_quarantined"] == 10
+        assert {"elec-batch", "elec-metrics"} <= api.artifact_keys()
+        runs = api.flow_runs("elec")
         states = [state for _, state in runs]
         assert states.count("COMPLETED") >= 6
         assert "FAILED" not in states and "CRASHED" not in states
