@@ -16,7 +16,6 @@ rename and its state write re-emits that file's rows under a new name after rest
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import cast
 import polars as pl
 
 from tasks.replay import events_between, landing_rows, sim_time
+from tidemill.durable import write_atomic
 
 FILE_PREFIX = "flights-"
 _NAME_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"  # sorts lexicographically in time order
@@ -108,7 +108,7 @@ def replay(
 def _write_file(landing_dir: Path, until: datetime, batch: pl.DataFrame) -> str:
     """Write ``batch`` atomically as ``flights-<until>.csv``; return the file name."""
     name = f"{FILE_PREFIX}{until.astimezone(UTC).strftime(_NAME_TIME_FORMAT)}.csv"
-    _atomic_write(landing_dir / name, landing_rows(batch).write_csv().encode())
+    _write_bytes(landing_dir / name, landing_rows(batch).write_csv().encode())
     return name
 
 
@@ -128,21 +128,10 @@ def _read_position(state_file: Path) -> datetime | None:
     return position
 
 
+def _write_bytes(path: Path, data: bytes) -> None:
+    write_atomic(path, lambda handle: handle.write(data))
+
+
 def _write_position(state_file: Path, position: datetime, last_file: str) -> None:
     state = {"position": position.isoformat(), "last_file": last_file}
-    _atomic_write(state_file, (json.dumps(state, indent=2) + "\n").encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via ``<path>.part``, fsync and rename, fsync the folder."""
-    part = path.with_name(path.name + ".part")
-    with open(part, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(part, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _write_bytes(state_file, (json.dumps(state, indent=2) + "\n").encode())

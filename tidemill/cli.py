@@ -386,6 +386,23 @@ def _actor() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
+def _change_champion(pipeline: str, version: int | None, action: str, reason: str) -> None:
+    from tidemill.access import command
+
+    config = _config()
+    config.pipeline(pipeline)
+    done = command(
+        config,
+        "champion",
+        pipeline=pipeline,
+        version=version,
+        action=action,
+        actor=_actor(),
+        reason=reason,
+    )
+    out.print(f"{pipeline}: v{done['version']} is the champion ({done['rows_seen']} rows seen)")
+
+
 @models_app.command("promote")
 def models_promote(
     pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
@@ -399,20 +416,7 @@ def models_promote(
     Recorded in ml.model_events with who, when and why. The artifact's SHA-256 is checked
     before anything changes.
     """
-    from tidemill.access import command
-
-    config = _config()
-    config.pipeline(pipeline)
-    done = command(
-        config,
-        "champion",
-        pipeline=pipeline,
-        version=version,
-        action="promote",
-        actor=_actor(),
-        reason=reason or "promoted by hand",
-    )
-    out.print(f"{pipeline}: v{done['version']} is the champion ({done['rows_seen']} rows seen)")
+    _change_champion(pipeline, version, "promote", reason or "promoted by hand")
 
 
 @models_app.command("rollback")
@@ -427,22 +431,7 @@ def models_rollback(
 
     Recorded in ml.model_events; takes effect on the next batch.
     """
-    from tidemill.access import command
-
-    config = _config()
-    config.pipeline(pipeline)
-    done = command(
-        config,
-        "champion",
-        pipeline=pipeline,
-        version=to,
-        action="rollback",
-        actor=_actor(),
-        reason=reason or "rolled back by hand",
-    )
-    out.print(
-        f"{pipeline}: rolled back, v{done['version']} is the champion ({done['rows_seen']} rows seen)"
-    )
+    _change_champion(pipeline, to, "rollback", reason or "rolled back by hand")
 
 
 def _moment(text: str, option: str) -> datetime:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +21,8 @@ import joblib
 import numpy
 import polars
 import sklearn
+
+from tidemill.durable import write_atomic
 
 ARTIFACTS_DIR = "artifacts"
 
@@ -90,18 +91,7 @@ def artifact_relpath(pipeline: str, version: int, batch_id: int) -> str:
 def write_artifact(state_dir: Path, relpath: str, state: Any) -> str:
     """Durably write `state` to `relpath` under `state_dir`; returns its SHA-256."""
     target = state_dir / relpath
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".part")
-    with partial.open("wb") as handle:
-        joblib.dump(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, target)
-    directory = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomic(target, lambda handle: joblib.dump(state, handle))
     return sha256_of(target)
 
 
