@@ -30,7 +30,9 @@ from tasks.clean import clean_rows
 from tasks.landing import Arrival, read_arrival
 from tasks.metrics import prequential_metrics
 from tasks.model import learn, predict
+from tasks.postgres_source import read_window
 from tasks.validate import content_hashes, validate_records
+from tidemill.config import PostgresSource
 from warehouse import backfills, registry
 from warehouse.batches import BatchRecord, next_batch_id, window_stats
 from warehouse.pipeline_tables import declared_columns
@@ -62,15 +64,29 @@ def _now() -> datetime:
 
 
 def source_records(state: PipelineState, start: datetime, end: datetime) -> pl.DataFrame:
-    """Every record of the landing files with event time in [start, end), with `_file`."""
+    """Every record of the source with event time in [start, end), with `_file`: of the
+    landing files, or of the table (straight from it, whatever its cursor says)."""
     config = state.config
+    source = config.source
+    if isinstance(source, PostgresSource):
+        assert config.key is not None  # the config refuses a postgres source without one
+        return read_window(
+            source.dsn,
+            source.table,
+            config.key,
+            declared_columns(config),
+            config.event_time,
+            start,
+            end,
+            source.label,
+        ).sort("_event_at", "_file", "_line")
     frames = []
-    for path in sorted(glob.glob(config.source.path)):
+    for path in sorted(glob.glob(source.path)):
         with open(path, "rb") as handle:
             data = handle.read()
         arrival = Arrival(path, len(data), 0, "", "backfill", 0, data)
         _, records = read_arrival(
-            arrival, config.source.format, declared_columns(config), None, config.event_time
+            arrival, source.format, declared_columns(config), None, config.event_time
         )
         frames.append(records.with_columns(pl.lit(path).alias("_file")))
     if not frames:

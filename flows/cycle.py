@@ -31,8 +31,10 @@ from tasks.clean import clean_rows
 from tasks.landing import Known, discover, read_arrival
 from tasks.metrics import prequential_metrics
 from tasks.model import ModelState, learn, predict
+from tasks.postgres_source import read_since
 from tasks.validate import content_hashes, validate_records
-from warehouse import inbox, registry
+from tidemill.config import FilesSource, PostgresSource
+from warehouse import cursors, inbox, registry
 from warehouse.batches import (
     BatchRecord,
     BatchWrite,
@@ -92,9 +94,45 @@ def _now() -> datetime:
 
 
 def ingest(runtime: Runtime, state: PipelineState, *, drain: bool) -> int:
+    """Bring what is new at the pipeline's source into the inbox; returns how many landing
+    file versions (or table reads) added to it."""
+    if isinstance(state.config.source, PostgresSource):
+        return _ingest_table(runtime, state, state.config.source)
+    return _ingest_files(runtime, state, state.config.source, drain=drain)
+
+
+def _ingest_table(runtime: Runtime, state: PipelineState, source: PostgresSource) -> int:
+    """One bounded incremental read of the table, unless the inbox already holds a batch
+    (so a large table never piles up in the inbox); records and cursor commit together."""
+    config = state.config
+    assert config.key is not None  # the config refuses a postgres source without one
+    if inbox.backlog(runtime.con, config.name) >= config.batch_rows:
+        return 0
+    at = cursors.position(runtime.con, config.name, source.label, source.cursor)
+    read = read_since(
+        source.dsn,
+        source.table,
+        source.cursor,
+        config.key,
+        declared_columns(config),
+        at,
+        source.read_rows or 10 * config.batch_rows,
+        config.event_time,
+        source.label,
+    )
+    if read.records.height == 0:
+        return 0
+    cursors.add_read(
+        runtime.con, config.name, source.label, source.cursor, read.records, read.position
+    )
+    return 1
+
+
+def _ingest_files(
+    runtime: Runtime, state: PipelineState, source: FilesSource, *, drain: bool
+) -> int:
     """Read every new landing file version into the inbox; returns how many."""
     config = state.config
-    source = config.source
     ledger = inbox.ledger(runtime.con, config.name)
     known = {p: Known(v.size_bytes, v.mtime_ns, v.sha256) for p, v in ledger.items()}
     headers = inbox.headers(runtime.con, config.name)

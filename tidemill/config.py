@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -40,6 +40,57 @@ class FilesSource(_Strict):
         description="A file modified less than this long ago is left for the next cycle "
         "(its writer may still be writing). Drains ignore it.",
     )
+
+
+_IDENTIFIER_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
+
+
+class PostgresSource(_Strict):
+    """A PostgreSQL table read incrementally by a cursor column (see tasks/postgres_source.py).
+
+    Reads are inclusive on the last cursor value and de-duplicated on the pipeline's key
+    (like dlt), so rows written with the same cursor value as the last read's maximum are
+    neither missed nor read twice.
+    """
+
+    kind: Literal["postgres"]
+    dsn: str = Field(
+        description="libpq connection string or URL; leave the password out and let libpq "
+        "read PGPASSWORD or ~/.pgpass."
+    )
+    table: str = Field(description="Table or view to read, `name` or `schema.name`.")
+    cursor: str = Field(
+        description="Column that grows when a row is written (updated_at, an id, ...)."
+    )
+    read_rows: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Most rows one read takes; default 10 x batch_rows.",
+    )
+
+    @field_validator("table")
+    @classmethod
+    def _table_is_a_name(cls, value: str) -> str:
+        if not _IDENTIFIER_PATH.match(value):
+            raise ValueError("must be a table name, `name` or `schema.name`")
+        return value
+
+    @field_validator("cursor")
+    @classmethod
+    def _cursor_is_a_name(cls, value: str) -> str:
+        if not _IDENTIFIER_PATH.match(value) or "." in value:
+            raise ValueError("must be a column name")
+        return value
+
+    @property
+    def label(self) -> str:
+        """How records name their origin (`_file`): `postgres:<table>`."""
+        return f"postgres:{self.table}"
+
+
+Source = Annotated[FilesSource | PostgresSource, Field(discriminator="kind")]
+SOURCE_KINDS = ("files", "postgres")
 
 
 class ModelSpec(_Strict):
@@ -82,7 +133,7 @@ class PipelineConfig(_Strict):
     """One pipeline: where rows come from, what they mean, what learns from them."""
 
     name: str
-    source: FilesSource
+    source: Source
     event_time: str
     key: str | None = None
     target: str
@@ -130,6 +181,8 @@ class PipelineConfig(_Strict):
                     )
         if self.task == "classification" and self.classes is not None and len(self.classes) < 2:
             raise ValueError("classes needs at least two labels")
+        if isinstance(self.source, PostgresSource):
+            _postgres_needs(self)
         names = [a.name for a in self.aggregates]
         if len(set(names)) != len(names):
             raise ValueError("aggregate names must be unique")
@@ -144,6 +197,19 @@ class PipelineConfig(_Strict):
     def resolved(self, features: list[str], classes: list[str] | None) -> PipelineConfig:
         """This pipeline with the features and classes the config left out filled in."""
         return self.model_copy(update={"features": features, "classes": classes})
+
+
+def _postgres_needs(config: PipelineConfig) -> None:
+    """What a postgres pipeline must declare: the key that de-duplicates reads at the last
+    cursor value, and the columns (they are not looked up in the table)."""
+    if not config.key:
+        raise ValueError(
+            "a postgres source needs `key` (rows at the last cursor value are told apart by it)"
+        )
+    if config.features is None:
+        raise ValueError("a postgres source needs `features` (they are not read from the table)")
+    if config.task == "classification" and config.classes is None:
+        raise ValueError("a postgres source needs `classes` (they are not read from the table)")
 
 
 class StateConfig(_Strict):
@@ -174,6 +240,12 @@ class TidemillConfig(_Strict):
 
 def _location(loc: tuple[int | str, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("function-after[_columns_are_consistent()]",)]
+    # a discriminated union names the tag in the location: source.files.format -> source.format
+    parts = [
+        p
+        for i, p in enumerate(parts)
+        if not (p in SOURCE_KINDS and i > 0 and parts[i - 1] == "source")
+    ]
     return ".".join(p for p in parts if not p.startswith(("function-", "tagged-union")))
 
 
@@ -182,6 +254,13 @@ def _one_line(path: Path, error: ValidationError) -> str:
     where = _location(first["loc"])
     kind = first["type"]
     message = first["msg"].removeprefix("Value error, ")
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        kinds = " or ".join(repr(k) for k in SOURCE_KINDS)
+        got = first.get("input")
+        tag = got.get("kind") if isinstance(got, dict) else None
+        if tag is None:
+            return f"{path}: {where}.kind: is required ({kinds})"
+        return f"{path}: {where}.kind: must be {kinds} (got {tag!r})"
     if kind == "extra_forbidden":
         message = "unknown key (check the spelling; see docs/configuration.md)"
     elif kind == "missing":
