@@ -2,8 +2,9 @@
 
 The server runs as `python -m prefect server start` in its own session (process
 group), so a Ctrl-C in the terminal that started it reaches only our code, which
-decides when to stop it. Its SQLite database, profiles and logs stay under
-`<state_dir>`; nothing is written to `~/.prefect`.
+decides when to stop it. Its database is PostgreSQL (deployments/postgres.py, started
+first, stopped last) or, with the setting `prefect_database = "sqlite"`, SQLite; the
+database, profiles and logs stay under `<state_dir>`; nothing is written to `~/.prefect`.
 """
 
 from __future__ import annotations
@@ -16,23 +17,28 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Literal
 
-from deployments import processes
+from deployments import postgres, processes
+from tidemill.settings import get_settings
 
 HOST = "127.0.0.1"
 
 
-def server_env(state_dir: Path, port: int) -> dict[str, str]:
+def server_env(state_dir: Path, port: int, database_url: str | None = None) -> dict[str, str]:
     """Return the PREFECT_* variables for the server and for its client processes.
 
     The result is an overlay: merge it over `os.environ`. It must be in the
     environment before `prefect` is imported, because Prefect reads its
     settings once at import (in-process, use `prefect.settings.temporary_settings`).
-    Creates `<state_dir>/prefect` (PREFECT_HOME), which holds the SQLite database.
+    `database_url` (SQLAlchemy, async driver) is the server's database; without it
+    the server uses SQLite in `<state_dir>/prefect` (PREFECT_HOME, created here).
+    Prefect ignores a variable it does not know: tests check every name.
     """
     home = state_dir / "prefect"
     home.mkdir(parents=True, exist_ok=True)
-    return {
+    retention = f"PT{round(get_settings().prefect_retention_hours * 3600)}S"
+    env = {
         "PREFECT_HOME": str(home),
         "PREFECT_API_URL": f"http://{HOST}:{port}/api",
         "PREFECT_SERVER_API_HOST": HOST,
@@ -48,7 +54,16 @@ def server_env(state_dir: Path, port: int) -> dict[str, str]:
         # INFO would log an access line for every poll (two per second).
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
         "PREFECT_LOGGING_LEVEL": "INFO",
+        # A run every 5 s is 17,280 flow runs a day per pipeline, each with its states,
+        # logs, artifact and events. By default Prefect keeps flow runs forever and
+        # events 7 days; delete both after `prefect_retention_hours` (hourly vacuum).
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": retention,
+        "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": retention,
     }
+    if database_url is not None:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+    return env
 
 
 def is_healthy(port: int, timeout: float = 2.0) -> bool:
@@ -65,13 +80,21 @@ NAME = "prefect-server"
 MARKER = ("prefect", "server", "start")
 
 
-def start_server(state_dir: Path, port: int = 4200, timeout: float = 60) -> int:
+def start_server(
+    state_dir: Path,
+    port: int = 4200,
+    timeout: float = 60,
+    database: Literal["postgres", "sqlite"] | None = None,
+) -> int:
     """Start the state dir's Prefect server on `port` unless it already runs; return its pid.
 
-    Raises RuntimeError if the port is taken by anything else, if the server
-    exits during start-up, or if it is not healthy within `timeout` seconds
-    (it is then stopped again).
+    `database` defaults to the setting `prefect_database`; for "postgres" the state
+    dir's PostgreSQL is started first (or reused). Raises RuntimeError if the port
+    is taken by anything else, if PostgreSQL does not start, if the server exits
+    during start-up, or if it is not healthy within `timeout` seconds (it is then
+    stopped again, with its PostgreSQL).
     """
+    database = database or get_settings().prefect_database
     pid = processes.running(state_dir, NAME, MARKER)
     if pid is not None:
         running_port = _port_of(pid)
@@ -80,6 +103,8 @@ def start_server(state_dir: Path, port: int = 4200, timeout: float = 60) -> int:
                 f"the Prefect server of {state_dir} already runs on port "
                 f"{running_port} (pid {pid}); stop it first or use that port"
             )
+        if database == "postgres":
+            postgres.start(state_dir)  # in case only the database was stopped or killed
         _wait_healthy(pid, port, timeout, state_dir)
         return pid
     processes.pid_file(state_dir, NAME).unlink(missing_ok=True)
@@ -90,7 +115,8 @@ def start_server(state_dir: Path, port: int = 4200, timeout: float = 60) -> int:
             f"port {port} is already used by {what} not started from {state_dir}; "
             "stop it or choose another port"
         )
-    env = {**os.environ, **server_env(state_dir, port)}
+    database_url = postgres.start(state_dir) if database == "postgres" else None
+    env = {**os.environ, **server_env(state_dir, port, database_url)}
     command = [
         sys.executable,
         "-m",
@@ -112,12 +138,15 @@ def start_server(state_dir: Path, port: int = 4200, timeout: float = 60) -> int:
 
 
 def stop_server(state_dir: Path, timeout: float = 20) -> bool:
-    """Stop the state dir's Prefect server; return True if one was running.
+    """Stop the state dir's Prefect server, then its PostgreSQL; return True if either ran.
 
     Sends SIGTERM to the server's process group, then SIGKILL after `timeout`
-    seconds. Removes the pid file, also when it is stale.
+    seconds; removes the pid file, also when it is stale. PostgreSQL gets a fast
+    shutdown (whatever `prefect_database` says now, so a switch leaves nothing behind).
     """
-    return processes.stop(state_dir, NAME, MARKER, timeout)
+    server = processes.stop(state_dir, NAME, MARKER, timeout)
+    database = postgres.stop(state_dir)
+    return server or database
 
 
 def _port_of(pid: int) -> int | None:

