@@ -16,6 +16,7 @@ import collections
 import contextlib
 import contextvars
 import datetime as dt
+import functools
 import logging
 import signal
 import threading
@@ -247,7 +248,10 @@ class InProcessExecutor:
             flow = self._flows[deployment_id]
             task = asyncio.create_task(self._execute(flow, fr), name=f"flow-run-{fr.id}")
             self._active[deployment_id] = _ActiveRun(fr.id, task)
-            task.add_done_callback(lambda _, d=deployment_id: self._active.pop(d, None))
+            task.add_done_callback(functools.partial(self._forget, deployment_id))
+
+    def _forget(self, deployment_id: UUID, _task: asyncio.Task[None]) -> None:
+        self._active.pop(deployment_id, None)
 
     async def _claim(self, client: PrefectClient, fr: FlowRun) -> State[Any] | None:
         try:

@@ -7,12 +7,16 @@ state dir; the tests run in file order, the last one restarts it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import datetime as dt
 import itertools
 import os
+import signal
 import socket
 import statistics
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -22,6 +26,7 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 from prefect.states import Cancelling, Pending, Running
 from prefect.utilities.engine import propose_state
@@ -70,6 +75,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int
         with temporary_settings(updates=settings):
             yield state_dir, port
     finally:
+        APILogHandler().flush()  # ship queued run logs while the server is still up
         stop_server(state_dir)
 
 
@@ -80,12 +86,17 @@ async def _runs(deployment_id: UUID) -> list[FlowRun]:
         )
 
 
-async def _execute_for(executor: InProcessExecutor, seconds: float) -> None:
+async def _execute_until(
+    executor: InProcessExecutor, done: Callable[[], bool], seconds: float
+) -> None:
+    """Run `executor` until `done()` holds or `seconds` have passed, then stop it."""
     stop = asyncio.Event()
     task = asyncio.create_task(executor.run(stop))
-    await asyncio.sleep(seconds)
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
     stop.set()
-    await asyncio.wait_for(task, timeout=30)
+    await asyncio.wait_for(task, timeout=10)  # a run that ignored cancelling sleeps 30 s
 
 
 def test_scheduled_runs_execute_in_this_process_one_at_a_time(server: Any) -> None:
@@ -109,7 +120,7 @@ def test_scheduled_runs_execute_in_this_process_one_at_a_time(server: Any) -> No
             await asyncio.sleep(0.25)
         executor = InProcessExecutor({deployment_id: tick}, poll_interval=0.5)
         cpu = time.process_time()
-        await _execute_for(executor, 12)
+        await _execute_until(executor, lambda: False, 12)
         cpu = time.process_time() - cpu
         return executor, await _runs(deployment_id), cpu
 
@@ -149,13 +160,43 @@ def test_runs_left_running_by_a_killed_executor_are_crashed(server: Any) -> None
             assert (await propose_state(client, Pending(), flow_run_id=stuck.id)).is_pending()
             assert (await propose_state(client, Running(), flow_run_id=stuck.id)).is_running()
             fresh = await client.create_flow_run_from_deployment(deployment_id)
-            await _execute_for(InProcessExecutor({deployment_id: tick}), 3)
+            executor = InProcessExecutor({deployment_id: tick})
+            await _execute_until(executor, lambda: executor.stats["completed"] > 0, 10)
             return await client.read_flow_run(stuck.id), await client.read_flow_run(fresh.id)
 
     stuck, fresh = asyncio.run(scenario())
     assert stuck.state_type == StateType.CRASHED
     # The crashed run released the slot, so the next run could be claimed.
     assert fresh.state_type == StateType.COMPLETED
+
+
+def test_auto_scheduled_runs_far_past_due_are_skipped(server: Any) -> None:
+    async def scenario() -> tuple[InProcessExecutor, list[FlowRun]]:
+        deployment_id = await ensure_deployment(
+            tick, name="backlog", interval_seconds=10, parameters={"n": 2}, tags=[], paused=True
+        )
+        # What piles up while no executor runs: auto-scheduled runs long past due.
+        now = dt.datetime.now(dt.UTC)
+        async with get_client() as client:
+            await client.request(
+                "POST",
+                "/deployments/{id}/schedule",
+                path_params={"id": deployment_id},
+                json={
+                    "start_time": (now - dt.timedelta(seconds=95)).isoformat(),
+                    "end_time": (now - dt.timedelta(seconds=70)).isoformat(),
+                },
+            )
+        executor = InProcessExecutor({deployment_id: tick}, max_lateness=60)
+        await _execute_until(executor, lambda: executor.stats["skipped_late"] >= 3, 10)
+        return executor, await _runs(deployment_id)
+
+    executor, runs = asyncio.run(scenario())
+    assert len(runs) == 3
+    assert all(r.auto_scheduled for r in runs)
+    assert {r.state_type for r in runs} == {StateType.CANCELLED}
+    assert all(r.state and "past due" in (r.state.message or "") for r in runs)
+    assert executor.stats["claimed"] == 0
 
 
 def test_cancelling_a_run_cancels_its_task(server: Any) -> None:
@@ -166,21 +207,64 @@ def test_cancelling_a_run_cancels_its_task(server: Any) -> None:
         executor = InProcessExecutor({deployment_id: sleeper})
         async with get_client() as client:
             run = await client.create_flow_run_from_deployment(deployment_id)
-            stop = asyncio.Event()
-            task = asyncio.create_task(executor.run(stop))
-            for _ in range(40):
-                await asyncio.sleep(0.25)
-                if (await client.read_flow_run(run.id)).state_type == StateType.RUNNING:
-                    break
-            await client.set_flow_run_state(run.id, Cancelling())
-            await asyncio.sleep(2)
-            stop.set()
-            await asyncio.wait_for(task, timeout=10)  # would wait 30 s if not cancelled
+
+            async def cancel_once_running() -> None:
+                while (await client.read_flow_run(run.id)).state_type != StateType.RUNNING:
+                    await asyncio.sleep(0.1)
+                await client.set_flow_run_state(run.id, Cancelling())
+
+            canceller = asyncio.create_task(cancel_once_running())
+            await _execute_until(executor, lambda: executor.stats["cancelled"] > 0, 15)
+            await canceller
             assert executor.stats["cancelled"] == 1
             return await client.read_flow_run(run.id)
 
     run = asyncio.run(scenario())
     assert run.state_type == StateType.CANCELLED
+
+
+def _serve_and_signal(seconds: float, signals: int) -> tuple[FlowRun, float]:
+    """Serve one manual run of `sleeper`; SIGTERM this process `signals` times once it runs."""
+
+    async def setup() -> tuple[UUID, UUID]:
+        deployment_id = await ensure_deployment(
+            sleeper, name="signalled", interval_seconds=3600, parameters={}, tags=[], paused=True
+        )
+        async with get_client() as client:
+            run = await client.create_flow_run_from_deployment(
+                deployment_id, parameters={"seconds": seconds}
+            )
+        return deployment_id, run.id
+
+    async def read(run_id: UUID) -> FlowRun:
+        async with get_client() as client:
+            return await client.read_flow_run(run_id)
+
+    def send_signals() -> None:
+        while asyncio.run(read(run_id)).state_type != StateType.RUNNING:
+            time.sleep(0.2)
+        for _ in range(signals):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.3)
+
+    deployment_id, run_id = asyncio.run(setup())
+    # The thread needs this context's Prefect settings (temporary_settings).
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(send_signals,), daemon=True).start()
+    started = time.monotonic()
+    InProcessExecutor({deployment_id: sleeper}).serve()
+    return asyncio.run(read(run_id)), time.monotonic() - started
+
+
+def test_sigterm_lets_the_run_in_flight_finish(server: Any) -> None:
+    run, _ = _serve_and_signal(seconds=1.5, signals=1)
+    assert run.state_type == StateType.COMPLETED
+
+
+def test_a_second_sigterm_cancels_the_run_in_flight(server: Any) -> None:
+    run, elapsed = _serve_and_signal(seconds=30, signals=2)
+    assert run.state_type == StateType.CRASHED
+    assert elapsed < 15
 
 
 def test_server_start_is_idempotent_and_refuses_a_busy_port(server: Any, tmp_path: Path) -> None:
