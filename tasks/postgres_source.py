@@ -51,7 +51,8 @@ _TEXT_LIKE: tuple[type, ...] = (
 
 
 class SourceError(RuntimeError):
-    """The table cannot be read (server down, no such table or column); one line."""
+    """The table cannot be read (server down, no such table or column): one line naming
+    the source. The inbox and cursor are untouched; the next cycle tries again."""
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,7 @@ def _quoted(name: str) -> Any:
     return sql.Identifier(*name.split("."))
 
 
-def _connect(dsn: str) -> Any:
+def _connect(dsn: str, table: str) -> Any:
     """A read-only connection in UTC whose date/time values never fail to load."""
     import psycopg
     from psycopg.types import datetime as pgdt
@@ -221,7 +222,7 @@ def _connect(dsn: str) -> Any:
     try:
         con = psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS)
     except psycopg.Error as error:
-        raise SourceError(f"cannot connect: {_first_line(error)}") from None
+        raise SourceError(f"postgres:{table}: cannot connect: {_first_line(error)}") from None
     con.read_only = True
     con.execute("SET TimeZone TO 'UTC'")
     con.execute("SET DateStyle TO 'ISO, YMD'")
@@ -262,7 +263,7 @@ def _select(
             rows = cur.fetchall()
             return rows, list(cur.description or [])
     except psycopg.Error as error:
-        raise SourceError(f"cannot read {table}: {_first_line(error)}") from None
+        raise SourceError(f"postgres:{table}: cannot read: {_first_line(error)}") from None
 
 
 def read_since(
@@ -303,7 +304,7 @@ def read_since(
         table=_quoted(table),
         after=after,
     )
-    with _connect(dsn) as con:
+    with _connect(dsn, table) as con:
         rows, _ = _select(con, query, params, table)
     n = len(columns)
     keys = [r[n + 2] for r in rows]
@@ -336,7 +337,7 @@ def read_window(
     e, k = sql.Identifier(event_time), sql.Identifier(key)
     cols = sql.SQL(", ").join(sql.Identifier(n) for n in columns)
     source = _quoted(table)
-    with _connect(dsn) as con:
+    with _connect(dsn, table) as con:
         _, description = _select(
             con,
             sql.SQL("SELECT {} FROM {} LIMIT 0").format(e, source),

@@ -17,7 +17,7 @@ import pytest
 from flows.backfill_window import run_backfill
 from flows.cycle import CycleReport, run_cycle
 from flows.runtime import Runtime
-from tasks.postgres_source import row_line
+from tasks.postgres_source import SourceError, row_line
 from tidemill.config import load_config
 
 pytestmark = pytest.mark.slow
@@ -280,4 +280,26 @@ def test_a_backfill_reads_its_event_time_window_straight_from_the_table(
     ids = [r[0] for r in _all(runtime, "SELECT id::INT FROM raw.events ORDER BY 1")]
     assert ids == list(range(0, 130))
     assert _one(runtime, "SELECT count(*) FROM raw.events_quarantine") == 0
+    runtime.con.close()
+
+
+def test_a_table_lacking_a_declared_column_stops_the_cycle_with_one_line(
+    tmp_path: Path, postgres_dsn: str, table: str
+) -> None:
+    with psycopg.connect(postgres_dsn, autocommit=True) as con:
+        con.execute(f"ALTER TABLE public.{table} DROP COLUMN kind")
+    rows = [r[:4] + r[5:] for r in _rows(range(1, 4), T0)]
+    with psycopg.connect(postgres_dsn, autocommit=True) as con, con.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO public.{table} (id, ts, feat_1, feat_2, target, updated_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            rows,
+        )
+    runtime = _runtime(tmp_path, postgres_dsn, table, batch_rows=10)
+    with pytest.raises(SourceError) as error:
+        run_cycle(runtime, "events", drain=True)
+    assert str(error.value) == (
+        f'postgres:public.{table}: cannot read: column "kind" does not exist'
+    )
+    assert _one(runtime, "SELECT count(*) FROM _cursors") == 0
     runtime.con.close()

@@ -13,8 +13,10 @@ import pytest
 
 from tasks.postgres_source import (
     CursorPosition,
+    SourceError,
     Unreadable,
     next_position,
+    read_since,
     records_from_rows,
     row_line,
     value_text,
@@ -215,3 +217,11 @@ def test_a_wrong_postgres_source_gives_one_line(changes: dict[str, object], mess
         parse_config({"pipelines": {"p": body}}, Path("t.toml"))
     assert "\n" not in str(error.value)
     assert str(error.value).startswith(message)
+
+
+def test_an_unreachable_server_is_one_line_naming_the_source(free_port: int) -> None:
+    dsn = f"postgresql://nobody@127.0.0.1:{free_port}/db"
+    with pytest.raises(SourceError) as error:
+        read_since(dsn, "public.ev", "u", "id", ["id"], CursorPosition(), 10, "id", "x")
+    text = str(error.value)
+    assert text.startswith("postgres:public.ev: cannot connect: ") and "\n" not in text
