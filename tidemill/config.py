@@ -31,9 +31,11 @@ class _Strict(BaseModel):
 class FilesSource(_Strict):
     """A landing folder: every file matching `path` is read once (see tasks/sources.py)."""
 
-    kind: Literal["files"]
+    kind: Literal["files"] = Field(description="A landing folder of files.")
     path: str = Field(description="Glob of landing files, relative to the config file's folder.")
-    format: Literal["csv", "parquet", "ndjson"] = "csv"
+    format: Literal["csv", "parquet", "ndjson"] = Field(
+        default="csv", description="File format of the landing files."
+    )
     settle_seconds: float = Field(
         default=1.0,
         ge=0,
@@ -53,7 +55,7 @@ class PostgresSource(_Strict):
     neither missed nor read twice.
     """
 
-    kind: Literal["postgres"]
+    kind: Literal["postgres"] = Field(description="A PostgreSQL table read by a cursor column.")
     dsn: str = Field(
         description="libpq connection string or URL; leave the password out and let libpq "
         "read PGPASSWORD or ~/.pgpass."
@@ -96,16 +98,22 @@ SOURCE_KINDS = ("files", "postgres")
 class ModelSpec(_Strict):
     """The estimator by registry name (or dotted path) and its constructor parameters."""
 
-    estimator: str = "sgd_classifier"
-    params: dict[str, Any] = Field(default_factory=dict)
+    estimator: str = Field(
+        default="sgd_classifier",
+        description="Registry name (sgd_classifier, sgd_regressor, perceptron, "
+        "passive_aggressive) or a dotted path to a scikit-learn estimator with partial_fit.",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Constructor parameters of the estimator."
+    )
 
 
 class AggregateSpec(_Strict):
     """An event-time window aggregate per key: `agg.<pipeline>_<name>`."""
 
-    name: str
-    by: list[str] = Field(min_length=1)
-    every: str = "1h"
+    name: str = Field(description="Names the table agg.<pipeline>_<name> and its features.")
+    by: list[str] = Field(min_length=1, description="Group columns (features or the key).")
+    every: str = Field(default="1h", description="Event-time window length: 15m, 1h, 1d, ...")
 
     @field_validator("name")
     @classmethod
@@ -132,21 +140,54 @@ class AggregateSpec(_Strict):
 class PipelineConfig(_Strict):
     """One pipeline: where rows come from, what they mean, what learns from them."""
 
-    name: str
-    source: Source
-    event_time: str
-    key: str | None = None
-    target: str
-    features: list[str] | None = None
-    categorical: list[str] = Field(default_factory=list)
-    task: Literal["classification", "regression"] = "classification"
-    classes: list[str] | None = None
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    batch_rows: int = Field(default=500, ge=1, le=1_000_000)
-    every_seconds: float = Field(default=5.0, ge=1)
-    time_features: list[TimeFeature] = Field(default_factory=list)
-    aggregates: list[AggregateSpec] = Field(default_factory=list)
-    max_categories: int = Field(default=64, ge=1, le=10_000)
+    name: str = Field(description="The NAME of [pipelines.NAME].")
+    source: Source = Field(description="Where records come from (kind = files or postgres).")
+    event_time: str = Field(
+        description="Event timestamp column: ISO-8601 text (with or without offset) or epoch s/ms."
+    )
+    key: str | None = Field(
+        default=None, description="De-duplication key: a repeated key is quarantined."
+    )
+    target: str = Field(
+        description="Column the model learns; an empty value: stored and scored, not learned."
+    )
+    features: list[str] | None = Field(
+        default=None,
+        description="Feature columns; default: every other column of the first landing file.",
+    )
+    categorical: list[str] = Field(
+        default_factory=list, description="Features that are categories; the rest are numeric."
+    )
+    task: Literal["classification", "regression"] = Field(
+        default="classification", description="What the model predicts."
+    )
+    classes: list[str] | None = Field(
+        default=None,
+        description="Class labels; default: the labels in the landing files when the pipeline "
+        "is created, else 0/1. Other labels are quarantined.",
+    )
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The online model.")
+    batch_rows: int = Field(
+        default=500, ge=1, le=1_000_000, description="Most records per micro-batch."
+    )
+    every_seconds: float = Field(
+        default=5.0, ge=1, description="Interval of the pipeline's Prefect deployment."
+    )
+    time_features: list[TimeFeature] = Field(
+        default_factory=list,
+        description="Derived from event_time (UTC) and encoded on a circle: hour, weekday, month.",
+    )
+    aggregates: list[AggregateSpec] = Field(
+        default_factory=list,
+        description="Event-time window aggregates; each adds the previous window's row count "
+        "and target mean as features.",
+    )
+    max_categories: int = Field(
+        default=64,
+        ge=1,
+        le=10_000,
+        description="One-hot slots per categorical feature; later newcomers share one more.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -215,7 +256,10 @@ def _postgres_needs(config: PipelineConfig) -> None:
 class StateConfig(_Strict):
     """Where the DuckDB file, artifacts, snapshots and server state live."""
 
-    dir: Path = Path(".tidemill")
+    dir: Path = Field(
+        default=Path(".tidemill"),
+        description="DuckDB file, artifacts, snapshot, landing folder and server state.",
+    )
 
 
 class TidemillConfig(_Strict):
