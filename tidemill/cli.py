@@ -608,7 +608,7 @@ def up(
         f'  SQL           tidemill query "SELECT count(*) AS rows, max(ts) FROM raw.{first}"\n'
         f"  models        tidemill models list {first}\n"
         f"  status        tidemill status\n"
-        f"  snapshot      duckdb -readonly {config.state_dir / 'snapshot.duckdb'}\n"
+        f"  snapshot      {Path(sys.executable).with_name('duckdb')} -readonly {config.state_dir / 'snapshot.duckdb'}\n"
         f"  logs          {stack.logs_dir(config.state_dir)}/\n"
     )
     if detach:

@@ -9,6 +9,10 @@ import duckdb
 from warehouse.migrate import migrate
 
 DATABASE_FILE = "warehouse.duckdb"
+# New files are written in the 1.5 storage format so SQL tools built on DuckDB 1.5 (the
+# duckdb CLI from PyPI, DBeaver, ...) can open the published snapshot; DuckDB 2.0 reads
+# and writes it as well.
+STORAGE_VERSION = "v1.5.0"
 
 
 def database_path(state_dir: Path) -> Path:
@@ -24,7 +28,7 @@ def open_warehouse(path: Path) -> duckdb.DuckDBPyConnection:
     Raises duckdb.IOException when another process holds the file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path))
+    con = duckdb.connect(str(path), config={"storage_compatibility_version": STORAGE_VERSION})
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET checkpoint_threshold = '1GB'")
     migrate(con)

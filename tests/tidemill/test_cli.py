@@ -170,3 +170,24 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     ):
         code, out, _ = _run(capsys, *command, "--help")
         assert code == 0 and "Usage:" in out and len(out.splitlines()) > 4, command
+
+
+def test_the_published_snapshot_opens_in_the_duckdb_shell(drained: Path) -> None:
+    shell = Path(sys.executable).with_name("duckdb")
+    assert shell.exists(), "the duckdb shell is a dependency (duckdb-cli)"
+    snapshot = drained.parent / ".tidemill" / "snapshot.duckdb"
+    result = subprocess.run(
+        [
+            str(shell),
+            "-readonly",
+            "-csv",
+            str(snapshot),
+            "-c",
+            "SELECT count(*) AS n FROM raw.elec",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["n", "120"]
