@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 RUNS = 60
 
 
+@pytest.mark.timeout(600)  # ~80 s alone; a loaded machine stretches the 1 s schedule
 def test_four_readers_during_sixty_scheduled_runs(
     elec_config: Callable[..., TidemillConfig],
     elec_csv: Callable[..., pl.DataFrame],
@@ -77,7 +78,7 @@ def test_four_readers_during_sixty_scheduled_runs(
     try:
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 420
         while (
             time.monotonic() < deadline
             and [state for _, state in api.flow_runs("elec")].count("COMPLETED") < RUNS
