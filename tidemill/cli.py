@@ -615,8 +615,8 @@ def up(
         return
     out.print("Ctrl-C stops everything.")
     reason = None
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: a shell may
+        signal.signal(signum, _interrupt)  # start us with it ignored (background, no job control)
     try:
         reason = stack.watch(config, started)
     except KeyboardInterrupt:
