@@ -62,8 +62,7 @@ def running_pid(state_dir: Path) -> int | None:
     info = _postmaster_info(data)
     if info is None:
         return None
-    args = _cmdline(info[0])
-    is_ours = bool(args) and Path(args[0]).name == "postgres" and str(data) in args
+    is_ours = _program(info[0]) == "postgres" and str(data) in _cmdline(info[0])
     return info[0] if is_ours else None
 
 
@@ -273,7 +272,7 @@ def _start_postmaster(state_dir: Path, timeout: float) -> None:
     log = log_file(state_dir)
     log.parent.mkdir(parents=True, exist_ok=True)
     info = _postmaster_info(data)
-    if info is not None and _alive(info[0]) and "postgres" not in "".join(_cmdline(info[0])[:1]):
+    if info is not None and _alive(info[0]) and not _program(info[0]).startswith("postgres"):
         # The pid of a stale postmaster.pid now names another program (after a reboot)
         # or an unreaped zombie: PostgreSQL would take it for a running server and
         # refuse to start. A dead pid is left to PostgreSQL, which then also checks
@@ -304,7 +303,7 @@ def _wait_ready(state_dir: Path, pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         info = _postmaster_info(data_dir(state_dir))
-        if info is not None and info[0] == pid and info[2] == "ready":
+        if info == (pid, "ready"):
             return
         if running_pid(state_dir) != pid:
             raise RuntimeError(f"PostgreSQL exited during start-up; see {log_file(state_dir)}")
@@ -353,14 +352,20 @@ def _psql(state_dir: Path, database: str, sql: str) -> str:
         raise RuntimeError(f"PostgreSQL in {home(state_dir)}: {error}") from None
 
 
-def _postmaster_info(data: Path) -> tuple[int, int, str] | None:
-    """(pid, port, status) from postmaster.pid; None without one."""
+def _postmaster_info(data: Path) -> tuple[int, str] | None:
+    """(pid, status) from postmaster.pid; None without one (or without a pid in it)."""
     try:
         lines = (data / "postmaster.pid").read_text().splitlines()
-        status = lines[7].strip() if len(lines) > 7 else ""
-        return int(lines[0]), int(lines[3] or 0), status
+        return int(lines[0]), lines[7].strip() if len(lines) > 7 else ""
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _program(pid: int) -> str:
+    """The name `pid` runs under ("postgres" for a postmaster, "postgres: ..." for its
+    children); empty if it is gone or a zombie."""
+    args = _cmdline(pid)
+    return Path(args[0]).name if args else ""
 
 
 def _cmdline(pid: int) -> list[str]:

@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import signal
 import socket
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -65,7 +66,8 @@ def test_postgres_starts_once_survives_sigkill_and_stops(tmp_path: Path) -> None
     while postgres.running_pid(state) is not None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert postgres.running_pid(state) is None
-    assert (state / "postgres" / "data" / "postmaster.pid").exists()  # left behind
+    lock = state / "postgres" / "data" / "postmaster.pid"
+    stale = lock.read_text()  # left behind
     assert not postgres.is_healthy(state)
     started = time.monotonic()
     assert postgres.start(state) == url  # same remembered port
@@ -76,9 +78,20 @@ def test_postgres_starts_once_survives_sigkill_and_stops(tmp_path: Path) -> None
 
     assert postgres.stop(state) is True
     assert postgres.running_pid(state) is None
-    assert not (state / "postgres" / "data" / "postmaster.pid").exists()
+    assert not lock.exists()
     assert postgres.stop(state) is False
     assert not postgres.is_healthy(state)
+
+    # After a reboot the stale pid may name another live program, which PostgreSQL
+    # alone takes for a running server ("lock file already exists").
+    with subprocess.Popen(["sleep", "30"]) as other:
+        lock.write_text("\n".join([str(other.pid), *stale.splitlines()[1:]]) + "\n")
+        try:
+            assert postgres.running_pid(state) is None
+            assert postgres.start(state) == url
+            assert postgres.stop(state) is True
+        finally:
+            other.kill()
 
 
 @flow(name="tidemill-test-noop")
@@ -118,6 +131,24 @@ def test_the_prefect_server_runs_on_postgres(tmp_path: Path) -> None:
         stop_server(state)
     assert not is_healthy(port)
     assert postgres.running_pid(state) is None
+
+
+def test_sqlite_is_still_there_as_the_fallback(tmp_path: Path) -> None:
+    state = tmp_path / ".tidemill"
+    port = _free_port()
+
+    async def create_run() -> None:
+        async with PrefectClient(f"http://127.0.0.1:{port}/api") as client:
+            await client.create_flow_run(noop)
+
+    start_server(state, port, database="sqlite")
+    try:
+        asyncio.run(create_run())
+        assert (state / "prefect" / "prefect.db").exists()
+        assert not (state / "postgres").exists()
+    finally:
+        assert stop_server(state) is True
+    assert not is_healthy(port)
 
 
 def test_every_prefect_variable_of_server_env_is_a_prefect_setting(
