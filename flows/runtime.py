@@ -70,8 +70,8 @@ class Runtime:
     pipelines: dict[str, PipelineState] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
     snapshot_every_seconds: float = 5.0
-    checkpoint_every_batches: int = 50
-    batches_since_checkpoint: int = 0
+    checkpoint_every_cycles: int = 50
+    cycles_since_checkpoint: int = 0
     last_snapshot: float = 0.0
     unpublished: bool = False
 
@@ -91,7 +91,7 @@ class Runtime:
             config=config,
             con=con,
             snapshot_every_seconds=settings.snapshot_every_seconds,
-            checkpoint_every_batches=settings.checkpoint_every_batches,
+            checkpoint_every_cycles=settings.checkpoint_every_cycles,
         )
 
     @property
@@ -151,17 +151,18 @@ class Runtime:
         self.pipeline(name)
 
     def after_cycle(self, committed: bool) -> None:
-        """Checkpoint every N batches, and publish the read-only snapshot once it is
-        `snapshot_every_seconds` old and a batch committed since (empty cycles too, so the
-        last batch of a burst is published)."""
+        """Checkpoint every N cycles (an empty one still writes its heartbeat, which would
+        otherwise pile up in the WAL of an idle pipeline), and publish the read-only
+        snapshot once it is `snapshot_every_seconds` old and a batch committed since (empty
+        cycles too, so the last batch of a burst is published)."""
+        self.cycles_since_checkpoint += 1
         if committed:
-            self.batches_since_checkpoint += 1
             self.unpublished = True
         due = (
             self.unpublished
             and time.monotonic() - self.last_snapshot >= self.snapshot_every_seconds
         )
-        if self.batches_since_checkpoint < self.checkpoint_every_batches and not due:
+        if self.cycles_since_checkpoint < self.checkpoint_every_cycles and not due:
             return
         with self.lock:
             try:
@@ -169,7 +170,7 @@ class Runtime:
             except duckdb.Error as error:  # a reader holds a transaction: try next cycle
                 log.debug("checkpoint skipped: %s", error)
                 return
-            self.batches_since_checkpoint = 0
+            self.cycles_since_checkpoint = 0
             if due:
                 publish_snapshot(database_path(self.state_dir), snapshot_path(self.state_dir))
                 self.last_snapshot = time.monotonic()

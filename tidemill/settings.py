@@ -41,10 +41,10 @@ class Settings(BaseSettings):
         ge=0,
         description="Least time between two published read-only snapshots (0: every batch).",
     )
-    checkpoint_every_batches: int = Field(
+    checkpoint_every_cycles: int = Field(
         default=50,
         ge=1,
-        description="Run DuckDB CHECKPOINT every N committed batches instead of automatically.",
+        description="Run DuckDB CHECKPOINT every N cycles (empty ones too) instead of automatically.",
     )
     max_lateness_seconds: float = Field(
         default=30.0,
