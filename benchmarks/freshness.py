@@ -1,5 +1,15 @@
 """Freshness on the live stack: how long until a landed record is queryable and learned.
 
+Commands (the committed benchmarks/results/freshness.txt ran at commit c3bc2f0, from a
+clean export of it, because the shared working tree held other sessions' edits):
+
+    git archive c3bc2f0 | tar -x -C /tmp/tidemill-bench-src && cd /tmp/tidemill-bench-src
+    PYTHONPATH=$PWD /work/main/.venv/bin/python benchmarks/freshness.py --runs 100 --snapshot-every 5,0
+    PYTHONPATH=$PWD /work/main/.venv/bin/python benchmarks/freshness.py --runs 100 --snapshot-every 5,0 --seed 2
+
+From a checkout: `.venv/bin/python benchmarks/freshness.py --runs 100 --snapshot-every 5,0`.
+Smoke test: `.venv/bin/python benchmarks/freshness.py --runs 15`.
+
 Starts the real stack (`deployments.stack.up`: Prefect server, the worker; no replayer)
 in a temporary state folder with a copy of tidemill.toml (flights every 5 s) and plays
 the landing writer itself: every 2-5 s (random) it writes the next real flights
@@ -17,11 +27,6 @@ scheduled runs it measures:
 and counts failed / crashed / cancelled flow runs (Prefect REST). Several
 `--snapshot-every` values run one after the other, each on a fresh stack
 (TIDEMILL_SNAPSHOT_EVERY_SECONDS is set before the worker starts).
-
-Run (full, as committed in benchmarks/results/freshness.txt):
-    .venv/bin/python benchmarks/freshness.py --runs 100 --snapshot-every 5,0
-Smoke test:
-    .venv/bin/python benchmarks/freshness.py --runs 15
 """
 
 from __future__ import annotations

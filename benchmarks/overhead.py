@@ -1,5 +1,14 @@
 """Standing cost of the live stack: CPU and memory per process, idle and busy, side by side.
 
+Commands (the committed benchmarks/results/overhead.txt ran at commit c3bc2f0, from a
+clean export of it, because the shared working tree held other sessions' edits):
+
+    git archive c3bc2f0 | tar -x -C /tmp/tidemill-bench-src && cd /tmp/tidemill-bench-src
+    PYTHONPATH=$PWD /work/main/.venv/bin/python benchmarks/overhead.py --minutes 30
+
+From a checkout: `.venv/bin/python benchmarks/overhead.py --minutes 30`.
+Smoke test: `.venv/bin/python benchmarks/overhead.py --minutes 3`.
+
 Starts two stacks at once (`deployments.stack.up`, each in its own temporary state
 folder with a copy of tidemill.toml and its own port):
 
@@ -14,11 +23,6 @@ of `micro-batch/flights` through the Prefect REST API. Prints one table per stac
 seconds over the measured window (after `--warmup`), per completed scheduled run and as
 % of one core, RSS at start / end / max, the RSS slope against completed runs (MiB per
 100 runs) and PSS at start / end (shared pages split between the processes sharing them).
-
-Run (full, as committed in benchmarks/results/overhead.txt):
-    .venv/bin/python benchmarks/overhead.py --minutes 30
-Smoke test:
-    .venv/bin/python benchmarks/overhead.py --minutes 3
 """
 
 from __future__ import annotations
