@@ -69,7 +69,7 @@ class Runtime:
     con: duckdb.DuckDBPyConnection
     pipelines: dict[str, PipelineState] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
-    snapshot_every_seconds: float = 5.0
+    snapshot_every_seconds: float = 0.0
     checkpoint_every_cycles: int = 50
     cycles_since_checkpoint: int = 0
     last_snapshot: float = 0.0

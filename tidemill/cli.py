@@ -116,6 +116,8 @@ def run(
     started = time.perf_counter()
     try:
         if drain:
+            # nobody needs a snapshot per batch while draining: one every 5 s, one at the end
+            runtime.snapshot_every_seconds = max(runtime.snapshot_every_seconds, 5.0)
             reports = _drain(runtime, pipeline, max_batches)
         else:
             err.print(f"running {pipeline} every {spec.every_seconds:g}s; Ctrl-C stops")

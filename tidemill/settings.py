@@ -37,9 +37,11 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address every local server binds to.")
     prefect_port: int = Field(default=4200, description="Port of the local Prefect server/UI.")
     snapshot_every_seconds: float = Field(
-        default=5.0,
+        default=0.0,
         ge=0,
-        description="Least time between two published read-only snapshots (0: every batch).",
+        description="Least time between two published read-only snapshots (0: after every "
+        "committed batch, the freshest; raise it when the file is large: each publication "
+        "copies it).",
     )
     checkpoint_every_cycles: int = Field(
         default=50,
