@@ -34,6 +34,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from deployments import processes
+
 HOST = "127.0.0.1"
 USER = "postgres"
 DATABASE = "prefect"
@@ -62,7 +64,7 @@ def running_pid(state_dir: Path) -> int | None:
     info = _postmaster_info(data)
     if info is None:
         return None
-    is_ours = _program(info[0]) == "postgres" and str(data) in _cmdline(info[0])
+    is_ours = _program(info[0]) == "postgres" and str(data) in processes.cmdline(info[0])
     return info[0] if is_ours else None
 
 
@@ -272,7 +274,11 @@ def _start_postmaster(state_dir: Path, timeout: float) -> None:
     log = log_file(state_dir)
     log.parent.mkdir(parents=True, exist_ok=True)
     info = _postmaster_info(data)
-    if info is not None and _alive(info[0]) and not _program(info[0]).startswith("postgres"):
+    if (
+        info is not None
+        and processes.alive(info[0])
+        and not _program(info[0]).startswith("postgres")
+    ):
         # The pid of a stale postmaster.pid now names another program (after a reboot)
         # or an unreaped zombie: PostgreSQL would take it for a running server and
         # refuse to start. A dead pid is left to PostgreSQL, which then also checks
@@ -364,26 +370,8 @@ def _postmaster_info(data: Path) -> tuple[int, str] | None:
 def _program(pid: int) -> str:
     """The name `pid` runs under ("postgres" for a postmaster, "postgres: ..." for its
     children); empty if it is gone or a zombie."""
-    args = _cmdline(pid)
+    args = processes.cmdline(pid)
     return Path(args[0]).name if args else ""
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read_from(path: Path, offset: int) -> str:
