@@ -99,7 +99,8 @@ def configuration() -> str:
         "",
         _table(ModelSpec),
         "",
-        "Estimators by name: `sgd_classifier`, `sgd_regressor`, `perceptron`, `passive_aggressive`,",
+        "Estimators by name: `sgd_classifier`, `sgd_regressor`, `perceptron`, `passive_aggressive`,\n"
+        "`bernoulli_nb`, `gaussian_nb`, `mlp_classifier`,",
         "or a dotted path to any scikit-learn estimator with `partial_fit`.",
         "",
         "### `[[pipelines.NAME.aggregates]]`",

@@ -18,7 +18,8 @@ from sklearn.base import BaseEstimator
 
 from tasks.encode import FeatureEncoder
 
-# name -> (module, class, defaults, task it serves)
+# name -> (module, class, defaults, task it serves). passive_aggressive is SGD with the PA-I
+# step: scikit-learn 1.8 deprecated PassiveAggressiveClassifier for exactly this.
 ESTIMATORS: dict[str, tuple[str, str, dict[str, Any], str]] = {
     "sgd_classifier": (
         "sklearn.linear_model",
@@ -30,8 +31,17 @@ ESTIMATORS: dict[str, tuple[str, str, dict[str, Any], str]] = {
     "perceptron": ("sklearn.linear_model", "Perceptron", {"random_state": 0}, "classification"),
     "passive_aggressive": (
         "sklearn.linear_model",
-        "PassiveAggressiveClassifier",
-        {"random_state": 0},
+        "SGDClassifier",
+        {"loss": "hinge", "penalty": None, "learning_rate": "pa1", "eta0": 1.0, "random_state": 0},
+        "classification",
+    ),
+    "bernoulli_nb": ("sklearn.naive_bayes", "BernoulliNB", {}, "classification"),
+    "gaussian_nb": ("sklearn.naive_bayes", "GaussianNB", {}, "classification"),
+    "mlp_classifier": (
+        "sklearn.neural_network",
+        "MLPClassifier",
+        # partial_fit makes one Adam step per batch: the default 0.001 barely moves in 30
+        {"hidden_layer_sizes": (32,), "random_state": 0, "learning_rate_init": 0.01},
         "classification",
     ),
 }

@@ -100,8 +100,8 @@ class ModelSpec(_Strict):
 
     estimator: str = Field(
         default="sgd_classifier",
-        description="Registry name (sgd_classifier, sgd_regressor, perceptron, "
-        "passive_aggressive) or a dotted path to a scikit-learn estimator with partial_fit.",
+        description="Registry name (sgd_classifier, sgd_regressor, perceptron, passive_aggressive, "
+        "bernoulli_nb, gaussian_nb, mlp_classifier) or a dotted path to a scikit-learn estimator with partial_fit.",
     )
     params: dict[str, Any] = Field(
         default_factory=dict, description="Constructor parameters of the estimator."
