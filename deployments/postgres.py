@@ -326,6 +326,11 @@ def _port(state_dir: Path) -> int:
     path = home(state_dir) / "port"
     with contextlib.suppress(OSError, ValueError):
         port = int(path.read_text())
+        # after a SIGKILL the old server's last processes can hold the port for a moment:
+        # wait a little for it rather than move (the URL in clients' settings would change)
+        deadline = time.monotonic() + 10
+        while _port_in_use(port) and time.monotonic() < deadline:
+            time.sleep(0.1)
         if not _port_in_use(port):
             return port
     with socket.socket() as sock:
