@@ -44,6 +44,13 @@ def _fetch(url: str, sql: str) -> object:
 
 def test_postgres_starts_once_survives_sigkill_and_stops(tmp_path: Path) -> None:
     state = tmp_path / ".tidemill"
+    try:
+        _lifecycle(state)
+    finally:  # a failed assertion must not leave a server running after the suite
+        postgres.stop(state)
+
+
+def _lifecycle(state: Path) -> None:
     started = time.monotonic()
     url = postgres.start(state)
     print(f"\nfirst start (initdb + start + CREATE DATABASE): {time.monotonic() - started:.2f} s")
