@@ -19,22 +19,25 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 from polars.exceptions import PanicException
 
+from flows.cycle import batch_features
 from flows.runtime import PipelineState, Runtime, fresh_model
 from tasks.aggregate import (
     previous_window_keys,
+    target_value,
     window_partials,
     window_start,
-    with_window_features,
 )
 from tasks.clean import clean_rows
+from tasks.lags import lag_history
 from tasks.landing import Arrival, read_arrival
-from tasks.metrics import prequential_metrics
-from tasks.model import learn, predict
+from tasks.model import parameters_sha256
+from tasks.online import prequential_step
 from tasks.postgres_source import read_window
 from tasks.validate import content_hashes, validate_records
 from tidemill.config import PostgresSource
 from warehouse import backfills, registry
 from warehouse.batches import BatchRecord, next_batch_id, window_stats
+from warehouse.batches import lag_history as stored_lag_history
 from warehouse.pipeline_tables import declared_columns
 
 Progress = Callable[[int, int], None]
@@ -161,6 +164,7 @@ def _insert_chunk(
         config,
         backfill_id,
         backfills.ChunkWrite(
+            lags=_lag_histories(runtime, state, clean),
             record=record,
             raw=raw,
             clean=clean,
@@ -171,11 +175,29 @@ def _insert_chunk(
     )
 
 
+def _lag_histories(
+    runtime: Runtime, state: PipelineState, new_clean: pl.DataFrame
+) -> dict[str, pl.DataFrame]:
+    """Per lag: the stored history of the series `new_clean` touches, with its labels in."""
+    config = state.config
+    valued = new_clean.with_columns(target_value(config).alias("_value"))
+    return {
+        lag.name: lag_history(
+            stored_lag_history(runtime.con, config, lag, new_clean.select(lag.by)),
+            valued,
+            event_time=config.event_time,
+            by=lag.by,
+            n=lag.n,
+        )
+        for lag in config.lags
+    }
+
+
 def _train_candidate(
     runtime: Runtime, state: PipelineState, start: datetime, end: datetime
 ) -> tuple[registry.ModelVersion, dict[str, float]] | None:
     """A fresh model learned prequentially on the window's clean rows, registered as a
-    candidate; None when the window has no labelled row."""
+    candidate of model.name's lineage; None when the window has no labelled row."""
     config = state.config
     with runtime.lock:
         rows = backfills.clean_rows_between(runtime.con, config.name, config.event_time, start, end)
@@ -183,23 +205,23 @@ def _train_candidate(
     totals: dict[str, float] = {}
     scored = 0
     for chunk in rows.iter_slices(config.batch_rows):
-        features = chunk
         with runtime.lock:
-            for spec in config.aggregates:
-                wanted = previous_window_keys(chunk, config, spec)
-                features = with_window_features(
-                    features, config, spec, window_stats(runtime.con, config, spec, wanted)
+            windows = {
+                spec.name: window_stats(
+                    runtime.con, config, spec, previous_window_keys(chunk, config, spec)
                 )
-        model.encoder.update(features)
-        x = model.encoder.transform(features)
-        labelled = features[config.target].is_not_null().to_numpy()
-        y = features[config.target].to_numpy()[labelled]
-        scores = predict(model, x)
-        if scores is not None and y.size:
-            for name, value in prequential_metrics(config.task, scores.subset(labelled), y).items():
-                totals[name] = totals.get(name, 0.0) + value * y.size
-            scored += int(y.size)
-        model = learn(model, x[labelled], y)
+                for spec in config.aggregates
+            }
+            histories = {
+                lag.name: stored_lag_history(runtime.con, config, lag, chunk.select(lag.by))
+                for lag in config.lags
+            }
+        features, _ = batch_features(chunk, config, windows, histories)
+        step = prequential_step(model, features, config.target)
+        for name, value in step.metrics.items():
+            totals[name] = totals.get(name, 0.0) + value * step.n_scored
+        scored += step.n_scored
+        model = step.learned
     if not model.fitted:
         return None
     metrics = {name: total / scored for name, total in totals.items()} if scored else {}
@@ -216,6 +238,8 @@ def _train_candidate(
             status="candidate",
             metrics=metrics,
             created_at=_now(),
+            candidate=config.model.name,
+            params_sha256=parameters_sha256(model),
         )
         registry.record(runtime.con, row)
     return row, metrics

@@ -1,8 +1,9 @@
 """One micro-batch, start to finish: THE code path for scheduled runs, drains and tests.
 
 ingest new landing files -> take up to batch_rows records -> validate (rejects to
-quarantine) -> clean -> aggregate -> join window features -> score (prequential) ->
-partial_fit -> write the artifact -> commit everything in one transaction.
+quarantine) -> clean -> aggregate -> join window and lag features -> every candidate
+scores (prequential), watches for drift, learns -> the promotion rule -> write the
+artifacts -> commit everything in one transaction.
 
 This module orders steps and times them; the logic lives in `tasks/`, the SQL in
 `warehouse/`. The Prefect flows in this folder wrap it.
@@ -10,34 +11,40 @@ This module orders steps and times them; the logic lives in `tasks/`, the SQL in
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import polars as pl
 from polars.exceptions import PanicException
 
-from flows.runtime import PipelineState, Runtime, log
+from flows.runtime import PipelineState, Runtime, fresh_model, log
 from tasks.aggregate import (
     merge_window_stats,
     previous_window_keys,
+    target_value,
     window_partials,
     with_window_features,
 )
 from tasks.clean import clean_rows
+from tasks.drift import PSI_ALERT
+from tasks.lags import lag_history, with_target_lags
 from tasks.landing import Known, discover, read_arrival
-from tasks.metrics import prequential_metrics
-from tasks.model import ModelState, learn, predict
+from tasks.model import ModelState, parameters_sha256
+from tasks.online import Step, next_batch_rows, prequential_step
 from tasks.postgres_source import read_since
+from tasks.promotion import ScoreWindow, decide
 from tasks.validate import content_hashes, validate_records
-from tidemill.config import FilesSource, PostgresSource
+from tidemill.config import FilesSource, PipelineConfig, PostgresSource
 from warehouse import cursors, inbox, registry
 from warehouse.batches import (
     BatchRecord,
     BatchWrite,
+    DriftEvent,
+    Promotion,
+    Scored,
     commit_batch,
     heartbeat,
     known_keys,
@@ -45,6 +52,7 @@ from warehouse.batches import (
     record_failure,
     window_stats,
 )
+from warehouse.batches import lag_history as stored_lag_history
 from warehouse.pipeline_tables import declared_columns
 
 
@@ -66,6 +74,11 @@ class CycleReport:
     timings_ms: dict[str, float] = field(default_factory=dict)
     backlog: int = 0
     error: str | None = None
+    champion: str | None = None
+    candidates: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> metrics
+    drift: list[DriftEvent] = field(default_factory=list)
+    promotions: list[Promotion] = field(default_factory=list)
+    batch_rows_limit: int | None = None
 
 
 class BatchFailed(RuntimeError):
@@ -147,17 +160,46 @@ def _ingest_files(
     return len(arrivals)
 
 
+def batch_features(
+    clean: pl.DataFrame,
+    config: PipelineConfig,
+    windows: dict[str, pl.DataFrame],
+    histories: dict[str, pl.DataFrame],
+) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
+    """`clean` plus window and lag features, and the lag histories after the batch.
+
+    `windows`: per aggregate, the stats of the windows the rows read (stored ones merged
+    with the batch's own partials); `histories`: per lag, the stored latest labels of the
+    batch's series. Pure: the live cycle and `replay-model` feed it the same inputs."""
+    features = clean
+    for spec in config.aggregates:
+        features = with_window_features(features, config, spec, windows[spec.name])
+    new_histories: dict[str, pl.DataFrame] = {}
+    if config.lags:
+        features = features.with_columns(target_value(config).alias("_value"))
+        for lag in config.lags:
+            options = {"event_time": config.event_time, "by": lag.by, "n": lag.n}
+            history = histories[lag.name]
+            new_histories[lag.name] = lag_history(history, features, **options)  # type: ignore[arg-type]
+            features = with_target_lags(features, history, name=lag.name, **options)  # type: ignore[arg-type]
+        features = features.drop("_value")
+    return features, new_histories
+
+
 def _features(
     runtime: Runtime, state: PipelineState, clean: pl.DataFrame, partials: dict[str, pl.DataFrame]
-) -> pl.DataFrame:
+) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
     config = state.config
-    features = clean
+    windows = {}
     for spec in config.aggregates:
         wanted = previous_window_keys(clean, config, spec)
         stored = window_stats(runtime.con, config, spec, wanted)
-        merged = merge_window_stats(stored, partials[spec.name], spec)
-        features = with_window_features(features, config, spec, merged)
-    return features
+        windows[spec.name] = merge_window_stats(stored, partials[spec.name], spec)
+    histories = {
+        lag.name: stored_lag_history(runtime.con, config, lag, clean.select(lag.by))
+        for lag in config.lags
+    }
+    return batch_features(clean, config, windows, histories)
 
 
 def run_cycle(
@@ -176,8 +218,9 @@ def run_cycle(
     with runtime.lock:
         with timer("ingest"):
             files_read = ingest(runtime, state, drain=drain)
+        limit = state.batch_rows
         with timer("read"):
-            records = inbox.take(runtime.con, name, config.batch_rows)
+            records = inbox.take(runtime.con, name, limit)
         if records.height == 0:
             heartbeat(runtime.con, name, _now())
             runtime.after_cycle(committed=False)
@@ -190,9 +233,10 @@ def run_cycle(
             )
         batch_id = next_batch_id(runtime.con)
         started = _now()
+        clock = time.perf_counter()
         try:
-            write, new_state = _batch(
-                runtime, state, records, batch_id, started, timer, flow_run_id
+            write, outcome = _batch(
+                runtime, state, records, batch_id, started, timer, flow_run_id, limit
             )
             with timer("write"):
                 commit_batch(runtime.con, config, write)
@@ -225,15 +269,26 @@ def run_cycle(
                         timings_ms=timer.ms,
                         flow_run_id=flow_run_id,
                         error=report.error,
+                        batch_rows_limit=limit,
                     ),
                 )
             except Exception as unrecorded:  # e.g. the disk is still full
                 log.warning("could not record failed batch %s: %s", batch_id, unrecorded)
             runtime.reload_model(name)
             raise BatchFailed(report) from error
-        if new_state is not None:
-            state.model, state.version = new_state
+        outcome.apply(state)
         backlog = inbox.backlog(runtime.con, name)
+        if config.adaptive_batch is not None:
+            adaptive = config.adaptive_batch
+            state.batch_rows = next_batch_rows(
+                limit,
+                seconds=time.perf_counter() - clock,
+                every_seconds=config.every_seconds,
+                backlog=backlog,
+                min_rows=adaptive.min_rows,
+                max_rows=adaptive.max_rows,
+                target_fraction=adaptive.target_fraction,
+            )
     runtime.after_cycle(committed=True)
     record = write.record
     return CycleReport(
@@ -250,7 +305,26 @@ def run_cycle(
         metrics=write.metrics,
         timings_ms=timer.ms,
         backlog=backlog,
+        champion=state.champion,
+        candidates={s.candidate: s.metrics for s in write.scored},
+        drift=write.drift,
+        promotions=write.events,
+        batch_rows_limit=limit,
     )
+
+
+@dataclass
+class _Outcome:
+    """How the resident pipeline state changes once the batch has committed."""
+
+    models: dict[str, ModelState]
+    versions: dict[str, int | None]
+    champion: str
+    windows: dict[str, ScoreWindow]
+
+    def apply(self, state: PipelineState) -> None:
+        state.models, state.versions = self.models, self.versions
+        state.champion, state.windows = self.champion, self.windows
 
 
 def _batch(
@@ -261,8 +335,9 @@ def _batch(
     started: datetime,
     timer: _Timer,
     flow_run_id: str | None,
-) -> tuple[BatchWrite, tuple[ModelState, int] | None]:
-    """Compute everything the batch will commit (no writes yet)."""
+    limit: int,
+) -> tuple[BatchWrite, _Outcome]:
+    """Compute everything the batch will commit (no writes yet but the artifact files)."""
     config = state.config
     with timer("validate"):
         stored = known_keys(runtime.con, config, records[config.key]) if config.key else None
@@ -271,47 +346,30 @@ def _batch(
         clean = clean_rows(validated.accepted, config)
     with timer("aggregate"):
         partials = {spec.name: window_partials(clean, config, spec) for spec in config.aggregates}
-        features = _features(runtime, state, clean, partials)
-    with timer("score"):
-        candidate = copy.deepcopy(state.model)
-        candidate.encoder.update(features)
-        x = candidate.encoder.transform(features)
-        scores = predict(candidate, x)
-        target = features[config.target]
-        labelled = target.is_not_null().to_numpy()
-        y = target.to_numpy()[labelled]
-        metrics = (
-            prequential_metrics(config.task, scores.subset(labelled), y)
-            if scores is not None
-            else {}
-        )
-    new_state = None
-    version_row = None
-    rows_learned = int(labelled.sum())
-    if rows_learned:
-        with timer("learn"):
-            learned = learn(candidate, x[labelled], y)
+        features, histories = _features(runtime, state, clean, partials)
+    with timer("learn"):
+        steps = {
+            name: prequential_step(model, features, config.target)
+            for name, model in state.models.items()
+        }
+        outcome, scored, drift, events = _judge(state, steps, features, batch_id)
+    rows_learned = steps[state.champion].rows_learned
+    versions: list[registry.ModelVersion] = []
+    if not rows_learned:  # no version: the models stay exactly as their last versions
+        outcome = _Outcome(state.models, state.versions, state.champion, state.windows)
+        events, drift = [], []
+    else:
         with timer("artifact"):
-            version_row = registry.write_version(
-                runtime.con,
-                runtime.state_dir,
-                config.name,
-                learned,
-                estimator=config.model.estimator,
-                params=config.model.params,
-                parent_version=state.version,
-                batch_id=batch_id,
-                status="champion",
-                metrics=metrics,
-                created_at=_now(),
-            )
-        new_state = (learned, version_row.version)
+            versions = _write_versions(runtime, state, steps, outcome, batch_id)
+        outcome.versions = {**outcome.versions, **{v.candidate: v.version for v in versions}}
+        events = [replace(e, to_version=outcome.versions[outcome.champion]) for e in events]
+    serving = steps[state.champion].scores
     predictions = None
-    if scores is not None:
+    if serving is not None:
         keep = [c for c in (config.key, config.event_time) if c]
         predictions = clean.select(keep).with_columns(
-            pl.Series("prediction", scores.predictions.astype(str)),
-            pl.Series("score", scores.scores, dtype=pl.Float64),
+            pl.Series("prediction", serving.predictions.astype(str)),
+            pl.Series("score", serving.scores, dtype=pl.Float64),
         )
     ts = clean[config.event_time]
     raw_columns = [*declared_columns(config), "_file", "_line"]
@@ -325,11 +383,12 @@ def _batch(
         rows_accepted=validated.accepted.height,
         rows_quarantined=validated.rejected.height,
         rows_learned=rows_learned,
-        model_version=version_row.version if version_row else state.version,
+        model_version=outcome.versions[outcome.champion],
         started_at=started,
         finished_at=_now(),
         timings_ms=timer.ms,
         flow_run_id=flow_run_id,
+        batch_rows_limit=limit,
     )
     write = BatchWrite(
         record=record,
@@ -340,10 +399,105 @@ def _batch(
         quarantine=validated.rejected.select("_file", "_line", "_raw", "reason"),
         clean=clean,
         aggregates=partials,
+        lags=histories,
         predictions=predictions,
-        scored_by=state.version if scores is not None else None,
-        metrics=metrics,
-        n_scored=int(labelled.sum()) if scores is not None else 0,
-        version=version_row,
+        scored_by=state.version if serving is not None else None,
+        scored=scored,
+        versions=versions,
+        drift=drift,
+        shift=steps[state.champion].shift if rows_learned else [],
+        events=events,
     )
-    return write, new_state
+    return write, outcome
+
+
+def _judge(
+    state: PipelineState,
+    steps: dict[str, Step],
+    features: pl.DataFrame,
+    batch_id: int,
+) -> tuple[_Outcome, list[Scored], list[DriftEvent], list[Promotion]]:
+    """Scores, drift and the promotion rule: who serves after this batch."""
+    config = state.config
+    windows = {n: ScoreWindow(w.rows, w.batches.copy()) for n, w in state.windows.items()}
+    scored: list[Scored] = []
+    for name, step in steps.items():
+        version = state.versions[name]
+        if step.metrics and version is not None:
+            scored.append(Scored(name, version, step.n_scored, step.metrics))
+            windows[name].add(batch_id, step.n_scored, step.metrics.get(state.metric, float("nan")))
+    learned = {name: step.learned for name, step in steps.items()}
+    versions = dict(state.versions)
+    drift: list[DriftEvent] = []
+    reset = False
+    for name, step in steps.items():
+        if not step.drift_at:
+            continue
+        reset = reset or (name == state.champion and config.drift.on_drift == "reset_challengers")
+        action = "challengers_reset" if reset and name == state.champion else "logged"
+        drift.append(DriftEvent(name, config.drift.detector, None, step.drift_error, action))
+    for window in steps[state.champion].shift:
+        for feature, psi in window.items():
+            if psi > PSI_ALERT:
+                drift.append(DriftEvent(state.champion, "psi", feature, psi, "logged"))
+    if reset:  # every challenger starts over on this batch's rows
+        for spec in config.challengers:
+            if spec.name != state.champion:
+                fresh = fresh_model(config, spec)
+                learned[spec.name] = prequential_step(fresh, features, config.target).learned
+                versions[spec.name] = None
+                windows[spec.name] = ScoreWindow(rows=config.promotion.window_rows)
+    champion = state.champion
+    events: list[Promotion] = []
+    decision = decide(
+        champion,
+        windows,
+        metric=state.metric,
+        min_rows=config.promotion.min_rows,
+        margin=config.promotion.margin,
+    )
+    if decision is not None and steps[champion].rows_learned:
+        events.append(
+            Promotion(
+                "auto_promote", state.versions[champion], -1, decision.reason, decision.evidence
+            )
+        )
+        champion = decision.candidate
+    return _Outcome(learned, versions, champion, windows), scored, drift, events
+
+
+def _write_versions(
+    runtime: Runtime,
+    state: PipelineState,
+    steps: dict[str, Step],
+    outcome: _Outcome,
+    batch_id: int,
+) -> list[registry.ModelVersion]:
+    """One artifact per candidate, numbered in a fixed order (champion first)."""
+    config = state.config
+    specs = {spec.name: spec for spec in config.candidates}
+    first = registry.next_version(runtime.con, config.name)
+    order = sorted(outcome.models, key=lambda n: (n != state.champion, n))
+    written = []
+    for offset, name in enumerate(order):
+        model = outcome.models[name]
+        spec = specs.get(name)
+        written.append(
+            registry.write_version(
+                runtime.con,
+                runtime.state_dir,
+                config.name,
+                model,
+                estimator=spec.estimator if spec else type(model.estimator).__name__,
+                params=dict(spec.params) if spec else {},
+                parent_version=outcome.versions[name],
+                batch_id=batch_id,
+                status="champion" if name == outcome.champion else "challenger",
+                metrics=steps[name].metrics,
+                created_at=_now(),
+                candidate=name,
+                params_sha256=parameters_sha256(model),
+                version=first + offset,
+            )
+        )
+    return written

@@ -17,11 +17,16 @@ from pathlib import Path
 
 import duckdb
 
+from tasks.aggregate import aggregate_feature_names
+from tasks.drift import Adwin, FeatureShift, PageHinkley
 from tasks.encode import FeatureEncoder
+from tasks.lags import lag_feature_names
 from tasks.landing import column_values, header_of
+from tasks.metrics import DEFAULT_METRIC
 from tasks.model import ModelState, make_estimator
+from tasks.promotion import ScoreWindow
 from tasks.validate import class_labels
-from tidemill.config import PipelineConfig, TidemillConfig
+from tidemill.config import ModelSpec, PipelineConfig, TidemillConfig
 from tidemill.settings import Settings, get_settings
 from warehouse import registry
 from warehouse.connection import database_path, open_warehouse
@@ -33,32 +38,77 @@ log = logging.getLogger("tidemill")
 
 @dataclass
 class PipelineState:
-    """A pipeline as the owner holds it between batches."""
+    """A pipeline as the owner holds it between batches: every candidate model (the
+    champion and its challengers), their registry versions and rolling scores."""
 
     config: PipelineConfig
-    model: ModelState
-    version: int | None  # registry version `model` is, None before the first
+    models: dict[str, ModelState]  # candidate -> the model it serves now
+    versions: dict[str, int | None]  # candidate -> registry version, None before the first
+    champion: str
+    windows: dict[str, ScoreWindow] = field(default_factory=dict)
+    batch_rows: int = 0  # records the next batch may take (adaptive_batch moves it)
+
+    def __post_init__(self) -> None:
+        for name in self.models:
+            self.windows.setdefault(name, ScoreWindow(rows=self.config.promotion.window_rows))
+        self.batch_rows = self.batch_rows or self.config.batch_rows
+
+    @property
+    def model(self) -> ModelState:
+        """The champion's model: it serves the predictions."""
+        return self.models[self.champion]
+
+    @property
+    def version(self) -> int | None:
+        """The champion's registry version."""
+        return self.versions[self.champion]
+
+    @property
+    def metric(self) -> str:
+        """The metric the promotion rule compares."""
+        return self.config.promotion.metric or DEFAULT_METRIC[self.config.task]
 
 
-def fresh_model(config: PipelineConfig) -> ModelState:
-    """An untrained model state for `config` (features must be resolved)."""
+def numeric_inputs(config: PipelineConfig) -> list[str]:
+    """Numeric model inputs: numeric features, then aggregate and lag features."""
     assert config.features is not None
     numeric = [f for f in config.features if f not in config.categorical]
-    numeric += [
-        n
-        for spec in config.aggregates
-        for n in (f"{spec.name}_prev_rows", f"{spec.name}_prev_mean")
-    ]
+    numeric += [n for spec in config.aggregates for n in aggregate_feature_names(spec)]
+    numeric += [n for lag in config.lags for n in lag_feature_names(lag.name, lag.n)]
+    return numeric
+
+
+def fresh_model(config: PipelineConfig, spec: ModelSpec | None = None) -> ModelState:
+    """An untrained model state of candidate `spec` (default: the config's model)."""
+    spec = spec or config.model
+    numeric = numeric_inputs(config)
     periods = {"hour": 24, "weekday": 7, "month": 12}
     encoder = FeatureEncoder(
         numeric=numeric,
         categorical=list(config.categorical),
         max_categories=config.max_categories,
         cyclic={f"event_{n}": periods[n] for n in config.time_features},
+        hash_buckets=config.hash_buckets if config.categorical_encoding == "hash" else 0,
     )
-    estimator = make_estimator(config.model.estimator, dict(config.model.params), config.task)
+    estimator = make_estimator(spec.estimator, dict(spec.params), config.task)
     classes = config.label_classes if config.task == "classification" else None
-    return ModelState(estimator=estimator, encoder=encoder, task=config.task, classes=classes)
+    detectors = {"adwin": Adwin, "page_hinkley": PageHinkley}
+    drift = config.drift
+    return ModelState(
+        estimator=estimator,
+        encoder=encoder,
+        task=config.task,
+        classes=classes,
+        candidate=spec.name,
+        detector=detectors[drift.detector]() if drift.detector in detectors else None,
+        shift=FeatureShift(
+            features=numeric,
+            reference_rows=drift.psi_reference_rows,
+            window_rows=drift.psi_window_rows,
+        )
+        if numeric
+        else None,
+    )
 
 
 @dataclass
@@ -116,13 +166,37 @@ class Runtime:
                 features, classes = found
             config = config.resolved(features, list(classes) if classes else None)  # type: ignore[arg-type]
             ensure_pipeline_tables(self.con, config)
-            champion = registry.champion(self.con, name)
-            if champion is None:
-                state = PipelineState(config=config, model=fresh_model(config), version=None)
-            else:
-                model = registry.load_artifact(self.state_dir, champion)
-                state = PipelineState(config=config, model=model, version=champion.version)
+            state = self._load_candidates(config)
         self.pipelines[name] = state
+        return state
+
+    def _load_candidates(self, config: PipelineConfig) -> PipelineState:
+        """Every candidate at its latest version (fresh when it has none yet), and their
+        rolling scores since the last champion change."""
+        heads = registry.heads(self.con, config.name)
+        models: dict[str, ModelState] = {}
+        versions: dict[str, int | None] = {}
+        for spec in config.candidates:
+            head = heads.get(spec.name)
+            models[spec.name] = (
+                registry.load_artifact(self.state_dir, head) if head else fresh_model(config, spec)
+            )
+            versions[spec.name] = head.version if head else None
+        champion = next((h for h in heads.values() if h.status == "champion"), None)
+        if champion is not None and champion.candidate not in models:  # no longer in the config
+            models[champion.candidate] = registry.load_artifact(self.state_dir, champion)
+            versions[champion.candidate] = champion.version
+        state = PipelineState(
+            config=config,
+            models=models,
+            versions=versions,
+            champion=champion.candidate if champion else config.model.name,
+        )
+        for candidate, batch_id, n, value in registry.recent_scores(
+            self.con, config.name, state.metric, config.promotion.window_rows * len(models)
+        ):
+            if candidate in state.windows:
+                state.windows[candidate].add(batch_id, n, value)
         return state
 
     @staticmethod
@@ -195,7 +269,10 @@ class Runtime:
             changed = registry.change_champion(
                 self.con, name, target, action=action, actor=actor, reason=reason
             )
-            state.model, state.version = model, changed.version
+            state.models[changed.candidate] = model
+            state.versions[changed.candidate] = changed.version
+            state.champion = changed.candidate
+            state.windows[changed.candidate] = ScoreWindow(rows=state.config.promotion.window_rows)
             self.unpublished = True
         return changed
 

@@ -22,7 +22,7 @@ def time_feature_column(name: str) -> str:
 
 
 def clean_rows(accepted: pl.DataFrame, config: PipelineConfig) -> pl.DataFrame:
-    """The clean layer of a batch: declared columns, derived time features, sorted by time.
+    """The clean layer of a batch: declared columns, derived time features, in batch order.
 
     Categorical values are trimmed and keep their case (codes like 'AA' are case
     sensitive); numeric values are already finite or null after validation.
@@ -38,10 +38,13 @@ def clean_rows(accepted: pl.DataFrame, config: PipelineConfig) -> pl.DataFrame:
         TIME_FEATURE_EXPRS[name](ts).alias(time_feature_column(name))
         for name in config.time_features
     ]
-    return (
-        accepted.lazy()
-        .select(columns)
-        .with_columns(derived)
-        .sort(config.event_time, maintain_order=True)
-        .collect()
-    )
+    return in_batch_order(accepted.lazy().select(columns).with_columns(derived).collect(), config)
+
+
+def in_batch_order(clean: pl.DataFrame, config: PipelineConfig) -> pl.DataFrame:
+    """The one order a batch's clean rows are learned in: event time, then the key (or,
+    without a key, every column: identical rows are interchangeable). Reading a batch
+    back from clean.P and sorting it so gives the very order it was learned in, which
+    is what makes `replay-model` exact."""
+    rest = [config.key] if config.key else [c for c in clean.columns if c != config.event_time]
+    return clean.sort([config.event_time, *rest], nulls_last=True, maintain_order=True)

@@ -3,12 +3,17 @@
 `FeatureEncoder` keeps, per numeric column, a running count/mean/M2 merged with Chan's
 parallel formula (stable in float64 on endless streams, unlike summing squares), and
 per categorical column a vocabulary in order of first appearance capped at
-`max_categories` (later newcomers share one "other" slot). The matrix width is fixed
-at construction, so a linear model's coefficients keep their shape forever.
+`max_categories` (later newcomers share one "other" slot) — or, with `hash_buckets`,
+no vocabulary at all: each value lands in slot md5(value) mod hash_buckets, which
+handles any cardinality and any unseen value. Missing values are imputed: a numeric
+null sits at the running mean (0 after scaling), a categorical null sets no slot. The
+matrix width is fixed at construction, so a linear model's coefficients keep their
+shape forever.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -59,6 +64,7 @@ class FeatureEncoder:
     cyclic: dict[str, int] = field(default_factory=dict)  # column -> period (hour: 24)
     moments: dict[str, RunningMoments] = field(default_factory=dict)
     vocab: dict[str, dict[str, int]] = field(default_factory=dict)
+    hash_buckets: int = 0  # > 0: hash categories instead of keeping a vocabulary
 
     def __post_init__(self) -> None:
         for name in self.numeric:
@@ -74,14 +80,17 @@ class FeatureEncoder:
             del period
             names += [f"{name}_sin", f"{name}_cos"]
         for name in self.categorical:
-            names += [f"{name}={i}" for i in range(self.max_categories)] + [f"{name}=other"]
+            if self.hash_buckets:
+                names += [f"{name}#{i}" for i in range(self.hash_buckets)]
+            else:
+                names += [f"{name}={i}" for i in range(self.max_categories)] + [f"{name}=other"]
         return names
 
     def update(self, frame: pl.DataFrame) -> None:
         """Learn scaling moments and new categories from `frame` (no labels are used)."""
         for name in self.numeric:
             self.moments[name].merge(frame[name].cast(pl.Float64).to_numpy().astype(np.float64))
-        for name in self.categorical:
+        for name in self.categorical if not self.hash_buckets else []:
             vocab = self.vocab[name]
             for value in frame[name].drop_nulls().unique(maintain_order=True).to_list():
                 if value not in vocab and len(vocab) < self.max_categories:
@@ -101,16 +110,17 @@ class FeatureEncoder:
             angle = frame[name].cast(pl.Float64).fill_null(0).to_numpy() * (2 * math.pi / period)
             blocks.append(np.column_stack([np.sin(angle), np.cos(angle)]))
         for name in self.categorical:
-            vocab = self.vocab[name]
-            onehot = np.zeros((n, self.max_categories + 1))
             column = frame[name].cast(pl.Utf8)
+            if self.hash_buckets:
+                seen: list[str] = column.drop_nulls().unique().to_list()
+                slots = [_bucket(v, self.hash_buckets) for v in seen]
+                width, default = self.hash_buckets, 0
+            else:
+                seen, slots = list(self.vocab[name]), list(self.vocab[name].values())
+                width, default = self.max_categories + 1, self.max_categories
+            onehot = np.zeros((n, width))
             codes = (
-                column.replace_strict(
-                    list(vocab),
-                    list(vocab.values()),
-                    default=self.max_categories,
-                    return_dtype=pl.Int64,
-                )
+                column.replace_strict(seen, slots, default=default, return_dtype=pl.Int64)
                 .set(column.is_null(), -1)
                 .to_numpy()
             )
@@ -118,3 +128,8 @@ class FeatureEncoder:
             onehot[np.nonzero(present)[0], codes[present]] = 1.0
             blocks.append(onehot)
         return np.hstack(blocks) if blocks else np.zeros((n, 0))
+
+
+def _bucket(value: str, buckets: int) -> int:
+    """Stable slot of a category (md5, so it is the same in every process and version)."""
+    return int.from_bytes(hashlib.md5(value.encode()).digest()[:8], "little") % buckets

@@ -1,21 +1,30 @@
 """Online models: the estimator registry and the prequential score-then-learn step.
 
 A :class:`ModelState` is everything one model version needs to predict: the
-scikit-learn estimator, the feature encoder, the class list and counters. It is what
-an artifact file holds. `learn` never mutates its input state: it returns a new one,
-so a batch that fails to commit leaves the serving model untouched.
+scikit-learn estimator, the feature encoder, the class list, counters and the drift
+detector watching its errors. It is what an artifact file holds. `learn` never mutates
+its input state: it returns a new one, so a batch that fails to commit leaves the
+serving model untouched.
+
+Tasks: classification and regression learn labelled rows; clustering
+(`minibatch_kmeans`) learns every row, and its metric is the inertia (mean squared
+distance to the nearest centre) of rows it had not seen yet.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
+import pickle
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator
+from sklearn.utils import get_tags
 
+from tasks.drift import Adwin, FeatureShift, PageHinkley
 from tasks.encode import FeatureEncoder
 
 # name -> (module, class, defaults, task it serves). passive_aggressive is SGD with the PA-I
@@ -36,6 +45,8 @@ ESTIMATORS: dict[str, tuple[str, str, dict[str, Any], str]] = {
         "classification",
     ),
     "bernoulli_nb": ("sklearn.naive_bayes", "BernoulliNB", {}, "classification"),
+    # counts-like input: the matrix is split into its positive and negative parts
+    "multinomial_nb": ("sklearn.naive_bayes", "MultinomialNB", {}, "classification"),
     "gaussian_nb": ("sklearn.naive_bayes", "GaussianNB", {}, "classification"),
     "mlp_classifier": (
         "sklearn.neural_network",
@@ -43,6 +54,12 @@ ESTIMATORS: dict[str, tuple[str, str, dict[str, Any], str]] = {
         # partial_fit makes one Adam step per batch: the default 0.001 barely moves in 30
         {"hidden_layer_sizes": (32,), "random_state": 0, "learning_rate_init": 0.01},
         "classification",
+    ),
+    "minibatch_kmeans": (
+        "sklearn.cluster",
+        "MiniBatchKMeans",
+        {"n_clusters": 8, "random_state": 0, "n_init": 1},
+        "clustering",
     ),
 }
 
@@ -54,11 +71,7 @@ class ModelSpecError(ValueError):
 def make_estimator(name: str, params: dict[str, Any], task: str) -> BaseEstimator:
     """A fresh estimator from a registry name or a dotted path, validated for `task`."""
     if name in ESTIMATORS:
-        module_name, class_name, defaults, serves = ESTIMATORS[name]
-        if serves != task:
-            raise ModelSpecError(
-                f"estimator '{name}' is for {serves}, but the pipeline task is {task}"
-            )
+        module_name, class_name, defaults, _ = ESTIMATORS[name]
         params = {**defaults, **params}
     elif "." in name:
         module_name, _, class_name = name.rpartition(".")
@@ -76,7 +89,28 @@ def make_estimator(name: str, params: dict[str, Any], task: str) -> BaseEstimato
         estimator._validate_params()
     except (TypeError, ValueError) as error:
         raise ModelSpecError(f"estimator '{name}' rejects its params: {error}") from None
+    serves = _task_of(estimator)
+    if serves != task:
+        raise ModelSpecError(f"estimator '{name}' is for {serves}, but the pipeline task is {task}")
     return estimator
+
+
+def _task_of(estimator: BaseEstimator) -> str:
+    kind = get_tags(estimator).estimator_type
+    return {
+        "classifier": "classification",
+        "regressor": "regression",
+        "clusterer": "clustering",
+    }.get(str(kind), "classification")
+
+
+def _model_input(estimator: BaseEstimator, x: np.ndarray) -> np.ndarray:
+    """`x` as the estimator takes it: estimators that accept only non-negative input
+    (multinomial naive Bayes) get [max(x, 0), max(-x, 0)], which keeps every value's
+    magnitude and sign."""
+    if get_tags(estimator).input_tags.positive_only:
+        return np.hstack([np.maximum(x, 0.0), np.maximum(-x, 0.0)])
+    return x
 
 
 @dataclass
@@ -89,6 +123,9 @@ class ModelState:
     classes: list[str] | None
     rows_seen: int = 0
     batches_seen: int = 0
+    candidate: str = "main"
+    detector: Adwin | PageHinkley | None = None  # watches this model's per-row errors
+    shift: FeatureShift | None = None  # PSI of the numeric inputs against a reference
 
     @property
     def fitted(self) -> bool:
@@ -121,14 +158,20 @@ class Scores:
 
 
 def predict(state: ModelState, x: np.ndarray) -> Scores | None:
-    """Scores of `state` on `x`, or None while the model has learned nothing."""
+    """Scores of `state` on `x`, or None while the model has learned nothing.
+
+    Clustering: the prediction is the nearest centre, the score its squared distance."""
     if not state.fitted or x.shape[0] == 0:
         return None
     estimator: Any = state.estimator
+    x = _model_input(estimator, x)
     predictions = estimator.predict(x)
     if state.task == "regression":
         values = predictions.astype(np.float64)
         return Scores(predictions=values, scores=values, proba=None)
+    if state.task == "clustering":
+        distances = estimator.transform(x).min(axis=1) ** 2
+        return Scores(predictions=predictions.astype(str), scores=distances, proba=None)
     proba = estimator.predict_proba(x) if hasattr(estimator, "predict_proba") else None
     labels = np.asarray(estimator.classes_).astype(str)
     positive = int(np.flatnonzero(labels == str(state.classes[-1]))[0]) if state.classes else -1
@@ -153,10 +196,41 @@ def learn(state: ModelState, x: np.ndarray, y: np.ndarray) -> ModelState:
     if x.shape[0] == 0:
         return new
     estimator: Any = new.estimator
+    x = _model_input(estimator, x)
     if state.task == "classification":
         estimator.partial_fit(x, y.astype(str), classes=np.array(state.classes, dtype=str))
+    elif state.task == "clustering":
+        estimator.partial_fit(x)
     else:
         estimator.partial_fit(x, y.astype(np.float64))
     new.rows_seen += int(x.shape[0])
     new.batches_seen += 1
     return new
+
+
+def parameters_sha256(state: ModelState) -> str:
+    """SHA-256 of what the model has learned: the estimator's fitted attributes and the
+    encoder's statistics, serialised in a fixed order. Two models that learned the same
+    rows in the same order have the same digest; counters and drift detectors are left
+    out (they do not change a prediction)."""
+    digest = hashlib.sha256()
+    for part in (state.estimator, state.encoder):
+        for name, value in sorted(vars(part).items()):
+            digest.update(name.encode())
+            digest.update(_canonical(value))
+    return digest.hexdigest()
+
+
+def _canonical(value: Any) -> bytes:
+    if isinstance(value, np.ndarray):
+        return value.dtype.str.encode() + repr(value.shape).encode() + value.tobytes()
+    if isinstance(value, list | tuple):
+        return b"[" + b",".join(_canonical(v) for v in value) + b"]"
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda item: repr(item[0]))
+        return b"{" + b",".join(_canonical(k) + b":" + _canonical(v) for k, v in items) + b"}"
+    if value is None or isinstance(value, str | bytes | bool | int | float | np.generic):
+        return repr(value).encode()
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        return type(value).__name__.encode() + _canonical(dict(vars(value)))
+    return pickle.dumps(value, protocol=5)  # extension objects (loss functions, RNG states)

@@ -96,15 +96,109 @@ SOURCE_KINDS = ("files", "postgres")
 
 
 class ModelSpec(_Strict):
-    """The estimator by registry name (or dotted path) and its constructor parameters."""
+    """One candidate model: a name, the estimator by registry name (or dotted path) and its
+    constructor parameters."""
 
+    name: str = Field(
+        default="main",
+        description="Names the candidate in ml.model_versions.candidate and ml.batch_metrics.",
+    )
     estimator: str = Field(
         default="sgd_classifier",
         description="Registry name (sgd_classifier, sgd_regressor, perceptron, passive_aggressive, "
-        "bernoulli_nb, gaussian_nb, mlp_classifier) or a dotted path to a scikit-learn estimator with partial_fit.",
+        "bernoulli_nb, multinomial_nb, gaussian_nb, mlp_classifier, minibatch_kmeans) or a "
+        "dotted path to a scikit-learn estimator with partial_fit.",
     )
     params: dict[str, Any] = Field(
         default_factory=dict, description="Constructor parameters of the estimator."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, value: str) -> str:
+        if not IDENTIFIER.match(value):
+            raise ValueError("must be lowercase letters, digits and _")
+        return value
+
+
+class PromotionRule(_Strict):
+    """When a challenger replaces the champion: all candidates are scored on the same rows
+    before learning them, and the best one takes over once its lead is clear."""
+
+    metric: str | None = Field(
+        default=None,
+        description="Metric compared: accuracy or log_loss (classification), mae or rmse "
+        "(regression), inertia (clustering); default accuracy / mae / inertia.",
+    )
+    window_rows: int = Field(
+        default=2000, ge=1, description="Compare candidates over this many latest scored rows."
+    )
+    min_rows: int = Field(
+        default=1000,
+        ge=1,
+        description="A challenger is not promoted before it has been scored on this many rows.",
+    )
+    margin: float = Field(
+        default=0.01,
+        ge=0,
+        description="Lead required over the champion, in metric units (0.01 = one point of "
+        "accuracy).",
+    )
+
+
+class DriftSpec(_Strict):
+    """Drift detection on the prequential error stream and on feature distributions."""
+
+    detector: Literal["adwin", "page_hinkley", "none"] = Field(
+        default="adwin",
+        description="Detector on each candidate's per-row error (0/1 for classification, "
+        "absolute error for regression): ADWIN (Bifet & Gavalda 2007) or Page-Hinkley.",
+    )
+    on_drift: Literal["log", "reset_challengers"] = Field(
+        default="log",
+        description="log: write ml.drift_events and a Prefect event only. reset_challengers: "
+        "also restart every challenger from scratch when the champion drifts, so one that "
+        "learns only the new concept can overtake it (declare a challenger with the "
+        "champion's estimator to get the classic background learner).",
+    )
+    psi_reference_rows: int = Field(
+        default=2000,
+        ge=10,
+        description="Rows whose numeric feature distribution is the PSI reference.",
+    )
+    psi_window_rows: int = Field(
+        default=2000, ge=10, description="Rows per window compared with the reference (PSI)."
+    )
+
+
+class LagSpec(_Strict):
+    """Previous labels of a series as features (`<name>_lag1..N`), strictly earlier in
+    event time than each row."""
+
+    name: str = Field(description="Names the features <name>_lag1 .. <name>_lagN.")
+    by: list[str] = Field(min_length=1, description="Columns naming the series (e.g. tailnum).")
+    n: int = Field(default=1, ge=1, le=20, description="How many previous labels.")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, value: str) -> str:
+        if not IDENTIFIER.match(value):
+            raise ValueError("must be lowercase letters, digits and _ (a SQL name)")
+        return value
+
+
+class AdaptiveBatch(_Strict):
+    """Batch size that follows the load: halves when a batch takes longer than the cadence,
+    doubles when there is headroom and a backlog."""
+
+    min_rows: int = Field(default=50, ge=1, description="Smallest batch.")
+    max_rows: int = Field(default=20_000, ge=1, le=1_000_000, description="Largest batch.")
+    target_fraction: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Shrink when a batch takes more than this fraction of every_seconds; "
+        "grow when it takes less than a quarter of it and records are waiting.",
     )
 
 
@@ -166,7 +260,26 @@ class PipelineConfig(_Strict):
         description="Class labels; default: the labels in the landing files when the pipeline "
         "is created, else 0/1. Other labels are quarantined.",
     )
-    model: ModelSpec = Field(default_factory=ModelSpec, description="The online model.")
+    model: ModelSpec = Field(
+        default_factory=ModelSpec, description="The online model (the first champion)."
+    )
+    challengers: list[ModelSpec] = Field(
+        default_factory=list,
+        description="More candidates: each learns every batch and is scored before it learns; "
+        "the promotion rule lets one replace the champion.",
+    )
+    promotion: PromotionRule = Field(
+        default_factory=PromotionRule, description="When a challenger becomes champion."
+    )
+    drift: DriftSpec = Field(default_factory=DriftSpec, description="Drift detection.")
+    lags: list[LagSpec] = Field(
+        default_factory=list,
+        description="Previous labels of a series as features (labels that arrive in order).",
+    )
+    adaptive_batch: AdaptiveBatch | None = Field(
+        default=None,
+        description="Let the batch size follow the load, starting at batch_rows; off when absent.",
+    )
     batch_rows: int = Field(
         default=500, ge=1, le=1_000_000, description="Most records per micro-batch."
     )
@@ -187,6 +300,15 @@ class PipelineConfig(_Strict):
         ge=1,
         le=10_000,
         description="One-hot slots per categorical feature; later newcomers share one more.",
+    )
+    categorical_encoding: Literal["onehot", "hash"] = Field(
+        default="onehot",
+        description="onehot: a vocabulary in order of first appearance, capped at "
+        "max_categories. hash: each value hashed into hash_buckets slots (no vocabulary; "
+        "for high-cardinality columns).",
+    )
+    hash_buckets: int = Field(
+        default=1024, ge=2, le=1 << 20, description="Slots per column when hashing categories."
     )
 
     @field_validator("name")
@@ -227,7 +349,26 @@ class PipelineConfig(_Strict):
         names = [a.name for a in self.aggregates]
         if len(set(names)) != len(names):
             raise ValueError("aggregate names must be unique")
+        candidates = [m.name for m in self.candidates]
+        if len(set(candidates)) != len(candidates):
+            raise ValueError("challengers need names different from each other and from model.name")
+        if self.features is not None:
+            for lag in self.lags:
+                missing = set(lag.by) - set(self.features) - special
+                if missing:
+                    raise ValueError(f"lag '{lag.name}' names unknown columns {sorted(missing)}")
+        lag_names = [lag.name for lag in self.lags]
+        if len(set(lag_names)) != len(lag_names) or set(lag_names) & set(names):
+            raise ValueError("lag names must be unique and differ from aggregate names")
+        batch = self.adaptive_batch
+        if batch is not None and not batch.min_rows <= self.batch_rows <= batch.max_rows:
+            raise ValueError("adaptive_batch needs min_rows <= batch_rows <= max_rows")
         return self
+
+    @property
+    def candidates(self) -> list[ModelSpec]:
+        """The model, then the challengers."""
+        return [self.model, *self.challengers]
 
     @property
     def label_classes(self) -> list[str]:

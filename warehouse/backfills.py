@@ -3,14 +3,14 @@ one-transaction commit of each chunk a backfill inserts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import duckdb
 import polars as pl
 
 from tidemill.config import AggregateSpec, PipelineConfig
-from warehouse.batches import BatchRecord, insert_frame, record_batch
+from warehouse.batches import BatchRecord, insert_frame, record_batch, replace_lag_history
 from warehouse.pipeline_tables import PipelineTables, q
 
 
@@ -185,6 +185,7 @@ class ChunkWrite:
     clean: pl.DataFrame
     quarantine: pl.DataFrame
     present: int
+    lags: dict[str, pl.DataFrame] = field(default_factory=dict)  # lag name -> new history
 
 
 def commit_chunk(
@@ -228,6 +229,8 @@ def commit_chunk(
             replaced += _replace_windows(
                 con, t.aggregate(spec.name), spec, windows, stats, batch_id
             )
+        for lag in config.lags:
+            replace_lag_history(con, t.lags(lag.name), lag, write.lags[lag.name])
         record_batch(con, write.record)
         con.execute(
             "UPDATE _backfills SET rows_done = rows_done + ?, rows_inserted = rows_inserted + ?, "

@@ -16,9 +16,9 @@ from datetime import datetime
 import duckdb
 import polars as pl
 
-from tidemill.config import AggregateSpec, PipelineConfig
+from tidemill.config import AggregateSpec, LagSpec, PipelineConfig
 from warehouse.pipeline_tables import PipelineTables, q
-from warehouse.registry import ModelVersion, record_champion
+from warehouse.registry import ModelVersion, record_event, record_heads
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,39 @@ class BatchRecord:
     timings_ms: dict[str, float] = field(default_factory=dict)
     flow_run_id: str | None = None
     error: str | None = None
+    batch_rows_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One candidate's prequential result on the batch."""
+
+    candidate: str
+    version: int  # the version that scored (it had not seen the rows)
+    n_scored: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class DriftEvent:
+    """One ml.drift_events row."""
+
+    candidate: str
+    detector: str
+    feature: str | None
+    value: float
+    action: str
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """A champion change decided by the promotion rule (or a drift reset), with evidence."""
+
+    action: str  # auto_promote | drift_reset
+    from_version: int | None
+    to_version: int
+    reason: str
+    evidence: dict[str, object]
 
 
 @dataclass(frozen=True)
@@ -52,11 +85,22 @@ class BatchWrite:
     quarantine: pl.DataFrame  # _file, _line, _raw, reason
     clean: pl.DataFrame
     aggregates: dict[str, pl.DataFrame]  # aggregate name -> window partials
-    predictions: pl.DataFrame | None  # key?, event time, prediction, score
-    scored_by: int | None  # model version that made the predictions
-    metrics: dict[str, float]
-    n_scored: int
-    version: ModelVersion | None  # new champion, when the batch learned
+    lags: dict[str, pl.DataFrame]  # lag name -> new history of the series the batch touched
+    predictions: pl.DataFrame | None  # key?, event time, prediction, score (the champion's)
+    scored_by: int | None  # champion version that made the predictions
+    scored: list[Scored] = field(default_factory=list)
+    versions: list[ModelVersion] = field(default_factory=list)  # one per candidate
+    drift: list[DriftEvent] = field(default_factory=list)
+    shift: list[dict[str, float]] = field(default_factory=list)  # feature -> PSI per window
+    events: list[Promotion] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The champion's prequential metrics on the batch."""
+        for scored in self.scored:
+            if scored.version == self.scored_by:
+                return scored.metrics
+        return {}
 
 
 def next_batch_id(con: duckdb.DuckDBPyConnection) -> int:
@@ -106,6 +150,44 @@ def window_stats(
         con.unregister("_wanted")
 
 
+def lag_history(
+    con: duckdb.DuckDBPyConnection, config: PipelineConfig, spec: LagSpec, series: pl.DataFrame
+) -> pl.DataFrame:
+    """Stored history (by..., event_at, value) of the series in `series` (by...)."""
+    t = PipelineTables(config.name)
+    by = [q(c) for c in spec.by]
+    select = (
+        f"SELECT {', '.join('h.' + c for c in by)}, h.event_at, h.value FROM {t.lags(spec.name)} h"
+    )
+    if series.height == 0:
+        return con.sql(f"{select} LIMIT 0").pl()
+    con.register("_series", series.unique().to_arrow())
+    try:
+        on = " AND ".join(f"h.{c} IS NOT DISTINCT FROM s.{c}" for c in by)
+        return con.sql(f"{select} JOIN _series s ON {on}").pl()
+    finally:
+        con.unregister("_series")
+
+
+def replace_lag_history(
+    con: duckdb.DuckDBPyConnection, table: str, spec: LagSpec, history: pl.DataFrame
+) -> None:
+    """Replace the stored history of the series in `history` by it (caller's transaction)."""
+    if history.height == 0:
+        return
+    by = [q(c) for c in spec.by]
+    con.register("_history", history.select(*spec.by, "event_at", "value").to_arrow())
+    try:
+        on = " AND ".join(f"{table}.{c} IS NOT DISTINCT FROM s.{c}" for c in by)
+        con.execute(
+            f"DELETE FROM {table} WHERE EXISTS (SELECT 1 FROM (SELECT DISTINCT {', '.join(by)} "
+            f"FROM _history) s WHERE {on})"
+        )
+        con.execute(f"INSERT INTO {table} SELECT * FROM _history")
+    finally:
+        con.unregister("_history")
+
+
 def insert_frame(
     con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, extra: str = ""
 ) -> None:
@@ -146,9 +228,82 @@ def _upsert_window(
         con.unregister("_partials")
 
 
+def _insert_ml(
+    con: duckdb.DuckDBPyConnection, pipeline: str, batch_id: int, write: BatchWrite
+) -> None:
+    """Metrics of every candidate, drift, feature shift, new versions, champion changes."""
+    for scored in write.scored:
+        if not scored.metrics:
+            continue
+        insert_frame(
+            con,
+            "ml.batch_metrics",
+            pl.DataFrame(
+                {
+                    "pipeline": pipeline,
+                    "batch_id": batch_id,
+                    "model_version": scored.version,
+                    "n_scored": scored.n_scored,
+                    "metric": list(scored.metrics),
+                    "value": list(scored.metrics.values()),
+                    "candidate": scored.candidate,
+                },
+                schema_overrides={
+                    "batch_id": pl.Int64,
+                    "model_version": pl.Int64,
+                    "n_scored": pl.Int64,
+                },
+            ),
+        )
+    at = write.record.finished_at
+    for event in write.drift:
+        con.execute(
+            "INSERT INTO ml.drift_events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                pipeline,
+                batch_id,
+                event.candidate,
+                event.detector,
+                event.feature,
+                event.value,
+                at,
+                event.action,
+            ],
+        )
+    for window in write.shift:
+        insert_frame(
+            con,
+            "ml.feature_shift",
+            pl.DataFrame(
+                {
+                    "pipeline": pipeline,
+                    "batch_id": batch_id,
+                    "feature": list(window),
+                    "psi": list(window.values()),
+                },
+                schema_overrides={"batch_id": pl.Int64},
+            ),
+        )
+    record_heads(con, write.versions)
+    for change in write.events:
+        record_event(
+            con,
+            pipeline,
+            change.action,
+            change.from_version,
+            change.to_version,
+            "tidemill",
+            change.reason,
+            change.evidence,
+        )
+
+
 def record_batch(con: duckdb.DuckDBPyConnection, record: BatchRecord) -> None:
     con.execute(
-        "INSERT INTO _batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO _batches (batch_id, pipeline, status, window_start_at, window_end_at, "
+        "rows_in, rows_accepted, rows_quarantined, rows_learned, model_version, started_at, "
+        "finished_at, timings_json, flow_run_id, error, batch_rows_limit) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             record.batch_id,
             record.pipeline,
@@ -165,6 +320,7 @@ def record_batch(con: duckdb.DuckDBPyConnection, record: BatchRecord) -> None:
             json.dumps({k: round(v, 3) for k, v in record.timings_ms.items()}),
             record.flow_run_id,
             record.error,
+            record.batch_rows_limit,
         ],
     )
 
@@ -207,28 +363,9 @@ def commit_batch(con: duckdb.DuckDBPyConnection, config: PipelineConfig, write: 
                     *stamp, pl.lit(write.scored_by, dtype=pl.Int64).alias("model_version")
                 ),
             )
-        if write.metrics and write.scored_by is not None:
-            insert_frame(
-                con,
-                "ml.batch_metrics",
-                pl.DataFrame(
-                    {
-                        "pipeline": config.name,
-                        "batch_id": batch_id,
-                        "model_version": write.scored_by,
-                        "n_scored": write.n_scored,
-                        "metric": list(write.metrics),
-                        "value": list(write.metrics.values()),
-                    },
-                    schema_overrides={
-                        "batch_id": pl.Int64,
-                        "model_version": pl.Int64,
-                        "n_scored": pl.Int64,
-                    },
-                ),
-            )
-        if write.version is not None:
-            record_champion(con, write.version)
+        for lag in config.lags:
+            replace_lag_history(con, t.lags(lag.name), lag, write.lags[lag.name])
+        _insert_ml(con, config.name, batch_id, write)
         record_batch(con, write.record)
         con.execute(
             "UPDATE _watermarks SET event_time_at = greatest(coalesce(event_time_at, ?), ?), "

@@ -61,6 +61,9 @@ class PipelineTables:
     def aggregate(self, name: str) -> str:
         return f"agg.{q(self.pipeline + '_' + name)}"
 
+    def lags(self, name: str) -> str:
+        return f"agg.{q(self.pipeline + '_lag_' + name)}"
+
 
 def schema_of(config: PipelineConfig) -> dict[str, object]:
     """The part of a pipeline config that fixes its table shapes."""
@@ -74,6 +77,8 @@ def schema_of(config: PipelineConfig) -> dict[str, object]:
         "classes": config.label_classes if config.task == "classification" else None,
         "time_features": config.time_features,
         "aggregates": [a.model_dump() for a in config.aggregates],
+        # only when declared, so warehouses made before lags existed keep their schema
+        **({"lags": [lag.model_dump() for lag in config.lags]} if config.lags else {}),
     }
 
 
@@ -211,6 +216,22 @@ def ddl(config: PipelineConfig) -> list[str]:
                     "updated_batch_id": "Last batch that added to this window.",
                 },
                 f"{spec.every} windows per {', '.join(spec.by)} of pipeline {config.name}.",
+            ),
+        ]
+    for lag in config.lags:
+        name = t.lags(lag.name)
+        by = ", ".join(f"{q(c)} {_column_type(config, c)}" for c in lag.by)
+        statements += [
+            f"CREATE TABLE {name} ({by}, event_at TIMESTAMP NOT NULL, value DOUBLE NOT NULL)",
+            *_comments(
+                name,
+                {
+                    **{c: "Series key." for c in lag.by},
+                    "event_at": "Event time of the labelled row (UTC).",
+                    "value": "Its target (classification: 1 for the positive class, else 0).",
+                },
+                f"The {lag.n} latest labels per {', '.join(lag.by)} of pipeline {config.name}: "
+                f"what the features {lag.name}_lag1..{lag.n} of the next rows read.",
             ),
         ]
     key_col = f"{q(config.key)} VARCHAR, " if config.key else ""

@@ -50,6 +50,8 @@ class ModelVersion:
     feature_names: list[str]
     status: str
     metrics_json: str
+    candidate: str = "main"
+    params_sha256: str | None = None
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -124,10 +126,13 @@ def write_version(
     status: str,
     metrics: dict[str, float],
     created_at: datetime,
+    candidate: str,
+    params_sha256: str,
+    version: int | None = None,
 ) -> ModelVersion:
-    """Write `model`'s artifact under the next version number and return its registry row
-    (not inserted yet: the caller commits it with the rows it learned)."""
-    version = next_version(con, pipeline)
+    """Write `model`'s artifact under `version` (default: the next number) and return its
+    registry row (not inserted yet: the caller commits it with the rows it learned)."""
+    version = version if version is not None else next_version(con, pipeline)
     relpath = artifact_relpath(pipeline, version, batch_id)
     sha256 = write_artifact(state_dir, relpath, model)
     return ModelVersion(
@@ -146,6 +151,8 @@ def write_version(
         feature_names=model.feature_names,
         status=status,
         metrics_json=json.dumps(metrics, sort_keys=True),
+        candidate=candidate,
+        params_sha256=params_sha256,
     )
 
 
@@ -183,13 +190,24 @@ def next_version(con: duckdb.DuckDBPyConnection, pipeline: str) -> int:
     return int(row[0][0])
 
 
-def record_champion(con: duckdb.DuckDBPyConnection, version: ModelVersion) -> None:
-    """Insert `version` as champion and retire the previous champion (caller's transaction)."""
+def record_heads(con: duckdb.DuckDBPyConnection, new: list[ModelVersion]) -> None:
+    """Insert a batch's new versions, one per candidate, retiring the versions they
+    continue (caller's transaction). Exactly one of them has status champion."""
+    if not new:
+        return
     con.execute(
-        "UPDATE ml.model_versions SET status = 'retired' WHERE pipeline = ? AND status = 'champion'",
-        [version.pipeline],
+        "UPDATE ml.model_versions SET status = 'retired' WHERE pipeline = ? "
+        "AND status IN ('champion', 'challenger') AND candidate IN (SELECT unnest(?))",
+        [new[0].pipeline, [v.candidate for v in new]],
     )
-    record(con, version)
+    for version in new:
+        record(con, version)
+
+
+def heads(con: duckdb.DuckDBPyConnection, pipeline: str) -> dict[str, ModelVersion]:
+    """Candidate -> its latest serving version (status champion or challenger)."""
+    found = _rows(con, "pipeline = ? AND status IN ('champion', 'challenger')", [pipeline])
+    return {v.candidate: v for v in found}
 
 
 def record(con: duckdb.DuckDBPyConnection, version: ModelVersion) -> None:
@@ -214,8 +232,12 @@ def change_champion(
     actor: str,
     reason: str,
 ) -> ModelVersion:
-    """Make `to_version` the champion (the previous one is retired) and record who, when
-    and why in ml.model_events, in one transaction; returns the new champion."""
+    """Make `to_version` the champion and record who, when and why in ml.model_events, in
+    one transaction; returns the new champion.
+
+    The version becomes the head of its candidate's lineage (the head it replaces is
+    retired); the previous champion, when it belongs to another candidate, goes on
+    learning as a challenger."""
     target = get_version(con, pipeline, to_version)
     if target is None:
         raise RegistryError(f"{pipeline} has no version {to_version}")
@@ -225,25 +247,21 @@ def change_champion(
     con.begin()
     try:
         con.execute(
-            "UPDATE ml.model_versions SET status = 'retired' WHERE pipeline = ? AND status = 'champion'",
+            "UPDATE ml.model_versions SET status = 'retired' WHERE pipeline = ? "
+            "AND status IN ('champion', 'challenger') AND candidate = ?",
+            [pipeline, target.candidate],
+        )
+        con.execute(
+            "UPDATE ml.model_versions SET status = 'challenger' WHERE pipeline = ? "
+            "AND status = 'champion'",
             [pipeline],
         )
         con.execute(
             "UPDATE ml.model_versions SET status = 'champion' WHERE pipeline = ? AND version = ?",
             [pipeline, to_version],
         )
-        con.execute(
-            "INSERT INTO ml.model_events SELECT ?, coalesce(max(event_id), 0) + 1, now()::TIMESTAMP, "
-            "?, ?, ?, ?, ? FROM ml.model_events WHERE pipeline = ?",
-            [
-                pipeline,
-                action,
-                current.version if current else None,
-                to_version,
-                actor,
-                reason,
-                pipeline,
-            ],
+        record_event(
+            con, pipeline, action, current.version if current else None, to_version, actor, reason
         )
         con.commit()
     except BaseException:
@@ -262,7 +280,7 @@ def rollback_target(con: duckdb.DuckDBPyConnection, pipeline: str) -> int:
         raise RegistryError(f"{pipeline} has no champion to roll back")
     rows = con.execute(
         "SELECT from_version FROM ml.model_events WHERE pipeline = ? AND to_version = ? "
-        "AND action = 'promote' ORDER BY event_id DESC LIMIT 1",
+        "AND action IN ('promote', 'auto_promote') ORDER BY event_id DESC LIMIT 1",
         [pipeline, current.version],
     ).fetchall()
     if rows and rows[0][0] is not None:
@@ -270,3 +288,47 @@ def rollback_target(con: duckdb.DuckDBPyConnection, pipeline: str) -> int:
     if current.parent_version is None:
         raise RegistryError(f"{pipeline} v{current.version} has no parent to roll back to")
     return current.parent_version
+
+
+def record_event(
+    con: duckdb.DuckDBPyConnection,
+    pipeline: str,
+    action: str,
+    from_version: int | None,
+    to_version: int,
+    actor: str,
+    reason: str,
+    evidence: dict[str, Any] | None = None,
+) -> None:
+    """Append one ml.model_events row (caller's transaction)."""
+    con.execute(
+        "INSERT INTO ml.model_events (pipeline, event_id, changed_at, action, from_version, "
+        "to_version, actor, reason, evidence_json) SELECT ?, coalesce(max(event_id), 0) + 1, "
+        "now()::TIMESTAMP, ?, ?, ?, ?, ?, ? FROM ml.model_events WHERE pipeline = ?",
+        [
+            pipeline,
+            action,
+            from_version,
+            to_version,
+            actor,
+            reason,
+            json.dumps(evidence, sort_keys=True) if evidence is not None else None,
+            pipeline,
+        ],
+    )
+
+
+def recent_scores(
+    con: duckdb.DuckDBPyConnection, pipeline: str, metric: str, limit: int
+) -> list[tuple[str, int, int, float]]:
+    """(candidate, batch_id, n_scored, value) of the latest `limit` scores of `metric`, oldest
+    first, since the pipeline's last champion change (scores before it compared lineages
+    that no longer serve)."""
+    rows = con.execute(
+        "SELECT m.candidate, m.batch_id, m.n_scored, m.value FROM ml.batch_metrics m "
+        "JOIN _batches b USING (batch_id) WHERE m.pipeline = ? AND m.metric = ? "
+        "AND b.finished_at >= coalesce((SELECT max(changed_at) FROM ml.model_events "
+        "WHERE pipeline = ?), TIMESTAMP '1970-01-01') ORDER BY m.batch_id DESC LIMIT ?",
+        [pipeline, metric, pipeline, limit],
+    ).fetchall()
+    return [(str(c), int(b), int(n), float(v)) for c, b, n, v in reversed(rows)]

@@ -41,3 +41,18 @@ def test_encoder_width_is_fixed_and_categories_beyond_the_cap_share_one_slot() -
     np.testing.assert_allclose(matrix[:, 0], [-1.0, 1.0, 0.0])  # null imputed at the mean
     np.testing.assert_allclose(matrix[:, 3:], [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
     np.testing.assert_allclose(matrix[1, 1:3], [1.0, 0.0], atol=1e-12)  # 06:00 on the circle
+
+
+def test_hashed_categories_need_no_vocabulary_and_take_unseen_values() -> None:
+    encoder = FeatureEncoder(numeric=[], categorical=["c"], max_categories=1, hash_buckets=16)
+    frame = pl.DataFrame({"c": ["a", "b", None, "a"]})
+    encoder.update(frame)
+    x = encoder.transform(frame)
+    assert x.shape == (4, 16) and encoder.vocab == {"c": {}}
+    assert x.sum(axis=1).tolist() == [1.0, 1.0, 0.0, 1.0]  # a null sets no slot
+    np.testing.assert_array_equal(x[0], x[3])
+    unseen = encoder.transform(pl.DataFrame({"c": ["never seen"]}))
+    assert unseen.sum() == 1.0
+    again = FeatureEncoder(numeric=[], categorical=["c"], max_categories=1, hash_buckets=16)
+    np.testing.assert_array_equal(again.transform(frame), x)  # stable across encoders
+    assert encoder.feature_names[:2] == ["c#0", "c#1"]

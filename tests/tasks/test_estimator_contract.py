@@ -11,16 +11,29 @@ import pytest
 
 from tasks.encode import FeatureEncoder
 from tasks.metrics import prequential_metrics
-from tasks.model import ESTIMATORS, ModelState, learn, make_estimator, predict
+from tasks.model import ESTIMATORS, ModelState, learn, make_estimator, parameters_sha256, predict
 
-CLASSIFIERS = sorted(n for n, spec in ESTIMATORS.items() if spec[3] == "classification")
-REGRESSORS = sorted(n for n, spec in ESTIMATORS.items() if spec[3] == "regression")
+# every registry name, plus estimators given by dotted path (one needs non-negative input)
+DOTTED = {
+    "sklearn.linear_model.SGDClassifier": "classification",
+    "sklearn.naive_bayes.ComplementNB": "classification",
+    "sklearn.linear_model.SGDRegressor": "regression",
+}
+TASKS = {**{name: spec[3] for name, spec in ESTIMATORS.items()}, **DOTTED}
+CLASSIFIERS = sorted(n for n, task in TASKS.items() if task == "classification")
+REGRESSORS = sorted(n for n, task in TASKS.items() if task == "regression")
+CLUSTERERS = sorted(n for n, task in TASKS.items() if task == "clustering")
+ALL = CLASSIFIERS + REGRESSORS + CLUSTERERS
+SEEDED = {"random_state": 0}
 
 
 def _state(name: str) -> ModelState:
-    task = ESTIMATORS[name][3]
+    task = TASKS[name]
+    params: dict[str, object] = {}
+    if name in DOTTED and "random_state" in make_estimator(name, {}, task).get_params():
+        params = SEEDED
     return ModelState(
-        estimator=make_estimator(name, {}, task),
+        estimator=make_estimator(name, params, task),
         encoder=FeatureEncoder(numeric=["a", "b"], categorical=[], max_categories=1),
         task=task,
         classes=["0", "1"] if task == "classification" else None,
@@ -29,7 +42,12 @@ def _state(name: str) -> ModelState:
 
 def _stream(task: str, seed: int = 0, batches: int = 30, size: int = 50):
     rng = np.random.default_rng(seed)
+    centres = np.array([[-3.0, -3.0], [3.0, 3.0], [-3.0, 3.0]])
     for _ in range(batches):
+        if task == "clustering":
+            x = centres[rng.integers(0, 3, size)] + rng.normal(scale=0.3, size=(size, 2))
+            yield x, np.zeros(size)
+            continue
         x = rng.normal(size=(size, 2))
         signal = 2.0 * x[:, 0] - x[:, 1]
         y = (
@@ -43,7 +61,7 @@ def _stream(task: str, seed: int = 0, batches: int = 30, size: int = 50):
 def _prequential(name: str, seed: int = 0) -> tuple[ModelState, list[float]]:
     state, scores = _state(name), []
     task = state.task
-    key = "accuracy" if task == "classification" else "mae"
+    key = {"classification": "accuracy", "regression": "mae", "clustering": "inertia"}[task]
     for x, y in _stream(task, seed):
         predicted = predict(state, x)
         if predicted is not None:
@@ -52,7 +70,7 @@ def _prequential(name: str, seed: int = 0) -> tuple[ModelState, list[float]]:
     return state, scores
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS + REGRESSORS)
+@pytest.mark.parametrize("name", ALL)
 def test_learns_incrementally(name: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)  # nothing deprecated in the registry
@@ -61,11 +79,13 @@ def test_learns_incrementally(name: str) -> None:
     early, late = np.mean(scores[:3]), np.mean(scores[-10:])
     if state.task == "classification":
         assert late >= 0.8 and late >= early - 0.05, (early, late)  # learned, and kept it
+    elif state.task == "clustering":  # 3 blobs of sd 0.3 in 2-d: inertia ~ 2 x 0.09 at best
+        assert late < 0.5, (early, late)
     else:
         assert late < early and late < 0.5, (early, late)
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS + REGRESSORS)
+@pytest.mark.parametrize("name", ALL)
 def test_survives_save_and_load_with_identical_predictions(name: str) -> None:
     state, _ = _prequential(name)
     buffer = io.BytesIO()
@@ -77,15 +97,19 @@ def test_survives_save_and_load_with_identical_predictions(name: str) -> None:
     assert before is not None and after is not None
     np.testing.assert_array_equal(before.predictions, after.predictions)
     np.testing.assert_allclose(before.scores, after.scores)
+    assert parameters_sha256(loaded) == parameters_sha256(state)
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS + REGRESSORS)
+@pytest.mark.parametrize("name", ALL)
 def test_deterministic_under_its_seed(name: str) -> None:
     x = np.random.default_rng(3).normal(size=(100, 2))
     a, b = _prequential(name)[0], _prequential(name)[0]
     pa, pb = predict(a, x), predict(b, x)
     assert pa is not None and pb is not None
     np.testing.assert_allclose(pa.scores, pb.scores, equal_nan=True)
+    assert parameters_sha256(a) == parameters_sha256(b)
+    other = _prequential(name, seed=1)[0]  # other rows: another model, another digest
+    assert parameters_sha256(other) != parameters_sha256(a)
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)

@@ -27,7 +27,7 @@ def _version(tmp_path: Path, con, number: int, payload: object) -> registry.Mode
         status="champion",
         metrics_json='{"accuracy": 0.5}',
     )
-    registry.record_champion(con, version)
+    registry.record_heads(con, [version])
     return version
 
 

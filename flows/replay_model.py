@@ -1,0 +1,168 @@
+"""Deterministic replay: rebuild a model version from the raw rows of its batches and
+prove it equal to the stored one.
+
+A version is its parent plus one batch, so a version is its lineage: a fresh model of
+its candidate's spec, then every batch of the chain root..version learned in order,
+each with the features it read at the time (windows and lags rebuilt from clean.P as
+they stood before the batch). The same `batch_features` and `prequential_step` as the
+live cycle do the work; equality is checked on `parameters_sha256`, the digest of what
+the model learned. This is also what erasure rebuilds a model with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import duckdb
+import polars as pl
+
+from flows.cycle import batch_features
+from flows.runtime import fresh_model
+from tasks.aggregate import (
+    merge_window_stats,
+    previous_window_keys,
+    target_value,
+    window_partials,
+)
+from tasks.clean import in_batch_order
+from tasks.model import ModelState, parameters_sha256
+from tasks.online import prequential_step
+from tidemill.config import PipelineConfig
+from warehouse import history, registry
+
+Progress = Callable[[int, int], None]
+
+
+class ReplayError(RuntimeError):
+    """A version that cannot be replayed; the message says why."""
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    """What a replay rebuilt and whether it matched."""
+
+    pipeline: str
+    version: int
+    candidate: str
+    batches: int
+    rows_learned: int
+    stored_sha256: str
+    rebuilt_sha256: str
+
+    @property
+    def equal(self) -> bool:
+        """The rebuilt model learned exactly what the stored one did."""
+        return self.stored_sha256 == self.rebuilt_sha256
+
+
+def lineage(
+    con: duckdb.DuckDBPyConnection, pipeline: str, version: int
+) -> list[registry.ModelVersion]:
+    """The chain of versions root..version, following parents."""
+    chain = []
+    current = registry.get_version(con, pipeline, version)
+    if current is None:
+        raise ReplayError(f"{pipeline} has no version {version}")
+    while current is not None:
+        chain.append(current)
+        parent = current.parent_version
+        current = registry.get_version(con, pipeline, parent) if parent is not None else None
+    return chain[::-1]
+
+
+def _windows(
+    con: duckdb.DuckDBPyConnection, config: PipelineConfig, clean: pl.DataFrame, batch_id: int
+) -> dict[str, pl.DataFrame]:
+    """Per aggregate: the windows the batch read, as the live cycle saw them: the stored
+    sums (each earlier batch's partials added in batch order, as the upserts did), then
+    the batch's own partials."""
+    out = {}
+    for spec in config.aggregates:
+        wanted = previous_window_keys(clean, config, spec)
+        rows = history.window_rows_before(con, config, spec, wanted, batch_id)
+        stored = window_partials(clean.clear(), config, spec)
+        for _, part in sorted(rows.group_by("batch_id"), key=lambda group: int(group[0][0])):  # type: ignore[call-overload]
+            partial = window_partials(in_batch_order(part.drop("batch_id"), config), config, spec)
+            stored = merge_window_stats(stored, partial, spec)
+        out[spec.name] = merge_window_stats(stored, window_partials(clean, config, spec), spec)
+    return out
+
+
+def _histories(
+    con: duckdb.DuckDBPyConnection, config: PipelineConfig, clean: pl.DataFrame, batch_id: int
+) -> dict[str, pl.DataFrame]:
+    """Per lag: the latest labels per series before the batch, in the stored shape."""
+    out = {}
+    for lag in config.lags:
+        rows = history.lag_rows_before(con, config, lag, clean.select(lag.by), batch_id)
+        out[lag.name] = rows.select(
+            *lag.by,
+            pl.col(config.event_time).alias("event_at"),
+            target_value(config).alias("value"),
+        )
+    return out
+
+
+def replay_version(
+    con: duckdb.DuckDBPyConnection,
+    config: PipelineConfig,
+    chain: list[registry.ModelVersion],
+    progress: Progress | None = None,
+) -> tuple[ModelState, int]:
+    """The model rebuilt along `chain`, and the rows it learned."""
+    specs = {spec.name: spec for spec in config.candidates}
+    root = chain[0]
+    if root.candidate not in specs:
+        raise ReplayError(
+            f"{config.name} v{chain[-1].version}: candidate '{root.candidate}' is not in "
+            "the config any more; replay needs its estimator spec"
+        )
+    model = fresh_model(config, specs[root.candidate])
+    rows_learned = 0
+    for done, version in enumerate(chain, start=1):
+        clean = in_batch_order(history.batch_clean_rows(con, config, version.batch_id), config)
+        features, _ = batch_features(
+            clean,
+            config,
+            _windows(con, config, clean, version.batch_id),
+            _histories(con, config, clean, version.batch_id),
+        )
+        step = prequential_step(model, features, config.target)
+        model, rows_learned = step.learned, rows_learned + step.rows_learned
+        if progress:
+            progress(done, len(chain))
+    return model, rows_learned
+
+
+def replay_model(
+    con: duckdb.DuckDBPyConnection,
+    config: PipelineConfig,
+    version: int,
+    progress: Progress | None = None,
+) -> ReplayReport:
+    """Rebuild `version` of `config`'s pipeline and compare it with the registry."""
+    chain = lineage(con, config.name, version)
+    target = chain[-1]
+    root = chain[0]
+    learned_by_batch = con.execute(
+        "SELECT rows_learned FROM _batches WHERE batch_id = ? AND pipeline = ? AND status = 'committed'",
+        [root.batch_id, config.name],
+    ).fetchall()
+    if not learned_by_batch or learned_by_batch[0][0] != root.rows_seen:
+        raise ReplayError(
+            f"{config.name} v{version} descends from v{root.version}, which was not learned from "
+            f"one micro-batch (a backfill candidate?); replay covers batch lineages only"
+        )
+    if target.params_sha256 is None:
+        raise ReplayError(f"{config.name} v{version} was written before parameter digests existed")
+    model, rows_learned = replay_version(con, config, chain, progress)
+    return ReplayReport(
+        pipeline=config.name,
+        version=version,
+        candidate=target.candidate,
+        batches=len(chain),
+        rows_learned=rows_learned,
+        stored_sha256=target.params_sha256,
+        rebuilt_sha256=parameters_sha256(model),
+    )

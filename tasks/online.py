@@ -1,0 +1,108 @@
+"""One candidate, one batch: score first, then learn (the prequential step), and the
+batch size that follows the load.
+
+Pure: frames and models in, a new model out. The same step serves live batches,
+backfill retraining and `replay-model`, which is what lets a replay reproduce a
+version bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from tasks.metrics import prequential_metrics, row_errors
+from tasks.model import ModelState, Scores, learn, predict
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one candidate did with one batch."""
+
+    scores: Scores | None  # before learning; None while the model had learned nothing
+    metrics: dict[str, float]
+    n_scored: int
+    learned: ModelState  # encoder, detectors and estimator after the batch
+    rows_learned: int
+    drift_at: list[int] = field(default_factory=list)  # positions in the scored rows
+    drift_error: float = 0.0  # mean error of the scored rows from the first drift on
+    shift: list[dict[str, float]] = field(default_factory=list)  # PSI per completed window
+
+
+def labelled_rows(features: pl.DataFrame, task: str, target: str | None) -> np.ndarray:
+    """Mask of the rows a model learns: labelled ones, or all of them when clustering."""
+    if task == "clustering" or target is None:
+        return np.ones(features.height, dtype=bool)
+    return features[target].is_not_null().to_numpy()
+
+
+def prequential_step(state: ModelState, features: pl.DataFrame, target: str | None) -> Step:
+    """Score `features` with `state`, then learn them; `state` itself is left as it was.
+
+    The encoder first folds in the batch's feature statistics (no labels), every row is
+    scored, the labelled ones give the metrics and feed the drift detector, and then
+    the model learns them."""
+    current = copy.deepcopy(state)
+    current.encoder.update(features)
+    x = current.encoder.transform(features)
+    labelled = labelled_rows(features, state.task, target)
+    y = (
+        features[target].to_numpy()[labelled]
+        if target is not None and state.task != "clustering"
+        else np.zeros(int(labelled.sum()))
+    )
+    scores = predict(current, x)
+    metrics: dict[str, float] = {}
+    drift_at: list[int] = []
+    drift_error = 0.0
+    if scores is not None and y.size:
+        scored = scores.subset(labelled)
+        metrics = prequential_metrics(state.task, scored, y)
+        errors = row_errors(state.task, scored, y)
+        if current.detector is not None:
+            drift_at = current.detector.update(errors)
+            if drift_at:
+                drift_error = float(errors[drift_at[0] :].mean())
+    shift = (
+        current.shift.update(
+            {n: features[n].cast(pl.Float64).to_numpy() for n in current.shift.features}
+        )
+        if current.shift is not None
+        else []
+    )
+    learned = learn(current, x[labelled], y) if labelled.any() else current
+    return Step(
+        scores=scores,
+        metrics=metrics,
+        n_scored=int(y.size) if scores is not None else 0,
+        learned=learned,
+        rows_learned=int(labelled.sum()),
+        drift_at=drift_at,
+        drift_error=drift_error,
+        shift=shift,
+    )
+
+
+def next_batch_rows(
+    current: int,
+    *,
+    seconds: float,
+    every_seconds: float,
+    backlog: int,
+    min_rows: int,
+    max_rows: int,
+    target_fraction: float,
+) -> int:
+    """The next batch's size: half when this one took more than `target_fraction` of the
+    cadence, double when it took less than a quarter of that and more records wait than
+    it took, else unchanged; always within [min_rows, max_rows]."""
+    if seconds > target_fraction * every_seconds:
+        proposed = current // 2
+    elif seconds < target_fraction * every_seconds / 4 and backlog > current:
+        proposed = current * 2
+    else:
+        proposed = current
+    return max(min_rows, min(max_rows, proposed))

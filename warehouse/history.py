@@ -1,0 +1,81 @@
+"""The warehouse as a batch saw it: reads of past batches for `replay-model`.
+
+A model version is its parent plus one batch. To learn that batch again we need the
+batch's clean rows and what its features read at the time: the aggregate windows
+and the lag histories as they stood before it. Both are rebuilt from clean.P, whose
+rows carry the batch that wrote them, so nothing but the rows themselves has to be
+kept. These reads scan clean.P: replay is an audit, not the batch path.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import polars as pl
+
+from tidemill.config import AggregateSpec, LagSpec, PipelineConfig
+from warehouse.pipeline_tables import PipelineTables, q
+
+
+def batch_clean_rows(
+    con: duckdb.DuckDBPyConnection, config: PipelineConfig, batch_id: int
+) -> pl.DataFrame:
+    """The clean rows batch `batch_id` wrote (without batch_id; any order)."""
+    t = PipelineTables(config.name)
+    return con.sql(
+        f"SELECT * EXCLUDE (batch_id) FROM {t.clean} WHERE batch_id = ?", params=[batch_id]
+    ).pl()
+
+
+def window_rows_before(
+    con: duckdb.DuckDBPyConnection,
+    config: PipelineConfig,
+    spec: AggregateSpec,
+    wanted: pl.DataFrame,
+    batch_id: int,
+) -> pl.DataFrame:
+    """Clean rows (with batch_id) of batches before `batch_id` that fall in the windows
+    `wanted` (window_start, *by) of aggregate `spec`."""
+    t = PipelineTables(config.name)
+    if wanted.height == 0:
+        return con.sql(f"SELECT * FROM {t.clean} LIMIT 0").pl()
+    con.register("_wanted", wanted.to_arrow())
+    try:
+        on = " AND ".join(
+            [
+                f"time_bucket(INTERVAL '{spec.every_seconds} seconds', c.{q(config.event_time)}, "
+                f"TIMESTAMP '1970-01-01') = w.window_start"
+            ]
+            + [f"c.{q(b)} IS NOT DISTINCT FROM w.{q(b)}" for b in spec.by]
+        )
+        return con.sql(
+            f"SELECT c.* FROM {t.clean} c SEMI JOIN _wanted w ON {on} WHERE c.batch_id < ?",
+            params=[batch_id],
+        ).pl()
+    finally:
+        con.unregister("_wanted")
+
+
+def lag_rows_before(
+    con: duckdb.DuckDBPyConnection,
+    config: PipelineConfig,
+    spec: LagSpec,
+    series: pl.DataFrame,
+    batch_id: int,
+) -> pl.DataFrame:
+    """Labelled clean rows of the series in `series` written before `batch_id`: *by,
+    event time and target, `spec.n` per series at most, the latest ones."""
+    t = PipelineTables(config.name)
+    by = [q(b) for b in spec.by]
+    ts, target = q(config.event_time), q(config.target)
+    con.register("_series", series.unique().to_arrow())
+    try:
+        on = " AND ".join(f"c.{b} IS NOT DISTINCT FROM s.{b}" for b in by)
+        return con.sql(
+            f"SELECT {', '.join(by)}, {ts}, {target} FROM (SELECT c.*, row_number() OVER "
+            f"(PARTITION BY {', '.join('c.' + b for b in by)} ORDER BY c.{ts} DESC, c.{target} DESC) AS _r "
+            f"FROM {t.clean} c SEMI JOIN _series s ON {on} "
+            f"WHERE c.batch_id < ? AND c.{target} IS NOT NULL) WHERE _r <= ?",
+            params=[batch_id, spec.n],
+        ).pl()
+    finally:
+        con.unregister("_series")
