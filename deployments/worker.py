@@ -22,6 +22,7 @@ from deployments import owner
 from deployments.executor import InProcessExecutor, ensure_deployment
 from deployments.owner import deployment_name
 from flows.backfill import backfill
+from flows.maintenance import maintenance
 from flows.micro_batch import micro_batch
 from flows.resident import install
 from flows.runtime import Runtime
@@ -39,8 +40,9 @@ def ready_file(state_dir: Path) -> Path:
 
 
 async def register(config: TidemillConfig, pipelines: list[str]) -> dict[UUID, Flow[..., Any]]:
-    """Create or update each pipeline's deployments: micro-batch/NAME on its interval and
-    backfill/NAME (no schedule; a custom run with start/end from the UI or the CLI).
+    """Create or update each pipeline's deployments: micro-batch/NAME on its interval,
+    backfill/NAME (no schedule; a custom run with start/end from the UI or the CLI) and
+    maintenance/NAME (artifact retention, every `maintenance_every_seconds`).
     Returns deployment id -> the flow this worker runs for it."""
     flows: dict[UUID, Flow[..., Any]] = {}
     for name in pipelines:
@@ -60,7 +62,15 @@ async def register(config: TidemillConfig, pipelines: list[str]) -> dict[UUID, F
             parameters={"pipeline": name, "retrain": False},
             tags=[*tags, "backfill"],
         )
+        housekeeping = await ensure_deployment(
+            maintenance,
+            name=deployment_name(name),
+            interval_seconds=get_settings().maintenance_every_seconds,
+            parameters={"pipeline": name},
+            tags=[*tags, "maintenance"],
+        )
         flows[scheduled], flows[on_demand] = micro_batch, backfill
+        flows[housekeeping] = maintenance
     return flows
 
 

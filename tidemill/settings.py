@@ -53,6 +53,14 @@ class Settings(BaseSettings):
         gt=0,
         description="Scheduled runs older than this are skipped instead of run late.",
     )
+    maintenance_every_seconds: float = Field(
+        default=600.0,
+        ge=60,
+        description="Interval of each pipeline's maintenance deployment, which deletes the "
+        "model artifact files the retention policy lets go (keeps heads, promoted versions, "
+        "the last 50, one per hour for 48 h, one per day for 30 d) and files of crashed "
+        "batches.",
+    )
     prefect_database: Literal["postgres", "sqlite"] = Field(
         default="postgres",
         description=(
