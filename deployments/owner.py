@@ -7,6 +7,7 @@ so a command has one implementation whoever carries it out.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from deployments.query_service import Command, QueryService, Refused
@@ -64,9 +65,61 @@ def _backfill(runtime: Runtime) -> Command:
     return start
 
 
+def _replay_model(runtime: Runtime) -> Command:
+    """Rebuild a version from its batches and compare; reads on a cursor of its own, so
+    live batches go on meanwhile (it takes no lock)."""
+
+    def replay(request: dict[str, Any]) -> dict[str, Any]:
+        from flows.replay_model import ReplayError, replay_model
+
+        pipeline = str(request["pipeline"])
+        state = runtime.pipeline(pipeline)
+        if state is None:
+            raise Refused(f"{pipeline} has no tables yet")
+        cursor = runtime.con.cursor()
+        try:
+            report = replay_model(cursor, state.config, int(request["version"]), runtime.state_dir)
+        except (ReplayError, ArtifactIntegrityError) as error:
+            raise Refused(str(error)) from None
+        finally:
+            cursor.close()
+        return dataclasses.asdict(report)
+
+    return replay
+
+
+def _maintain(runtime: Runtime) -> Command:
+    """Prune artifacts by the retention policy and sweep orphans, now."""
+
+    def maintain(request: dict[str, Any]) -> dict[str, Any]:
+        from warehouse.retention import run_maintenance
+
+        pipeline = str(request["pipeline"])
+        if runtime.pipeline(pipeline) is None:
+            raise Refused(f"{pipeline} has no tables yet")
+        report = run_maintenance(
+            runtime.con,
+            runtime.state_dir,
+            pipeline,
+            requested_by=str(request["actor"]),
+            lock=runtime.lock,
+        )
+        return {
+            k: str(v) if not isinstance(v, int) else v
+            for k, v in dataclasses.asdict(report).items()
+        }
+
+    return maintain
+
+
 def commands(runtime: Runtime) -> dict[str, Command]:
     """Command name -> handler, for the socket service and for in-process use."""
-    return {"champion": _champion(runtime), "backfill": _backfill(runtime)}
+    return {
+        "champion": _champion(runtime),
+        "backfill": _backfill(runtime),
+        "replay_model": _replay_model(runtime),
+        "maintain": _maintain(runtime),
+    }
 
 
 def serve(runtime: Runtime) -> QueryService:

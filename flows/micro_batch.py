@@ -22,7 +22,7 @@ from flows.cycle import BatchFailed, CycleReport, run_cycle
 from flows.resident import resident_runtime
 from flows.runtime import Runtime
 from warehouse.readonly import run_readonly
-from warehouse.reports import recent_metrics_sql
+from warehouse.reports import candidates_sql, drift_sql, recent_metrics_sql
 
 
 def _artifact_rows(report: CycleReport) -> list[dict[str, Any]]:
@@ -33,10 +33,16 @@ def _artifact_rows(report: CycleReport) -> list[dict[str, Any]]:
         {"field": "rows quarantined", "value": report.rows_quarantined},
         {"field": "rows learned", "value": report.rows_learned},
         {"field": "model version", "value": report.model_version},
+        {"field": "champion", "value": report.champion},
+        {"field": "batch rows limit", "value": report.batch_rows_limit},
         {"field": "scored by version", "value": report.scored_by},
         {"field": "backlog", "value": report.backlog},
     ]
-    rows += [{"field": f"prequential {k}", "value": round(v, 5)} for k, v in report.metrics.items()]
+    rows += [
+        {"field": f"{name} {k}", "value": round(v, 5)}
+        for name, metrics in report.candidates.items()
+        for k, v in metrics.items()
+    ]
     rows += [{"field": f"{k} ms", "value": round(v, 2)} for k, v in report.timings_ms.items()]
     return rows
 
@@ -44,21 +50,35 @@ def _artifact_rows(report: CycleReport) -> list[dict[str, Any]]:
 QUARANTINE_SPIKE = 0.2  # share of a batch's rows; above it the flow emits an event
 
 
-def _markdown_metrics(runtime: Runtime, pipeline: str) -> str:
-    """Markdown table of the recent prequential metrics (read on a cursor of its own)."""
+def _markdown_table(runtime: Runtime, sql: str) -> tuple[str, int]:
+    """A markdown table of read-only `sql` (on a cursor of its own) and its row count."""
     with runtime.lock:
         cursor = runtime.con.cursor()
     try:
-        result = run_readonly(cursor, recent_metrics_sql(pipeline))
+        result = run_readonly(cursor, sql)
     finally:
         cursor.close()
     head = "| " + " | ".join(result.columns) + " |\n|" + "---|" * len(result.columns) + "\n"
-    body = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in result.rows)
+    body = "".join(
+        "| " + " | ".join("" if v is None else str(v) for v in row) + " |\n" for row in result.rows
+    )
+    return head + body, len(result.rows)
+
+
+def _markdown_metrics(runtime: Runtime, pipeline: str) -> str:
+    """Candidates, recent prequential metrics and drift events of `pipeline`."""
+    candidates, _ = _markdown_table(runtime, candidates_sql(pipeline))
+    metrics, _ = _markdown_table(runtime, recent_metrics_sql(pipeline))
+    drift, n_drift = _markdown_table(runtime, drift_sql(pipeline))
     return (
-        f"## {pipeline}: prequential metrics of the last {len(result.rows)} scored batches\n\n"
-        "Each batch is scored by the model version serving before it learned the batch.\n\n"
-        + head
-        + body
+        f"## {pipeline}: champion and challengers\n\n"
+        "Every candidate scores each batch before learning it; metrics over the last 20 "
+        "batches.\n\n"
+        + candidates
+        + "\n## Drift events\n\n"
+        + (drift if n_drift else "None so far.\n")
+        + "\n## Prequential metrics per batch\n\n"
+        + metrics
         + f"\nFull history: `tidemill query \"SELECT * FROM ml.batch_metrics WHERE pipeline = '{pipeline}'\"`\n"
     )
 
@@ -115,6 +135,20 @@ async def micro_batch(
             report.rows_quarantined,
             report.rows_in,
         )
+    for drift in report.drift:
+        emit_event(
+            event="tidemill.drift.detected",
+            resource=_pipeline_resource(pipeline),
+            payload={"batch_id": report.batch_id, **asdict(drift)},
+        )
+        logger.warning("batch %s: drift %s", report.batch_id, drift)
+    for change in report.promotions:
+        emit_event(
+            event="tidemill.model.promoted",
+            resource=_pipeline_resource(pipeline),
+            payload={"batch_id": report.batch_id, **asdict(change)},
+        )
+        logger.info("batch %s: %s", report.batch_id, change.reason)
     if report.status == "committed":
         await _name_run(f"{pipeline}-batch-{report.batch_id}")
         await acreate_table_artifact(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import polars as pl
@@ -47,13 +48,10 @@ class ReplayReport:
     candidate: str
     batches: int
     rows_learned: int
-    stored_sha256: str
+    stored_sha256: str  # ml.model_versions.params_sha256
     rebuilt_sha256: str
-
-    @property
-    def equal(self) -> bool:
-        """The rebuilt model learned exactly what the stored one did."""
-        return self.stored_sha256 == self.rebuilt_sha256
+    artifact_sha256: str | None  # digest of the artifact file's model; None once pruned
+    equal: bool  # rebuilt == stored (== artifact, while the file is kept)
 
 
 def lineage(
@@ -139,9 +137,11 @@ def replay_model(
     con: duckdb.DuckDBPyConnection,
     config: PipelineConfig,
     version: int,
+    state_dir: Path,
     progress: Progress | None = None,
 ) -> ReplayReport:
-    """Rebuild `version` of `config`'s pipeline and compare it with the registry."""
+    """Rebuild `version` of `config`'s pipeline and compare it with the registry row and
+    with the model in its artifact file (hash-checked before it is loaded)."""
     chain = lineage(con, config.name, version)
     target = chain[-1]
     root = chain[0]
@@ -157,6 +157,12 @@ def replay_model(
     if target.params_sha256 is None:
         raise ReplayError(f"{config.name} v{version} was written before parameter digests existed")
     model, rows_learned = replay_version(con, config, chain, progress)
+    rebuilt = parameters_sha256(model)
+    artifact = (
+        parameters_sha256(registry.load_artifact(state_dir, target))
+        if target.artifact_pruned_at is None
+        else None
+    )
     return ReplayReport(
         pipeline=config.name,
         version=version,
@@ -164,5 +170,7 @@ def replay_model(
         batches=len(chain),
         rows_learned=rows_learned,
         stored_sha256=target.params_sha256,
-        rebuilt_sha256=parameters_sha256(model),
+        rebuilt_sha256=rebuilt,
+        artifact_sha256=artifact,
+        equal=rebuilt == target.params_sha256 and artifact in (None, rebuilt),
     )

@@ -319,6 +319,7 @@ def models_list(
     for column in (
         "version",
         "parent",
+        "candidate",
         "status",
         "batch",
         "batches",
@@ -334,6 +335,7 @@ def models_list(
         table.add_row(
             str(row[index["version"]]),
             str(row[index["parent_version"]] or "-"),
+            row[index["candidate"]],
             row[index["status"]],
             str(row[index["batch_id"]]),
             str(row[index["batches_seen"]]),
@@ -434,6 +436,64 @@ def models_rollback(
     Recorded in ml.model_events; takes effect on the next batch.
     """
     _change_champion(pipeline, to, "rollback", reason or "rolled back by hand")
+
+
+@app.command("replay-model")
+def replay_model(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
+    to: Annotated[int, typer.Option("--to", min=1, help="Version to rebuild.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Rebuild model version --to from the raw rows of its batches and prove it equal.
+
+    Follows the version's lineage from a fresh model of its candidate, learning each
+    batch again with the features it read at the time, and compares the SHA-256 of what
+    the rebuilt model learned with the registry row and the artifact file. Exit code 1
+    when they differ.
+    """
+    from tidemill.access import command
+
+    config = _config()
+    config.pipeline(pipeline)
+    report = command(config, "replay_model", pipeline=pipeline, version=to)
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+    else:
+        table = Table(title=f"{pipeline} v{to} replayed", show_header=False)
+        table.add_column("field", style="bold")
+        table.add_column("value")
+        for key in ("candidate", "batches", "rows_learned", "stored_sha256", "rebuilt_sha256"):
+            table.add_row(key, str(report[key]))
+        table.add_row("artifact_sha256", str(report["artifact_sha256"] or "pruned"))
+        out.print(table)
+        verdict = "identical" if report["equal"] else "DIFFERENT"
+        out.print(f"{pipeline} v{to}: rebuilt model is {verdict} to the stored one")
+    if not report["equal"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def maintain(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
+) -> None:
+    """Prune old model artifacts of PIPELINE now and remove orphan files.
+
+    Keeps the champion and challengers, every promoted or rolled-back version, the last
+    50 of each candidate, one per hour for 48 h and one per day for 30 d; registry rows
+    stay forever, with artifact_pruned_at set. Files no row points at (a batch that
+    crashed before committing) are removed once 10 minutes old. The worker also runs
+    this every maintenance_every_seconds as the maintenance/PIPELINE deployment.
+    """
+    from tidemill.access import command
+
+    config = _config()
+    config.pipeline(pipeline)
+    done = command(config, "maintain", pipeline=pipeline, actor=_actor())
+    out.print(
+        f"{pipeline}: pruned {done['artifacts_pruned']} artifacts, kept {done['artifacts_kept']}, "
+        f"removed {done['orphans_removed']} orphans and {done['temp_files_removed']} unfinished "
+        f"writes, freed {int(done['bytes_freed']) / 2**20:.1f} MiB"
+    )
 
 
 def _moment(text: str, option: str) -> datetime:

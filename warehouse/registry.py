@@ -52,6 +52,7 @@ class ModelVersion:
     metrics_json: str
     candidate: str = "main"
     params_sha256: str | None = None
+    artifact_pruned_at: datetime | None = None
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -99,6 +100,12 @@ def write_artifact(state_dir: Path, relpath: str, state: Any) -> str:
 
 def load_artifact(state_dir: Path, version: ModelVersion) -> Any:
     """The model state of `version`, after checking the file against its recorded hash."""
+    if version.artifact_pruned_at is not None:
+        raise ArtifactIntegrityError(
+            f"artifact of {version.pipeline} v{version.version} was pruned by the retention "
+            f"policy at {version.artifact_pruned_at:%Y-%m-%d %H:%M}; `tidemill replay-model "
+            f"{version.pipeline} --to {version.version}` rebuilds and checks it from its batches"
+        )
     path = state_dir / version.artifact_path
     if not path.exists():
         raise ArtifactIntegrityError(

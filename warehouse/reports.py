@@ -35,15 +35,41 @@ def known_pipelines_sql() -> str:
 def models_sql(pipeline: str, version: int | None = None) -> str:
     """Registry rows of `pipeline` (one version, or all newest first)."""
     where = f"pipeline = {lit(pipeline)}" + (f" AND version = {int(version)}" if version else "")
-    return f"""SELECT version, parent_version, status, batch_id, batches_seen, rows_seen,
-  created_at, sha256, estimator, params_json, library_versions, feature_names, metrics_json,
-  artifact_path
+    return f"""SELECT version, parent_version, candidate, status, batch_id, batches_seen, rows_seen,
+  created_at, sha256, params_sha256, estimator, params_json, library_versions, feature_names,
+  metrics_json, artifact_path
 FROM ml.model_versions WHERE {where} ORDER BY version DESC"""
 
 
 def recent_metrics_sql(pipeline: str, batches: int = 20) -> str:
-    """Prequential metrics of the last `batches` scored batches, newest first."""
-    return f"""SELECT batch_id, model_version AS scored_by, max(n_scored) AS n_scored,
+    """Prequential metrics of the last `batches` scored batches, newest first, one row per
+    candidate that scored them."""
+    return f"""SELECT batch_id, candidate, model_version AS scored_by, max(n_scored) AS n_scored,
   string_agg(metric || '=' || round(value, 4), ' ' ORDER BY metric) AS metrics
 FROM ml.batch_metrics WHERE pipeline = {lit(pipeline)}
-GROUP BY batch_id, model_version ORDER BY batch_id DESC LIMIT {int(batches)}"""
+  AND batch_id > (SELECT coalesce(max(batch_id), 0) - {int(batches)} FROM ml.batch_metrics
+                  WHERE pipeline = {lit(pipeline)})
+GROUP BY batch_id, candidate, model_version ORDER BY batch_id DESC, candidate"""
+
+
+def candidates_sql(pipeline: str, batches: int = 20) -> str:
+    """Per candidate: its serving version and status, and its prequential metrics over the
+    last `batches` batches (rows-weighted), champion first."""
+    return f"""WITH recent AS (
+  SELECT candidate, metric, sum(value * n_scored) / sum(n_scored) AS value, sum(n_scored) AS n
+  FROM ml.batch_metrics WHERE pipeline = {lit(pipeline)}
+    AND batch_id > (SELECT coalesce(max(batch_id), 0) - {int(batches)} FROM ml.batch_metrics
+                    WHERE pipeline = {lit(pipeline)})
+  GROUP BY candidate, metric)
+SELECT v.candidate, v.status, v.version, v.estimator, v.rows_seen, any_value(r.n) AS rows_scored,
+  string_agg(r.metric || '=' || round(r.value, 4), ' ' ORDER BY r.metric) AS metrics
+FROM ml.model_versions v LEFT JOIN recent r USING (candidate)
+WHERE v.pipeline = {lit(pipeline)} AND v.status IN ('champion', 'challenger')
+GROUP BY ALL ORDER BY v.status DESC, v.candidate"""
+
+
+def drift_sql(pipeline: str, limit: int = 10) -> str:
+    """The latest drift events, newest first."""
+    return f"""SELECT batch_id, detected_at, candidate, detector, feature, round(value, 4) AS value,
+  action FROM ml.drift_events WHERE pipeline = {lit(pipeline)}
+ORDER BY batch_id DESC, detector LIMIT {int(limit)}"""

@@ -190,3 +190,16 @@ def test_lag_features_keep_the_latest_labels_per_series(tmp_path: Path) -> None:
         "(PARTITION BY sensor ORDER BY ts DESC) AS r FROM clean.s) WHERE r <= 2 GROUP BY 1 ORDER BY 1"
     ).fetchall()
     assert stored == expected and len(stored) == 5
+
+
+def test_the_prefect_artifact_shows_champion_challengers_and_drift(tmp_path: Path) -> None:
+    from flows.micro_batch import _markdown_metrics
+
+    runtime = _runtime(tmp_path, 'challengers = [{ name = "nb", estimator = "gaussian_nb" }]')
+    _stream(tmp_path / "landing" / "a.csv", 200)
+    _drain(runtime)
+    markdown = _markdown_metrics(runtime, "s")
+    assert "| main | champion |" in markdown and "| nb | challenger |" in markdown
+    assert "## Drift events\n\nNone so far." in markdown
+    last = [line for line in markdown.splitlines() if line.startswith("| 4 | ")]
+    assert [line.split(" | ")[1] for line in last] == ["main", "nb"]  # both scored batch 4

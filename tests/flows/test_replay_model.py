@@ -48,8 +48,8 @@ def test_every_candidate_version_is_rebuilt_exactly(replayed: Runtime) -> None:
     ).fetchall()
     assert [c for c, _ in rows] == ["main", "nb"]
     for candidate, version in rows:
-        report = replay_model(replayed.con, config, version)
-        assert report.equal, (candidate, report)
+        report = replay_model(replayed.con, config, version, replayed.state_dir)
+        assert report.equal and report.artifact_sha256 == report.stored_sha256, report
         assert report.batches == 8 and report.candidate == candidate
         stored = replayed.con.sql(
             f"SELECT rows_seen FROM ml.model_versions WHERE version = {version}"
@@ -67,8 +67,8 @@ def test_a_changed_row_breaks_the_proof(replayed: Runtime) -> None:
         replayed.con.execute(
             "UPDATE clean.flights SET distance = distance + 1 WHERE id = (SELECT min(id) FROM clean.flights)"
         )
-        assert not replay_model(replayed.con, config, version).equal
+        assert not replay_model(replayed.con, config, version, replayed.state_dir).equal
     finally:
         replayed.con.execute("ROLLBACK")
     with pytest.raises(ReplayError, match="has no version 999"):
-        replay_model(replayed.con, config, 999)
+        replay_model(replayed.con, config, 999, replayed.state_dir)

@@ -118,9 +118,23 @@ def test_promote_and_rollback_from_the_command_line(
     ]
 
 
+def test_replay_model_proves_a_version_equal(
+    drained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(capsys, "-c", str(drained), "replay-model", "elec", "--to", "2", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["equal"] and report["batches"] == 2
+    assert report["rebuilt_sha256"] == report["stored_sha256"] == report["artifact_sha256"]
+    code, out, _ = _run(capsys, "-c", str(drained), "replay-model", "elec", "--to", "3")
+    assert code == 0 and "elec v3: rebuilt model is identical to the stored one" in out
+    code, out, _ = _run(capsys, "-c", str(drained), "maintain", "elec")
+    assert code == 0 and "elec: pruned 0 artifacts, kept 3, removed 0 orphans" in out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["replay-model", "elec", "--to", "9"], "elec has no version 9"),
         (["run", "nope"], "no pipeline named 'nope' (declared: elec)"),
         (["run", "elec", "--bogus"], "No such option: --bogus (see `tidemill run --help`)"),
         (["query", "SELECT 1", "--format", "xml"], "'xml' is not one of 'table', 'csv', 'json'"),
