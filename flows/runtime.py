@@ -213,7 +213,7 @@ class Runtime:
             special = {config.event_time, config.target, config.key}
             header = header_of(files[0], config.source.format)
             features = [c for c in header if c not in special]
-        if classes is None and config.task == "classification":
+        if classes is None and config.task == "classification" and config.target is not None:
             found = class_labels(column_values(files, config.source.format, config.target))
             classes = found if len(found) >= 2 else None
         return features, classes

@@ -18,7 +18,9 @@ STAT_COLUMNS = ("n_rows", "n_labelled", "target_sum")
 
 def target_value(config: PipelineConfig) -> pl.Expr:
     """Numeric view of the target: 1/0 for the positive (last) class, the value itself for
-    regression, null when unlabelled."""
+    regression, null when unlabelled or when the pipeline has no target (clustering)."""
+    if config.target is None:
+        return pl.lit(None, dtype=pl.Float64)
     target = pl.col(config.target)
     if config.task == "classification":
         positive = config.label_classes[-1]

@@ -33,7 +33,8 @@ def clean_rows(accepted: pl.DataFrame, config: PipelineConfig) -> pl.DataFrame:
     if config.key:
         columns.append(pl.col(config.key))
     columns += [pl.col(f) for f in config.features]
-    columns.append(pl.col(config.target))
+    if config.target is not None:
+        columns.append(pl.col(config.target))
     derived = [
         TIME_FEATURE_EXPRS[name](ts).alias(time_feature_column(name))
         for name in config.time_features

@@ -108,6 +108,8 @@ def typed_columns(config: PipelineConfig) -> dict[str, pl.Expr]:
             exprs[name] = pl.when(text == "").then(None).otherwise(text)
         else:
             exprs[name] = parse_number(pl.col(name))
+    if config.target is None:
+        return exprs
     if config.task == "classification":
         exprs[config.target] = canonical_label(pl.col(config.target))
     else:
@@ -153,7 +155,7 @@ def _row_reasons(
                 _reason(key.is_in(known_keys.implode()), f"duplicate {config.key}: already stored")
             )
     numeric = [f for f in config.features if f not in config.categorical]
-    if config.task == "regression":
+    if config.task == "regression" and config.target is not None:
         numeric.append(config.target)
     for name in numeric:
         reasons.append(
@@ -162,7 +164,7 @@ def _row_reasons(
                 pl.format("{} '{}' is not a finite number", pl.lit(name), pl.col(name)),
             )
         )
-    if config.task == "classification":
+    if config.task == "classification" and config.target is not None:
         target = pl.col(_typed(config.target))
         reasons.append(
             _reason(

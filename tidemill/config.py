@@ -242,8 +242,10 @@ class PipelineConfig(_Strict):
     key: str | None = Field(
         default=None, description="De-duplication key: a repeated key is quarantined."
     )
-    target: str = Field(
-        description="Column the model learns; an empty value: stored and scored, not learned."
+    target: str | None = Field(
+        default=None,
+        description="Column the model learns; an empty value: stored and scored, not learned. "
+        "Required unless task = clustering, which learns without one.",
     )
     features: list[str] | None = Field(
         default=None,
@@ -252,8 +254,10 @@ class PipelineConfig(_Strict):
     categorical: list[str] = Field(
         default_factory=list, description="Features that are categories; the rest are numeric."
     )
-    task: Literal["classification", "regression"] = Field(
-        default="classification", description="What the model predicts."
+    task: Literal["classification", "regression", "clustering"] = Field(
+        default="classification",
+        description="What the model predicts: a class, a value, or (clustering, e.g. "
+        "minibatch_kmeans) the nearest centre of each row, its metric the inertia.",
     )
     classes: list[str] | None = Field(
         default=None,
@@ -327,7 +331,15 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _columns_are_consistent(self) -> PipelineConfig:
-        special = {self.event_time, self.target} | ({self.key} if self.key else set())
+        if (self.target is None) != (self.task == "clustering"):
+            raise ValueError(
+                "clustering pipelines learn without a target: leave `target` out"
+                if self.task == "clustering"
+                else "target is required (or task = 'clustering')"
+            )
+        if self.lags and self.target is None:
+            raise ValueError("lags are previous labels: they need a target")
+        special = {self.event_time} | {c for c in (self.target, self.key) if c}
         features = self.features or []
         clash = special & set(features)
         if clash:

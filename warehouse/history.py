@@ -65,6 +65,7 @@ def lag_rows_before(
     """Labelled clean rows of the series in `series` written before `batch_id`: *by,
     event time and target, `spec.n` per series at most, the latest ones."""
     t = PipelineTables(config.name)
+    assert config.target is not None  # the config refuses lags without a target
     by = [q(b) for b in spec.by]
     ts, target = q(config.event_time), q(config.target)
     con.register("_series", series.unique().to_arrow())

@@ -96,7 +96,8 @@ def declared_columns(config: PipelineConfig) -> list[str]:
     """Source columns the pipeline keeps: key, event time, features, target."""
     assert config.features is not None
     keyed = [config.key] if config.key else []
-    return [*keyed, config.event_time, *config.features, config.target]
+    target = [config.target] if config.target is not None else []
+    return [*keyed, config.event_time, *config.features, *target]
 
 
 def _comments(table: str, described: dict[str, str], what: str) -> list[str]:

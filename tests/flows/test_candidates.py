@@ -203,3 +203,60 @@ def test_the_prefect_artifact_shows_champion_challengers_and_drift(tmp_path: Pat
     assert "## Drift events\n\nNone so far." in markdown
     last = [line for line in markdown.splitlines() if line.startswith("| 4 | ")]
     assert [line.split(" | ")[1] for line in last] == ["main", "nb"]  # both scored batch 4
+
+
+def test_a_clustering_pipeline_learns_every_row_and_reports_inertia(tmp_path: Path) -> None:
+    (tmp_path / "landing").mkdir()
+    (tmp_path / "tidemill.toml").write_text(
+        textwrap.dedent(
+            """
+            [pipelines.sensors]
+            source = { kind = "files", path = "landing/*.csv", format = "csv" }
+            event_time = "ts"
+            key = "id"
+            features = ["temp", "vibration"]
+            task = "clustering"
+            model = { estimator = "minibatch_kmeans", params = { n_clusters = 3 } }
+            batch_rows = 100
+            drift = { detector = "page_hinkley" }
+            """
+        )
+    )
+    rng = np.random.default_rng(3)
+    n = 1200
+    centres = np.array([[20.0, 0.1], [35.0, 0.5], [50.0, 2.0]])
+    regime = rng.integers(0, 3, n)
+    points = centres[regime] + rng.normal(scale=[1.0, 0.05], size=(n, 2))
+    points[900:] += [15.0, 1.0]  # the machines drift to a new operating point
+    pl.DataFrame(
+        {
+            "id": np.arange(n),
+            "ts": [
+                f"2024-01-01T{k // 3600:02d}:{k // 60 % 60:02d}:{k % 60:02d}Z" for k in range(n)
+            ],
+            "temp": points[:, 0].round(3),
+            "vibration": points[:, 1].round(4),
+        }
+    ).write_csv(tmp_path / "landing" / "a.csv")
+    runtime = Runtime.open(load_config(tmp_path / "tidemill.toml"))
+    while run_cycle(runtime, "sensors", drain=True).status == "committed":
+        pass
+    con = runtime.con
+    inertia = [
+        v
+        for (v,) in con.sql(
+            "SELECT value FROM ml.batch_metrics WHERE metric = 'inertia' ORDER BY batch_id"
+        ).fetchall()
+    ]
+    assert len(inertia) == 11  # every batch but the first is scored before it is learned
+    # low while the regimes hold (scaled units), 30x higher when the machines move
+    assert max(inertia[:8]) < 0.02 and min(inertia[8:]) > 0.5, inertia
+    assert con.sql("SELECT max(rows_seen) FROM ml.model_versions").fetchall() == [(n,)]
+    clusters = con.sql("SELECT DISTINCT prediction FROM ml.sensors_predictions").fetchall()
+    assert {c for (c,) in clusters} <= {"0", "1", "2"}
+    drift = con.sql("SELECT min(batch_id) FROM ml.drift_events WHERE detector = 'page_hinkley'")
+    assert drift.fetchall()[0][0] == 10  # rows 900.. are batch 10
+    from flows.replay_model import replay_model
+
+    config = runtime.pipelines["sensors"].config
+    assert replay_model(con, config, 12, runtime.state_dir).equal

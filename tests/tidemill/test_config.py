@@ -48,7 +48,7 @@ def test_the_repository_default_config_is_valid() -> None:
     [
         (
             ('task = "classification"', 'task = "classify"'),
-            "pipelines.elec.task: must be 'classification' or 'regression' (got 'classify')",
+            "pipelines.elec.task: must be 'classification', 'regression' or 'clustering' (got 'classify')",
         ),
         (
             ("batch_rows = 50", "batch_rows = 0"),
@@ -65,6 +65,23 @@ def test_the_repository_default_config_is_valid() -> None:
             "features may not include event_time/key/target",
         ),
         (("[pipelines.elec]", "[pipelines.Elec]"), "pipeline names must be lowercase"),
+        (('target = "target"\n', ""), "target is required (or task = 'clustering')"),
+        (
+            ('task = "classification"', 'task = "clustering"'),
+            "clustering pipelines learn without a target: leave `target` out",
+        ),
+        (
+            ("batch_rows = 50", 'batch_rows = 50\nchallengers = [{ name = "main" }]'),
+            "challengers need names different from each other and from model.name",
+        ),
+        (
+            ("batch_rows = 50", 'batch_rows = 50\nlags = [{ name = "p", by = ["nope"] }]'),
+            "lag 'p' names unknown columns ['nope']",
+        ),
+        (
+            ("batch_rows = 50", "batch_rows = 50\nadaptive_batch = { min_rows = 100 }"),
+            "adaptive_batch needs min_rows <= batch_rows <= max_rows",
+        ),
         (("batch_rows = 50", "batch_rows = 50 50"), "not valid TOML"),
     ],
 )

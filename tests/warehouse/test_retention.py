@@ -89,7 +89,9 @@ def test_pruning_deletes_the_files_the_policy_lets_go_and_marks_their_rows(
         row = registry.get_version(con, "p", version)
         assert row is not None
         if version in gone:
-            with pytest.raises(registry.ArtifactIntegrityError, match="pruned by the retention policy"):
+            with pytest.raises(
+                registry.ArtifactIntegrityError, match="pruned by the retention policy"
+            ):
                 registry.load_artifact(tmp_path, row)
         else:
             assert registry.load_artifact(tmp_path, row) == {"version": version}
