@@ -131,10 +131,10 @@ class PromotionRule(_Strict):
         "(regression), inertia (clustering); default accuracy / mae / inertia.",
     )
     window_rows: int = Field(
-        default=2000, ge=1, description="Compare candidates over this many latest scored rows."
+        default=5000, ge=1, description="Compare candidates over this many latest scored rows."
     )
     min_rows: int = Field(
-        default=1000,
+        default=2000,
         ge=1,
         description="A challenger is not promoted before it has been scored on this many rows.",
     )
@@ -142,7 +142,7 @@ class PromotionRule(_Strict):
         default=0.01,
         ge=0,
         description="Lead required over the champion, in metric units (0.01 = one point of "
-        "accuracy).",
+        "accuracy); it must also exceed 2 standard errors of the paired per-batch differences.",
     )
 
 

@@ -44,8 +44,19 @@ def test_lower_is_better_metrics_and_only_common_batches_count() -> None:
     assert decision is not None and decision.candidate == "sgd"
     # a fresh challenger is compared with the champion on ITS batches only
     windows["fresh"] = ScoreWindow(rows=500)
-    windows["main"].add(11, 100, 9.0)  # the champion had one bad batch the newcomer shares
-    windows["fresh"].add(11, 100, 3.0)
+    for batch_id, (champion, fresh) in enumerate([(9.0, 3.0), (8.0, 3.5), (9.5, 3.2)], 11):
+        windows["main"].add(batch_id, 100, champion)  # bad batches the newcomer shares
+        windows["fresh"].add(batch_id, 100, fresh)
     decision = decide("main", windows, metric="mae", min_rows=100, margin=0.5)
     assert decision is not None and decision.candidate == "fresh"
-    assert decision.evidence["champion_value"] == 9.0
+    assert abs(decision.evidence["champion_value"] - 26.5 / 3) < 1e-9  # type: ignore[operator]
+    assert decision.evidence["rows"] == 300
+
+
+def test_a_lead_inside_the_noise_of_the_paired_batches_is_not_enough() -> None:
+    noisy = _windows({"main": [0.70] * 6, "mlp": [0.78, 0.66, 0.78, 0.66, 0.78, 0.66]})
+    # mean lead 0.02 >= margin, but the per-batch differences swing by 0.12
+    assert decide("main", noisy, metric="accuracy", min_rows=300, margin=0.01) is None
+    steady = _windows({"main": [0.70] * 6, "mlp": [0.73, 0.71, 0.73, 0.71, 0.73, 0.71]})
+    decision = decide("main", steady, metric="accuracy", min_rows=300, margin=0.01)
+    assert decision is not None and decision.evidence["standard_error"] > 0
