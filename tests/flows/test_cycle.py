@@ -69,12 +69,15 @@ def test_drain_lands_every_row_once_with_one_model_version_per_batch(
     assert _one(flights, "SELECT count(*) FROM raw.flights_quarantine") == 0
     assert _one(flights, "SELECT count(*) FROM raw.flights_inbox") == 0
     versions = flights.con.sql(
-        "SELECT version, parent_version, batch_id, rows_seen, status FROM ml.model_versions ORDER BY version"
+        "SELECT version, parent_version, batch_id, rows_seen, status FROM ml.model_versions "
+        "WHERE candidate = 'main' ORDER BY version"
     ).fetchall()
-    assert [v[0] for v in versions] == list(range(1, 9))
-    assert [v[1] for v in versions] == [None, *range(1, 8)]
+    assert len(versions) == 8  # and as many of the mlp challenger, numbered in between
+    assert [v[1] for v in versions] == [None, *(v[0] for v in versions[:-1])]
     assert [v[2] for v in versions] == [r.batch_id for r in reports]
-    assert [v[4] for v in versions].count("champion") == 1 and versions[-1][4] == "champion"
+    assert versions[-1][4] == "champion"
+    assert _one(flights, "SELECT count(*) FROM ml.model_versions WHERE status = 'champion'") == 1
+    assert _one(flights, "SELECT count(*) FROM ml.model_versions WHERE candidate = 'mlp'") == 8
     # the model learned each labelled row exactly once; cancelled flights were not learned
     assert versions[-1][3] == labelled == sum(r.rows_learned for r in reports)
     assert _one(flights, "SELECT sum(rows_learned) FROM _batches") == labelled
@@ -98,7 +101,8 @@ def test_metrics_are_prequential_each_batch_scored_by_the_version_before_it(
            WHERE r.late IS NOT NULL GROUP BY 1 ORDER BY 1"""
     ).fetchall()
     stored = flights.con.sql(
-        "SELECT batch_id, value, n_scored FROM ml.batch_metrics WHERE metric = 'accuracy' ORDER BY 1"
+        "SELECT batch_id, value, n_scored FROM ml.batch_metrics WHERE metric = 'accuracy' "
+        "AND candidate = 'main' ORDER BY 1"
     ).fetchall()
     assert len(stored) == 7
     for (b1, acc1, n1), (b2, acc2, n2) in zip(recomputed, stored, strict=True):
@@ -140,11 +144,11 @@ def test_a_batch_that_fails_before_commit_writes_nothing_and_is_retried(
     monkeypatch.undo()
     assert _one(flights, "SELECT count(*) FROM raw.flights") == 250
     assert _one(flights, "SELECT count(*) FROM raw.flights_inbox") == 1750
-    assert _one(flights, "SELECT max(version) FROM ml.model_versions") == champion_before
+    assert _one(flights, "SELECT count(*) FROM ml.model_versions") == 2  # main + mlp, batch 1
     assert _one(flights, "SELECT status FROM _batches ORDER BY batch_id DESC LIMIT 1") == "failed"
     assert flights.pipelines["flights"].version == champion_before  # reloaded, not half-learned
     artifacts = list((flights.state_dir / "artifacts" / "flights").glob("*.joblib"))
-    assert len(artifacts) == 2  # v1 and the orphan of the failed attempt
+    assert len(artifacts) == 4  # v1, v2 (main, mlp) and the orphans of the failed attempt
     _drain(flights)
     assert _one(flights, "SELECT count(DISTINCT id) FROM raw.flights") == 2000
     labelled = _one(flights, "SELECT count(*) FROM raw.flights WHERE late IS NOT NULL")

@@ -15,7 +15,6 @@ from tidemill.config import load_config
 REPO = Path(__file__).parents[2]
 
 EXTRA = """
-challengers = [{ name = "nb", estimator = "gaussian_nb" }]
 lags = [{ name = "route", by = ["origin", "dest"], n = 2 }]
 promotion = { window_rows = 500, min_rows = 250, margin = 0.0 }
 """
@@ -46,7 +45,7 @@ def test_every_candidate_version_is_rebuilt_exactly(replayed: Runtime) -> None:
     rows = replayed.con.sql(
         "SELECT candidate, max(version) FROM ml.model_versions GROUP BY 1 ORDER BY 1"
     ).fetchall()
-    assert [c for c, _ in rows] == ["main", "nb"]
+    assert [c for c, _ in rows] == ["main", "mlp"]  # the default config's two candidates
     for candidate, version in rows:
         report = replay_model(replayed.con, config, version, replayed.state_dir)
         assert report.equal and report.artifact_sha256 == report.stored_sha256, report

@@ -81,14 +81,17 @@ def test_killing_the_worker_anywhere_loses_and_duplicates_nothing(
     # the model never learned a row twice, nor skipped one
     assert one("SELECT rows_seen FROM ml.model_versions WHERE status = 'champion'") == labelled
     assert one("SELECT sum(rows_learned) FROM _batches WHERE status = 'committed'") == labelled
-    # one version and one set of metrics per committed batch, lineage unbroken
+    # one version and one set of metrics per candidate (main, mlp) per committed batch,
+    # lineage unbroken
     committed = one("SELECT count(*) FROM _batches WHERE status = 'committed'")
-    assert one("SELECT count(*) FROM ml.model_versions") == committed
-    assert one("SELECT count(*) FROM ml.batch_metrics WHERE metric = 'accuracy'") == committed - 1
+    assert one("SELECT count(*) FROM ml.model_versions") == 2 * committed
+    assert one("SELECT count(*) FROM ml.batch_metrics WHERE metric = 'accuracy'") == 2 * (
+        committed - 1
+    )
     assert (
         one(
             "SELECT count(*) FROM ml.model_versions v LEFT JOIN ml.model_versions p "
-            "ON p.version = v.parent_version WHERE v.version > 1 AND p.version IS NULL"
+            "ON p.version = v.parent_version WHERE v.parent_version IS NOT NULL AND p.version IS NULL"
         )
         == 0
     )
