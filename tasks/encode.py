@@ -88,8 +88,10 @@ class FeatureEncoder:
 
     def update(self, frame: pl.DataFrame) -> None:
         """Learn scaling moments and new categories from `frame` (no labels are used)."""
-        for name in self.numeric:
-            self.moments[name].merge(frame[name].cast(pl.Float64).to_numpy().astype(np.float64))
+        if self.numeric:
+            values = _floats(frame, self.numeric)
+            for i, name in enumerate(self.numeric):
+                self.moments[name].merge(values[:, i])
         for name in self.categorical if not self.hash_buckets else []:
             vocab = self.vocab[name]
             for value in frame[name].drop_nulls().unique(maintain_order=True).to_list():
@@ -98,36 +100,58 @@ class FeatureEncoder:
 
     def transform(self, frame: pl.DataFrame) -> np.ndarray:
         """The float64 matrix of `frame`: scaled numerics (nulls at the mean, i.e. 0),
-        sin/cos of cyclic columns, one-hot categories."""
+        sin/cos of cyclic columns, one-hot categories. One Polars query, then numpy."""
         n = frame.height
         blocks: list[np.ndarray] = []
-        for name in self.numeric:
-            m = self.moments[name]
-            values = frame[name].cast(pl.Float64).to_numpy().astype(np.float64)
-            scaled = (values - m.mean) / m.std
-            blocks.append(np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0)[:, None])
-        for name, period in self.cyclic.items():
-            angle = frame[name].cast(pl.Float64).fill_null(0).to_numpy() * (2 * math.pi / period)
-            blocks.append(np.column_stack([np.sin(angle), np.cos(angle)]))
+        if self.numeric:
+            means = np.array([self.moments[c].mean for c in self.numeric])
+            stds = np.array([self.moments[c].std for c in self.numeric])
+            scaled = (_floats(frame, self.numeric) - means) / stds
+            blocks.append(np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0))
+        if self.cyclic:
+            periods = np.array(list(self.cyclic.values()), dtype=np.float64)
+            angles = np.nan_to_num(_floats(frame, list(self.cyclic)), nan=0.0) * (
+                2 * math.pi / periods
+            )
+            for i in range(len(periods)):
+                blocks.append(np.column_stack([np.sin(angles[:, i]), np.cos(angles[:, i])]))
+        if self.categorical:
+            widths, codes = self._codes(frame)
+            for i, width in enumerate(widths):
+                onehot = np.zeros((n, width))
+                present = codes[:, i] >= 0
+                onehot[np.nonzero(present)[0], codes[present, i]] = 1.0
+                blocks.append(onehot)
+        return np.hstack(blocks) if blocks else np.zeros((n, 0))
+
+    def _codes(self, frame: pl.DataFrame) -> tuple[list[int], np.ndarray]:
+        """Per categorical column its width and each row's slot (-1 for null)."""
+        widths, exprs = [], []
         for name in self.categorical:
-            column = frame[name].cast(pl.Utf8)
+            column = pl.col(name).cast(pl.Utf8)
             if self.hash_buckets:
-                seen: list[str] = column.drop_nulls().unique().to_list()
+                seen: list[str] = frame[name].cast(pl.Utf8).drop_nulls().unique().to_list()
                 slots = [_bucket(v, self.hash_buckets) for v in seen]
                 width, default = self.hash_buckets, 0
             else:
                 seen, slots = list(self.vocab[name]), list(self.vocab[name].values())
                 width, default = self.max_categories + 1, self.max_categories
-            onehot = np.zeros((n, width))
-            codes = (
-                column.replace_strict(seen, slots, default=default, return_dtype=pl.Int64)
-                .set(column.is_null(), -1)
-                .to_numpy()
+            widths.append(width)
+            exprs.append(
+                pl.when(column.is_null())
+                .then(-1)
+                .otherwise(
+                    column.replace_strict(seen, slots, default=default, return_dtype=pl.Int64)
+                )
+                .alias(name)
             )
-            present = codes >= 0
-            onehot[np.nonzero(present)[0], codes[present]] = 1.0
-            blocks.append(onehot)
-        return np.hstack(blocks) if blocks else np.zeros((n, 0))
+        return widths, frame.select(exprs).to_numpy().astype(np.int64).reshape(frame.height, -1)
+
+
+def _floats(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
+    """(rows, columns) float64 matrix of `columns`, nulls as NaN, in one query."""
+    selected = frame.select(pl.col(c).cast(pl.Float64) for c in columns)
+    return selected.to_numpy().astype(np.float64).reshape(frame.height, len(columns))
 
 
 def _bucket(value: str, buckets: int) -> int:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import sklearn
 from sklearn.base import BaseEstimator
 from sklearn.utils import get_tags
 
@@ -157,52 +158,70 @@ class Scores:
         )
 
 
+# The matrix comes from FeatureEncoder (finite by construction) and the parameters were
+# validated once by make_estimator: scikit-learn's per-call checks cost more than learning
+# a 500-row batch, so they are skipped where tidemill calls the estimator.
+_TRUSTED = {"assume_finite": True, "skip_parameter_validation": True}
+
+
 def predict(state: ModelState, x: np.ndarray) -> Scores | None:
     """Scores of `state` on `x`, or None while the model has learned nothing.
 
-    Clustering: the prediction is the nearest centre, the score its squared distance."""
+    Classifiers with probabilities predict the most probable class (what their `predict`
+    does, without computing it twice). Clustering: the prediction is the nearest centre,
+    the score its squared distance."""
     if not state.fitted or x.shape[0] == 0:
         return None
     estimator: Any = state.estimator
     x = _model_input(estimator, x)
-    predictions = estimator.predict(x)
-    if state.task == "regression":
-        values = predictions.astype(np.float64)
-        return Scores(predictions=values, scores=values, proba=None)
-    if state.task == "clustering":
-        distances = estimator.transform(x).min(axis=1) ** 2
-        return Scores(predictions=predictions.astype(str), scores=distances, proba=None)
-    proba = estimator.predict_proba(x) if hasattr(estimator, "predict_proba") else None
-    labels = np.asarray(estimator.classes_).astype(str)
-    positive = int(np.flatnonzero(labels == str(state.classes[-1]))[0]) if state.classes else -1
-    if proba is not None:
-        scores = proba[:, positive]
-    elif hasattr(estimator, "decision_function"):
-        decision = estimator.decision_function(x)
-        scores = decision if decision.ndim == 1 else decision[:, positive]
-    else:
-        scores = np.full(x.shape[0], np.nan)
+    with sklearn.config_context(**_TRUSTED):
+        if state.task == "regression":
+            values = estimator.predict(x).astype(np.float64)
+            return Scores(predictions=values, scores=values, proba=None)
+        if state.task == "clustering":
+            distances = estimator.transform(x)
+            predictions = distances.argmin(axis=1)
+            return Scores(
+                predictions=predictions.astype(str),
+                scores=distances.min(axis=1) ** 2,
+                proba=None,
+            )
+        labels = np.asarray(estimator.classes_).astype(str)
+        positive = int(np.flatnonzero(labels == str(state.classes[-1]))[0]) if state.classes else -1
+        proba = estimator.predict_proba(x) if hasattr(estimator, "predict_proba") else None
+        if proba is not None:
+            predicted = labels[proba.argmax(axis=1)]
+            scores = proba[:, positive]
+        else:
+            predicted = np.asarray(estimator.predict(x)).astype(str)
+            if hasattr(estimator, "decision_function"):
+                decision = estimator.decision_function(x)
+                scores = decision if decision.ndim == 1 else decision[:, positive]
+            else:
+                scores = np.full(x.shape[0], np.nan)
     return Scores(
-        predictions=predictions.astype(str),
+        predictions=predicted,
         scores=scores.astype(np.float64),
         proba=proba,
         labels=labels,
     )
 
 
-def learn(state: ModelState, x: np.ndarray, y: np.ndarray) -> ModelState:
-    """A new state that has also learned (x, y); `state` itself is left as it was."""
-    new = copy.deepcopy(state)
+def learn(state: ModelState, x: np.ndarray, y: np.ndarray, *, in_place: bool = False) -> ModelState:
+    """A new state that has also learned (x, y); `state` itself is left as it was (unless
+    `in_place`, for a caller that owns a private copy already)."""
+    new = state if in_place else copy.deepcopy(state)
     if x.shape[0] == 0:
         return new
     estimator: Any = new.estimator
     x = _model_input(estimator, x)
-    if state.task == "classification":
-        estimator.partial_fit(x, y.astype(str), classes=np.array(state.classes, dtype=str))
-    elif state.task == "clustering":
-        estimator.partial_fit(x)
-    else:
-        estimator.partial_fit(x, y.astype(np.float64))
+    with sklearn.config_context(**_TRUSTED):
+        if state.task == "classification":
+            estimator.partial_fit(x, y.astype(str), classes=np.array(state.classes, dtype=str))
+        elif state.task == "clustering":
+            estimator.partial_fit(x)
+        else:
+            estimator.partial_fit(x, y.astype(np.float64))
     new.rows_seen += int(x.shape[0])
     new.batches_seen += 1
     return new

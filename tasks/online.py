@@ -73,7 +73,7 @@ def prequential_step(state: ModelState, features: pl.DataFrame, target: str | No
         if current.shift is not None
         else []
     )
-    learned = learn(current, x[labelled], y) if labelled.any() else current
+    learned = learn(current, x[labelled], y, in_place=True) if labelled.any() else current
     return Step(
         scores=scores,
         metrics=metrics,
