@@ -1,0 +1,71 @@
+"""Secret keys tidemill uses, kept OUT of the warehouse.
+
+- `pii`: the HMAC key that pseudonymises personal fields (`pii = { email = "hash" }`).
+- `artifact`: the HMAC key that signs model artifacts, so a file the registry did not
+  write is never unpickled.
+
+Each comes from the environment (`TIDEMILL_PII_KEY`, `TIDEMILL_ARTIFACT_KEY`: hex or any
+text of at least 32 bytes) or, when unset, from a key file `<state_dir>/keys/<name>.key`
+generated on first use (32 random bytes, mode 0600, in a 0700 folder). Neither DuckDB
+nor a snapshot nor a Prefect artifact ever holds a key. Rotation: see docs/operations.md
+(set the new key in the environment; pseudonyms made with the old key stay as they are).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+KeyName = Literal["pii", "artifact"]
+MIN_BYTES = 32
+
+
+class WeakKey(ValueError):
+    """A key given in the environment that is too short to be safe."""
+
+
+def key_file(state_dir: Path, name: KeyName) -> Path:
+    """Where the generated key `name` lives."""
+    return state_dir / "keys" / f"{name}.key"
+
+
+def get_key(state_dir: Path, name: KeyName) -> bytes:
+    """The key `name`: from TIDEMILL_<NAME>_KEY, else the state folder's key file (made on
+    first use)."""
+    given = os.environ.get(f"TIDEMILL_{name.upper()}_KEY")
+    if given:
+        key = bytes.fromhex(given) if _is_hex(given) else given.encode()
+        if len(key) < MIN_BYTES:
+            raise WeakKey(
+                f"TIDEMILL_{name.upper()}_KEY is {len(key)} bytes; use at least {MIN_BYTES} "
+                "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
+            )
+        return key
+    path = key_file(state_dir, name)
+    if path.exists():
+        return path.read_bytes()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = secrets.token_bytes(MIN_BYTES)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it a moment ago
+        return path.read_bytes()
+    try:
+        os.write(descriptor, key)
+        os.fsync(descriptor)
+    except BaseException:
+        os.close(descriptor)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(descriptor)
+    return key
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return len(text) % 2 == 0
