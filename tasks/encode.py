@@ -145,7 +145,8 @@ class FeatureEncoder:
                 )
                 .alias(name)
             )
-        return widths, frame.select(exprs).to_numpy().astype(np.int64).reshape(frame.height, -1)
+        codes = frame.select(exprs).to_numpy().astype(np.int64)
+        return widths, codes.reshape(frame.height, len(exprs))
 
 
 def _floats(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:

@@ -56,3 +56,12 @@ def test_hashed_categories_need_no_vocabulary_and_take_unseen_values() -> None:
     again = FeatureEncoder(numeric=[], categorical=["c"], max_categories=1, hash_buckets=16)
     np.testing.assert_array_equal(again.transform(frame), x)  # stable across encoders
     assert encoder.feature_names[:2] == ["c#0", "c#1"]
+
+
+def test_an_empty_batch_gives_an_empty_matrix_of_the_right_width() -> None:
+    encoder = FeatureEncoder(numeric=["x"], categorical=["c"], max_categories=2, cyclic={"h": 24})
+    empty = pl.DataFrame(
+        {"x": [], "c": [], "h": []}, schema={"x": pl.Float64, "c": pl.Utf8, "h": pl.Int8}
+    )
+    encoder.update(empty)
+    assert encoder.transform(empty).shape == (0, len(encoder.feature_names)) == (0, 6)
