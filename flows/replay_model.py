@@ -11,7 +11,7 @@ the model learned. This is also what erasure rebuilds a model with.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from tasks.aggregate import (
 )
 from tasks.clean import in_batch_order
 from tasks.model import ModelState, parameters_sha256
-from tasks.online import prequential_step
+from tasks.online import Step, prequential_step
 from tidemill.config import PipelineConfig
 from warehouse import history, registry
 
@@ -102,23 +102,17 @@ def _histories(
     return out
 
 
-def replay_version(
+def relearn(
     con: duckdb.DuckDBPyConnection,
     config: PipelineConfig,
-    chain: list[registry.ModelVersion],
-    progress: Progress | None = None,
-) -> tuple[ModelState, int]:
-    """The model rebuilt along `chain`, and the rows it learned."""
-    specs = {spec.name: spec for spec in config.candidates}
-    root = chain[0]
-    if root.candidate not in specs:
-        raise ReplayError(
-            f"{config.name} v{chain[-1].version}: candidate '{root.candidate}' is not in "
-            "the config any more; replay needs its estimator spec"
-        )
-    model = fresh_model(config, specs[root.candidate])
-    rows_learned = 0
-    for done, version in enumerate(chain, start=1):
+    model: ModelState,
+    versions: list[registry.ModelVersion],
+) -> Iterator[tuple[registry.ModelVersion, Step]]:
+    """Learn the batches of `versions` again, in order, starting from `model`: per version,
+    its step on the batch's clean rows as they are now, with the windows and lags the
+    batch read. A step that learned nothing (its rows are gone) leaves the model as it was,
+    like a live batch without labels."""
+    for version in versions:
         clean = in_batch_order(history.batch_clean_rows(con, config, version.batch_id), config)
         features, _ = batch_features(
             clean,
@@ -127,7 +121,35 @@ def replay_version(
             _histories(con, config, clean, version.batch_id),
         )
         step = prequential_step(model, features, config.target)
-        model, rows_learned = step.learned, rows_learned + step.rows_learned
+        if step.rows_learned:
+            model = step.learned
+        yield version, step
+
+
+def fresh_candidate(config: PipelineConfig, root: registry.ModelVersion) -> ModelState:
+    """A fresh model of the candidate `root` belongs to (its spec must still be declared)."""
+    specs = {spec.name: spec for spec in config.candidates}
+    if root.candidate not in specs:
+        raise ReplayError(
+            f"{config.name} v{root.version}: candidate '{root.candidate}' is not in "
+            "the config any more; rebuilding needs its estimator spec"
+        )
+    return fresh_model(config, specs[root.candidate])
+
+
+def replay_version(
+    con: duckdb.DuckDBPyConnection,
+    config: PipelineConfig,
+    chain: list[registry.ModelVersion],
+    progress: Progress | None = None,
+) -> tuple[ModelState, int]:
+    """The model rebuilt along `chain`, and the rows it learned."""
+    model = fresh_candidate(config, chain[0])
+    rows_learned = 0
+    for done, (_, step) in enumerate(relearn(con, config, model, chain), start=1):
+        if step.rows_learned:
+            model = step.learned
+        rows_learned += step.rows_learned
         if progress:
             progress(done, len(chain))
     return model, rows_learned
