@@ -167,11 +167,9 @@ def replay_model(
     chain = lineage(con, config.name, version)
     target = chain[-1]
     root = chain[0]
-    learned_by_batch = con.execute(
-        "SELECT rows_learned FROM _batches WHERE batch_id = ? AND pipeline = ? AND status = 'committed'",
-        [root.batch_id, config.name],
-    ).fetchall()
-    if not learned_by_batch or learned_by_batch[0][0] != root.rows_seen:
+    if root.batches_seen != 1 or root.rows_seen != history.batch_rows_learned(
+        con, config, root.batch_id
+    ):
         raise ReplayError(
             f"{config.name} v{version} descends from v{root.version}, which was not learned from "
             f"one micro-batch (a backfill candidate?); replay covers batch lineages only"

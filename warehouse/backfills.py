@@ -226,9 +226,7 @@ def commit_chunk(
         )
         for spec in config.aggregates:
             windows, stats = recompute[spec.name]
-            replaced += _replace_windows(
-                con, t.aggregate(spec.name), spec, windows, stats, batch_id
-            )
+            replaced += replace_windows(con, t.aggregate(spec.name), spec, windows, stats, batch_id)
         for lag in config.lags:
             replace_lag_history(con, t.lags(lag.name), lag, write.lags[lag.name])
         record_batch(con, write.record)
@@ -252,7 +250,7 @@ def commit_chunk(
     return replaced
 
 
-def _replace_windows(
+def replace_windows(
     con: duckdb.DuckDBPyConnection,
     table: str,
     spec: AggregateSpec,
@@ -260,6 +258,8 @@ def _replace_windows(
     stats: pl.DataFrame,
     batch_id: int,
 ) -> int:
+    """Replace the aggregate rows of `windows` (window_start + group columns) by `stats`,
+    recomputed from clean rows (caller's transaction); returns how many windows."""
     if windows.height == 0:
         return 0
     keys = ["window_start", *spec.by]

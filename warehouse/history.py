@@ -26,6 +26,20 @@ def batch_clean_rows(
     ).pl()
 
 
+def batch_rows_learned(
+    con: duckdb.DuckDBPyConnection, config: PipelineConfig, batch_id: int
+) -> int:
+    """Rows of batch `batch_id` a model learns as they are now: labelled clean rows (every
+    row when clustering); an erasure lowers it."""
+    t = PipelineTables(config.name)
+    labelled = f"{q(config.target)} IS NOT NULL" if config.target else "true"
+    found = con.sql(
+        f"SELECT count(*) FILTER ({labelled}) FROM {t.clean} WHERE batch_id = ?",
+        params=[batch_id],
+    ).fetchall()
+    return int(found[0][0])
+
+
 def window_rows_before(
     con: duckdb.DuckDBPyConnection,
     config: PipelineConfig,

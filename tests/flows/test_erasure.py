@@ -1,0 +1,137 @@
+"""Erasure: the subject's rows are gone everywhere, aggregates and lags are recomputed,
+and every model is rebuilt equal to one that never saw the subject."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from flows.cycle import run_cycle
+from flows.erasure import erase_subject
+from flows.replay_model import replay_model
+from flows.runtime import Runtime
+from tidemill.config import load_config
+
+TOML = """
+[pipelines.shop]
+source = {{ kind = "files", path = "{landing}/*.csv", format = "csv" }}
+event_time = "ts"
+key = "id"
+target = "bought"
+features = ["amount", "customer"]
+categorical = ["customer"]
+classes = [0, 1]
+batch_rows = 50
+challengers = [{{ name = "nb", estimator = "gaussian_nb" }}]
+promotion = {{ margin = 0.5 }}
+lags = [{{ name = "last", by = ["customer"], n = 2 }}]
+
+[[pipelines.shop.aggregates]]
+name = "per_customer"
+by = ["customer"]
+every = "1h"
+"""
+
+
+def _rows(n: int = 600) -> pl.DataFrame:
+    rng = np.random.default_rng(11)
+    amount = rng.gamma(2.0, 20.0, n).round(2)
+    customer = [f"c{k}" for k in rng.integers(0, 30, n)]
+    bought = (amount + rng.normal(0, 15, n) > 40).astype(int)
+    return pl.DataFrame(
+        {
+            "id": np.arange(n),
+            "ts": [
+                f"2024-03-01T{k // 120:02d}:{k // 2 % 60:02d}:{k % 2 * 30:02d}Z" for k in range(n)
+            ],
+            "amount": amount,
+            "customer": customer,
+            "bought": bought,
+        }
+    )
+
+
+def _runtime(tmp_path: Path, name: str) -> Runtime:
+    folder = tmp_path / name
+    (folder / "landing").mkdir(parents=True)
+    (folder / "tidemill.toml").write_text(textwrap.dedent(TOML.format(landing="landing")))
+    return Runtime.open(load_config(folder / "tidemill.toml"))
+
+
+def _landing(runtime: Runtime) -> Path:
+    return Path(runtime.config.pipeline("shop").source.path).parent
+
+
+@pytest.fixture
+def erased(tmp_path: Path) -> tuple[Runtime, Runtime, pl.DataFrame]:
+    rows = _rows()
+    live = _runtime(tmp_path, "live")
+    rows.write_csv(_landing(live) / "all.csv")
+    while run_cycle(live, "shop", drain=True).status == "committed":
+        pass
+    batches = live.con.sql("SELECT id::BIGINT AS id, batch_id FROM raw.shop").pl()
+    erase_subject(live, "shop", "customer", "c7", requested_by="dpo@test")
+    # the control: the same batches, never holding c7, drained one batch per file
+    control = _runtime(tmp_path, "control")
+    joined = rows.join(batches, on="id").filter(pl.col("customer") != "c7")
+    for batch_id in sorted(joined["batch_id"].unique().to_list()):
+        part = joined.filter(pl.col("batch_id") == batch_id).drop("batch_id")
+        part.write_csv(_landing(control) / f"b{batch_id:04d}.csv")
+        assert run_cycle(control, "shop", drain=True).status == "committed"
+    return live, control, rows
+
+
+def test_no_trace_of_the_subject_remains_in_any_table(
+    erased: tuple[Runtime, Runtime, pl.DataFrame],
+) -> None:
+    live, _, rows = erased
+    subject_ids = [str(i) for i in rows.filter(pl.col("customer") == "c7")["id"]]
+    assert len(subject_ids) > 10
+    con = live.con
+    for table in ("raw.shop", "clean.shop", "agg.shop_per_customer", "agg.shop_lag_last"):
+        assert con.sql(f"SELECT count(*) FROM {table} WHERE customer = 'c7'").fetchall() == [(0,)]
+    ids = ", ".join(f"'{i}'" for i in subject_ids)
+    assert con.sql(f"SELECT count(*) FROM ml.shop_predictions WHERE id IN ({ids})").fetchall() == [
+        (0,)
+    ]
+    audit = con.sql("SELECT * FROM _erasures").pl()
+    assert audit.height == 1 and audit["rows_raw"][0] == len(subject_ids)
+    assert "c7" not in str(audit.to_dicts()) and len(audit["subject_digest"][0]) == 64
+    # the models that learned c7 have no artifact left
+    tainted = con.sql(
+        "SELECT artifact_path FROM ml.model_versions WHERE artifact_pruned_at IS NOT NULL"
+    ).fetchall()
+    assert tainted and not any((live.state_dir / p).exists() for (p,) in tainted)
+
+
+def test_aggregates_and_lags_equal_those_of_a_warehouse_that_never_saw_the_subject(
+    erased: tuple[Runtime, Runtime, pl.DataFrame],
+) -> None:
+    live, control, _ = erased
+    for table in ("agg.shop_per_customer", "agg.shop_lag_last"):
+        sql = (
+            f"SELECT * EXCLUDE (updated_batch_id) FROM {table} ORDER BY ALL"
+            if "per" in table
+            else f"SELECT * FROM {table} ORDER BY ALL"
+        )
+        assert live.con.sql(sql).fetchall() == control.con.sql(sql).fetchall(), table
+
+
+def test_every_rebuilt_model_equals_one_trained_without_the_subject(
+    erased: tuple[Runtime, Runtime, pl.DataFrame],
+) -> None:
+    live, control, _ = erased
+    heads = "SELECT candidate, params_sha256, rows_seen FROM ml.model_versions WHERE status IN ('champion', 'challenger') ORDER BY 1"
+    assert live.con.sql(heads).fetchall() == control.con.sql(heads).fetchall()
+    config = live.pipelines["shop"].config
+    for (version,) in live.con.sql(
+        "SELECT version FROM ml.model_versions WHERE status IN ('champion', 'challenger')"
+    ).fetchall():
+        assert replay_model(live.con, config, version, live.state_dir).equal
+    # and the pipeline goes on learning from the rebuilt models
+    _rows(700).slice(600).write_csv(_landing(live) / "more.csv")
+    assert run_cycle(live, "shop", drain=True).status == "committed"
