@@ -2,19 +2,38 @@
 
 An artifact is written (temp file, fsync, rename) BEFORE the batch that registers it
 commits; a crash in between leaves an orphan file that no row points at, never a row
-without its file. Loading checks the file's SHA-256 against the registry row first:
-joblib files are pickles, and unpickling runs code.
+without its file.
+
+Artifacts are joblib files, i.e. pickles, and unpickling runs code. So a file is only
+unpickled when all of these hold, checked in this order on bytes read once:
+
+1. it lies in `artifacts/<pipeline>/` and is a regular file (a row cannot point elsewhere);
+2. its SHA-256 is the row's (corruption, a file of another version);
+3. its row's `artifact_signature` is the HMAC-SHA256, under the `artifact` key of
+   tidemill.keys (never stored in DuckDB), of (pipeline, version, SHA-256). Someone who
+   can write both the warehouse and the folder, but not read the key, can neither forge
+   a file nor move a valid one to another version. Rows written before signatures
+   existed have none and are refused, not trusted on their hash alone: accepting them
+   would let anyone who writes the warehouse erase a signature to get past the check.
+   `sign_versions` (the `tidemill models sign` command) signs them once someone has
+   vouched for the files.
+
+Every refusal is one ArtifactIntegrityError line naming the pipeline and version.
+Files in the folder that no row names are never read (the janitor deletes orphans
+without opening them).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import io
 import json
 import platform
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO, NamedTuple
 
 import duckdb
 import joblib
@@ -23,12 +42,16 @@ import polars
 import sklearn
 
 from tidemill.durable import write_atomic
+from tidemill.keys import get_key
 
 ARTIFACTS_DIR = "artifacts"
+SIGNATURE_SCHEME = "tidemill-artifact-v1"
+"""Domain of the artifact HMAC; changing what is signed means a new scheme name."""
 
 
 class ArtifactIntegrityError(RuntimeError):
-    """An artifact file is missing or does not match the hash its registry row recorded."""
+    """An artifact that must not be loaded: pruned, missing, altered, unsigned, signed for
+    another version. The message says which."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +76,7 @@ class ModelVersion:
     candidate: str = "main"
     params_sha256: str | None = None
     artifact_pruned_at: datetime | None = None
+    artifact_signature: str | None = None
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -92,32 +116,149 @@ def artifact_relpath(pipeline: str, version: int, batch_id: int) -> str:
 
 
 def write_artifact(state_dir: Path, relpath: str, state: Any) -> str:
-    """Durably write `state` to `relpath` under `state_dir`; returns its SHA-256."""
-    target = state_dir / relpath
-    write_atomic(target, lambda handle: joblib.dump(state, handle))
-    return sha256_of(target)
+    """Durably write `state` to `relpath` under `state_dir`; returns its SHA-256 (of the
+    very bytes written)."""
+    buffer = io.BytesIO()
+    joblib.dump(state, buffer)
+    data = buffer.getvalue()
+
+    def write(handle: BinaryIO) -> None:
+        handle.write(data)
+
+    write_atomic(state_dir / relpath, write)
+    return hashlib.sha256(data).hexdigest()
+
+
+def artifact_signature(key: bytes, pipeline: str, version: int, sha256: str) -> str:
+    """Hex HMAC-SHA256 under `key` binding an artifact's content (its SHA-256) to the one
+    registry row it belongs to."""
+    message = json.dumps([SIGNATURE_SCHEME, pipeline, int(version), sha256]).encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 def load_artifact(state_dir: Path, version: ModelVersion) -> Any:
-    """The model state of `version`, after checking the file against its recorded hash."""
+    """The model state of `version`, unpickled only after the checks of the module
+    docstring; raises ArtifactIntegrityError (one line) when one fails."""
+    name = f"{version.pipeline} v{version.version}"
     if version.artifact_pruned_at is not None:
         raise ArtifactIntegrityError(
-            f"artifact of {version.pipeline} v{version.version} was pruned by the retention "
+            f"artifact of {name} was pruned by the retention "
             f"policy at {version.artifact_pruned_at:%Y-%m-%d %H:%M}; `tidemill replay-model "
             f"{version.pipeline} --to {version.version}` rebuilds and checks it from its batches"
         )
+    data = _artifact_bytes(state_dir, version)
     path = state_dir / version.artifact_path
-    if not path.exists():
+    actual = hashlib.sha256(data).hexdigest()
+    if not hmac.compare_digest(actual, version.sha256):
         raise ArtifactIntegrityError(
-            f"artifact of {version.pipeline} v{version.version} is missing: {path}"
-        )
-    actual = sha256_of(path)
-    if actual != version.sha256:
-        raise ArtifactIntegrityError(
-            f"artifact of {version.pipeline} v{version.version} does not match the registry "
+            f"artifact of {name} does not match the registry "
             f"(sha256 {actual[:12]}… != {version.sha256[:12]}…); refusing to load {path}"
         )
-    return joblib.load(path)
+    _check_signature(state_dir, version, actual)
+    try:
+        return joblib.load(io.BytesIO(data))
+    except Exception as error:  # a signed file this code cannot read (a class moved, ...)
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise ArtifactIntegrityError(
+            f"artifact of {name} cannot be unpickled by this code: {type(error).__name__}: {first}"
+        ) from error
+
+
+def _artifact_bytes(state_dir: Path, version: ModelVersion) -> bytes:
+    """The file's bytes, read once (what is checked is what is unpickled), provided the
+    row names a regular file inside artifacts/<pipeline>/."""
+    name = f"{version.pipeline} v{version.version}"
+    parts = PurePosixPath(version.artifact_path).parts
+    if (
+        len(parts) != 3
+        or parts[:2] != (ARTIFACTS_DIR, version.pipeline)
+        or parts[2] in ("..", ".")
+        or not parts[2].endswith(".joblib")
+    ):
+        raise ArtifactIntegrityError(
+            f"artifact of {name} is registered at {version.artifact_path!r}, outside "
+            f"{ARTIFACTS_DIR}/{version.pipeline}/; refusing to load it"
+        )
+    path = state_dir.joinpath(*parts)
+    if not path.exists():
+        raise ArtifactIntegrityError(f"artifact of {name} is missing: {path}")
+    if path.is_symlink() or not path.is_file():
+        raise ArtifactIntegrityError(
+            f"artifact of {name} is not a regular file: {path}; refusing to load it"
+        )
+    return path.read_bytes()
+
+
+def _check_signature(state_dir: Path, version: ModelVersion, sha256: str) -> None:
+    """Raise unless the row's signature is the one the registry made for this pipeline,
+    version and content (compared in constant time)."""
+    name = f"{version.pipeline} v{version.version}"
+    if not version.artifact_signature:
+        raise ArtifactIntegrityError(
+            f"artifact of {name} has no signature (written before artifact signatures, or "
+            f"not by the registry); refusing to load it. Once you trust its file, "
+            f"`tidemill models sign {version.pipeline}` signs it"
+        )
+    expected = artifact_signature(
+        get_key(state_dir, "artifact"), version.pipeline, version.version, sha256
+    )
+    if not hmac.compare_digest(expected, version.artifact_signature):
+        raise ArtifactIntegrityError(
+            f"artifact of {name} does not carry the registry's signature for {name} (a file "
+            f"of another version, a row not written by the registry, or another artifact "
+            f"key); refusing to load {state_dir / version.artifact_path}"
+        )
+
+
+class Signed(NamedTuple):
+    """What `sign_versions` did."""
+
+    signed: list[int]  # versions whose row now carries a signature
+    refused: dict[int, str]  # version -> why it was left unsigned
+
+
+def sign_versions(
+    con: duckdb.DuckDBPyConnection, state_dir: Path, pipeline: str, *, resign: bool = False
+) -> Signed:
+    """Sign the kept versions of `pipeline` that have no signature (every kept version with
+    `resign`, after the artifact key changed), each only if its file still matches its
+    row's SHA-256, in one transaction (call under the runtime lock).
+
+    Running it says that you trust these files: it is how versions written before
+    signatures existed become loadable. It never unpickles anything."""
+    key = get_key(state_dir, "artifact")
+    updates: list[tuple[str, str, int]] = []
+    refused: dict[int, str] = {}
+    for version in versions(con, pipeline):
+        if version.artifact_pruned_at is not None or (version.artifact_signature and not resign):
+            continue
+        try:
+            actual = hashlib.sha256(_artifact_bytes(state_dir, version)).hexdigest()
+        except ArtifactIntegrityError as error:
+            refused[version.version] = str(error)
+            continue
+        if not hmac.compare_digest(actual, version.sha256):
+            refused[version.version] = (
+                f"artifact of {pipeline} v{version.version} does not match the registry "
+                f"(sha256 {actual[:12]}… != {version.sha256[:12]}…); left unsigned"
+            )
+            continue
+        updates.append(
+            (artifact_signature(key, pipeline, version.version, actual), pipeline, version.version)
+        )
+    if updates:
+        con.begin()
+        try:
+            con.executemany(
+                "UPDATE ml.model_versions SET artifact_signature = ? "
+                "WHERE pipeline = ? AND version = ?",
+                updates,
+            )
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+    return Signed([version for _, _, version in updates], refused)
 
 
 def write_version(
@@ -142,6 +283,7 @@ def write_version(
     version = version if version is not None else next_version(con, pipeline)
     relpath = artifact_relpath(pipeline, version, batch_id)
     sha256 = write_artifact(state_dir, relpath, model)
+    signature = artifact_signature(get_key(state_dir, "artifact"), pipeline, version, sha256)
     return ModelVersion(
         pipeline=pipeline,
         version=version,
@@ -160,6 +302,7 @@ def write_version(
         metrics_json=json.dumps(metrics, sort_keys=True),
         candidate=candidate,
         params_sha256=params_sha256,
+        artifact_signature=signature,
     )
 
 

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from tidemill.keys import get_key
 from warehouse import registry
 from warehouse.connection import open_warehouse
 
@@ -26,6 +27,9 @@ def _version(tmp_path: Path, con, number: int, payload: object) -> registry.Mode
         feature_names=["x"],
         status="champion",
         metrics_json='{"accuracy": 0.5}',
+        artifact_signature=registry.artifact_signature(
+            get_key(tmp_path, "artifact"), "p", number, sha
+        ),
     )
     registry.record_heads(con, [version])
     return version
@@ -56,3 +60,16 @@ def test_an_artifact_that_does_not_match_its_hash_is_never_loaded(tmp_path: Path
     (tmp_path / first.artifact_path).unlink()
     with pytest.raises(registry.ArtifactIntegrityError, match="missing"):
         registry.load_artifact(tmp_path, first)
+
+
+def test_rows_read_back_carry_their_signature_and_the_key_stays_out_of_the_warehouse(
+    tmp_path: Path,
+) -> None:
+    con = open_warehouse(tmp_path / "w.duckdb")
+    written = _version(tmp_path, con, 1, {"n": 1})
+    read = registry.get_version(con, "p", 1)
+    assert read == written and read.artifact_signature is not None
+    key = get_key(tmp_path, "artifact")
+    con.execute("CHECKPOINT")
+    assert key not in (tmp_path / "w.duckdb").read_bytes()
+    assert key.hex().encode() not in (tmp_path / "w.duckdb").read_bytes()
