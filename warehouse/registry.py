@@ -16,7 +16,9 @@ unpickled when all of these hold, checked in this order on bytes read once:
    existed have none and are refused, not trusted on their hash alone: accepting them
    would let anyone who writes the warehouse erase a signature to get past the check.
    `sign_versions` (the `tidemill models sign` command) signs them once someone has
-   vouched for the files.
+   vouched for the files;
+4. the scikit-learn, numpy and joblib that wrote it have the running major.minor, and
+   unpickling raises nothing, scikit-learn's InconsistentVersionWarning included.
 
 Every refusal is one ArtifactIntegrityError line naming the pipeline and version.
 Files in the folder that no row names are never read (the janitor deletes orphans
@@ -30,6 +32,7 @@ import hmac
 import io
 import json
 import platform
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -40,6 +43,7 @@ import joblib
 import numpy
 import polars
 import sklearn
+from sklearn.exceptions import InconsistentVersionWarning
 
 from tidemill.durable import write_atomic
 from tidemill.keys import get_key
@@ -47,11 +51,16 @@ from tidemill.keys import get_key
 ARTIFACTS_DIR = "artifacts"
 SIGNATURE_SCHEME = "tidemill-artifact-v1"
 """Domain of the artifact HMAC; changing what is signed means a new scheme name."""
+CHECKED_LIBRARIES = ("scikit-learn", "numpy", "joblib")
+"""Libraries whose major.minor must match between the writer and the loader of a pickle."""
+_RETRAIN = (
+    "train a new version under this one: `tidemill backfill {} --start .. --end .. --retrain`"
+)
 
 
 class ArtifactIntegrityError(RuntimeError):
     """An artifact that must not be loaded: pruned, missing, altered, unsigned, signed for
-    another version. The message says which."""
+    another version, or written by other library versions. The message says which."""
 
 
 @dataclass(frozen=True)
@@ -155,8 +164,19 @@ def load_artifact(state_dir: Path, version: ModelVersion) -> Any:
             f"(sha256 {actual[:12]}… != {version.sha256[:12]}…); refusing to load {path}"
         )
     _check_signature(state_dir, version, actual)
+    _check_libraries(version)
     try:
-        return joblib.load(io.BytesIO(data))
+        # The filter is process-wide while it lasts; only unpickling raises this warning.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", InconsistentVersionWarning)
+            return joblib.load(io.BytesIO(data))
+    except InconsistentVersionWarning as mismatch:
+        raise ArtifactIntegrityError(
+            f"artifact of {name} was pickled by scikit-learn "
+            f"{mismatch.original_sklearn_version}, this process runs "
+            f"{mismatch.current_sklearn_version}; refusing to load it (install scikit-learn "
+            f"{mismatch.original_sklearn_version}, or {_RETRAIN.format(version.pipeline)})"
+        ) from None
     except Exception as error:  # a signed file this code cannot read (a class moved, ...)
         first = str(error).splitlines()[0] if str(error) else ""
         raise ArtifactIntegrityError(
@@ -208,6 +228,34 @@ def _check_signature(state_dir: Path, version: ModelVersion, sha256: str) -> Non
             f"of another version, a row not written by the registry, or another artifact "
             f"key); refusing to load {state_dir / version.artifact_path}"
         )
+
+
+def _major_minor(text: str) -> tuple[str, ...]:
+    return tuple(text.split("+")[0].split(".")[:2])
+
+
+def _check_libraries(version: ModelVersion) -> None:
+    """Raise when the libraries that wrote the pickle differ in major.minor from the
+    running ones."""
+    name = f"{version.pipeline} v{version.version}"
+    try:
+        written = json.loads(version.library_versions)
+    except ValueError:
+        written = None
+    running = json.loads(library_versions())
+    if not isinstance(written, dict):
+        raise ArtifactIntegrityError(
+            f"artifact of {name} has unreadable library_versions "
+            f"{version.library_versions!r}; refusing to load it"
+        )
+    for library in CHECKED_LIBRARIES:
+        then, now = str(written.get(library)), running[library]
+        if library not in written or _major_minor(then) != _major_minor(now):
+            raise ArtifactIntegrityError(
+                f"artifact of {name} was written with {library} {then}, this process runs "
+                f"{library} {now}; refusing to load it (install {library} "
+                f"{'.'.join(_major_minor(then))}, or {_RETRAIN.format(version.pipeline)})"
+            )
 
 
 class Signed(NamedTuple):

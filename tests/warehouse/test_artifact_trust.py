@@ -8,6 +8,7 @@ a foreign pickle dropped in the folder does the same if anything ever loads it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import textwrap
 import types
@@ -20,6 +21,9 @@ import joblib
 import numpy as np
 import polars as pl
 import pytest
+import sklearn
+import sklearn.base
+from sklearn.linear_model import SGDClassifier
 
 from flows.cycle import run_cycle
 from flows.runtime import Runtime
@@ -223,6 +227,56 @@ def test_another_artifact_key_refuses_every_version_until_they_are_signed_again(
     resigned = registry.get_version(con, "p", 1)
     assert resigned is not None
     registry.load_artifact(tmp_path, resigned)
+
+
+@pytest.mark.parametrize(
+    ("library", "written", "refused"),
+    [
+        ("scikit-learn", "1.8.2", True),
+        ("numpy", "1.26.4", True),
+        ("joblib", "1.4.2", True),
+        ("scikit-learn", None, True),
+        ("numpy", "same minor", False),
+    ],
+)
+def test_an_artifact_of_other_library_versions_is_refused_with_both_versions(
+    tmp_path: Path,
+    con: duckdb.DuckDBPyConnection,
+    library: str,
+    written: str | None,
+    refused: bool,
+) -> None:
+    row = _register(con, tmp_path, 1)
+    versions = json.loads(row.library_versions)
+    running = versions[library]
+    if written == "same minor":
+        written = ".".join(running.split(".")[:2]) + ".999"
+    if written is None:
+        del versions[library]
+    else:
+        versions[library] = written
+    changed = dataclasses.replace(row, library_versions=json.dumps(versions))
+    if refused:
+        message = _refused(tmp_path, changed, f"written with {library} {written}")
+        assert f"this process runs {library} {running}" in message
+        assert _markers(tmp_path) == []
+    else:
+        registry.load_artifact(tmp_path, changed)
+        assert _markers(tmp_path) == ["unpickled-v1"]
+
+
+def test_scikit_learns_inconsistent_version_warning_is_a_refusal(
+    tmp_path: Path, con: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    estimator = SGDClassifier(random_state=0).partial_fit(
+        np.eye(4), np.array([0, 1, 0, 1]), classes=np.array([0, 1])
+    )
+    with monkeypatch.context() as patched:  # pickled by a scikit-learn of the same minor
+        patched.setattr(sklearn.base, "__version__", "1.9.0")
+        row = _register(con, tmp_path, 1, estimator=estimator)
+    assert sklearn.__version__ != "1.9.0"
+    message = _refused(tmp_path, row, "pickled by scikit-learn 1.9.0")
+    assert f"this process runs {sklearn.__version__}" in message
 
 
 def test_a_signed_file_this_code_cannot_unpickle_is_one_line(
