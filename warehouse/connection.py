@@ -1,4 +1,12 @@
-"""Opening the warehouse file: one writer process, settings applied, schema migrated."""
+"""Opening the warehouse file: one writer process, settings applied, schema migrated.
+
+Every connection is locked down before anyone's SQL reaches it. Query users' SQL runs on
+cursors of the writer's connection (the owner socket) or on read-only connections (the
+file, the snapshot), and DuckDB's safety settings belong to the database instance, not
+to a cursor: so the writer's own connection closes what a query user must not reach.
+The writer gives up nothing by it: landing files are read by Polars and reach DuckDB as
+Arrow tables through `register()`, and artifacts and snapshots are written by Python.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +22,42 @@ DATABASE_FILE = "warehouse.duckdb"
 # and writes it as well.
 STORAGE_VERSION = "v1.5.0"
 
+# No files (read_csv, read_text, glob, COPY, ATTACH, EXPORT DATABASE, secrets), no
+# Python-variable replacement scans, no extensions beyond the built-in ones (INSTALL, LOAD
+# and autoloading). Measured on DuckDB 2.0.1: each refuses with a PermissionException.
+LOCKED_DOWN: dict[str, str | bool] = {
+    "enable_external_access": False,
+    "autoload_known_extensions": False,
+    "autoinstall_known_extensions": False,
+    "allow_community_extensions": False,
+}
+
 
 def database_path(state_dir: Path) -> Path:
     """Where the pipeline warehouse lives inside the state folder."""
     return state_dir / DATABASE_FILE
+
+
+def lock_configuration(con: duckdb.DuckDBPyConnection) -> None:
+    """Set the time zone to UTC for every cursor, then freeze every setting of `con`'s
+    database (SET, RESET, PRAGMA and the setting table functions refuse from now on).
+
+    Idempotent: a second connection to a database this process already opened shares
+    its (already frozen) settings.
+    """
+    if _frozen(con):
+        return
+    try:
+        # GLOBAL: a plain SET is this connection's only, and cursors would keep local time
+        con.execute("SET GLOBAL TimeZone = 'UTC'")
+        con.execute("SET lock_configuration = true")
+    except duckdb.InvalidInputException:
+        if not _frozen(con):  # else another thread froze the shared database first
+            raise
+
+
+def _frozen(con: duckdb.DuckDBPyConnection) -> bool:
+    return bool(con.sql("SELECT current_setting('lock_configuration')").fetchall()[0][0])
 
 
 def open_warehouse(path: Path) -> duckdb.DuckDBPyConnection:
@@ -25,18 +65,25 @@ def open_warehouse(path: Path) -> duckdb.DuckDBPyConnection:
 
     Automatic checkpoints are pushed far out (1 GB of WAL): they cause 40-100 ms spikes
     after a few hundred small inserts, so the owner runs CHECKPOINT at quiet moments.
+    The connection is locked down (see LOCKED_DOWN) and its configuration frozen.
     Raises duckdb.IOException when another process holds the file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path), config={"storage_compatibility_version": STORAGE_VERSION})
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET checkpoint_threshold = '1GB'")
+    con = duckdb.connect(
+        str(path),
+        config={
+            "storage_compatibility_version": STORAGE_VERSION,
+            "checkpoint_threshold": "1GB",
+            **LOCKED_DOWN,
+        },
+    )
+    lock_configuration(con)
     migrate(con)
     return con
 
 
 def open_readonly(path: Path) -> duckdb.DuckDBPyConnection:
-    """Open a warehouse (or a published snapshot) read-only."""
-    con = duckdb.connect(str(path), read_only=True)
-    con.execute("SET TimeZone = 'UTC'")
+    """Open a warehouse (or a published snapshot) read-only, locked down and frozen."""
+    con = duckdb.connect(str(path), read_only=True, config=dict(LOCKED_DOWN))
+    lock_configuration(con)
     return con
