@@ -1,23 +1,72 @@
 """Read-only SQL for people: what may run, and running it on its own cursor.
 
-Only SELECT-like statements (SELECT, FROM, WITH, DESCRIBE, SHOW, SUMMARIZE) and
-EXPLAIN of those are allowed; each runs in a transaction that is rolled back, on a
-cursor of its own, so it sees one consistent snapshot and cannot disturb a batch.
+Three fences, so that a hole in one is not a way in:
+
+1. This module's allowlist (`check_readonly`): only SELECT-like statements (SELECT, FROM,
+   WITH, VALUES, DESCRIBE, SHOW, SUMMARIZE) and EXPLAIN of one; only table functions that
+   read the catalog or make rows (no read_csv, glob, checkpoint, query, ...); no
+   nextval/setval/write_log. Every refusal is one line ending "tidemill query is read-only".
+2. Each statement runs on a cursor of its own in a READ ONLY transaction that is rolled
+   back: DuckDB itself refuses any write in it (INSERT, DDL, nextval, ...), also on a
+   cursor of the writer's connection, which cannot be opened read-only.
+3. Every connection is locked down (warehouse/connection.py): no file or extension
+   access, configuration frozen.
+
+`run_readonly` can also stop a query after `timeout` seconds (interrupting it) and refuse
+results over `max_rows`, so SQL in the owner's process cannot hold a core or its memory.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 
-_EXPLAIN = re.compile(r"^\s*explain\s+(analyze\s+)?", re.IGNORECASE)
+READ_ONLY = "tidemill query is read-only"
+_ALLOWED_KINDS = "(SELECT, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN)"
+# EXPLAIN [ANALYZE | (options)] after leading blanks and comments; what follows is
+# checked like any statement (EXPLAIN ANALYZE runs it).
+_EXPLAIN = re.compile(
+    r"^(?:\s+|--[^\n]*|/\*.*?\*/)*explain(?:\s*\([^()]*\)|\s+analy[sz]e\b)?\s*",
+    re.IGNORECASE | re.DOTALL,
+)
+# Table functions that make rows or read the catalog; every other one (files, checkpoint,
+# query(), logging, extensions, external resources, ...) is refused, new ones included.
+_ROW_FUNCTIONS = frozenset(
+    {
+        "generate_series",
+        "histogram",
+        "histogram_values",
+        "icu_calendar_names",
+        "json_each",
+        "json_tree",
+        "pg_timezone_names",
+        "query_table",
+        "range",
+        "repeat",
+        "repeat_row",
+        "summary",
+        "test_all_types",
+        "test_vector_types",
+        "unnest",
+    }
+)
+_CATALOG_PREFIXES = ("duckdb_", "pragma_")
+_WRITING_FUNCTIONS = frozenset({"nextval", "setval", "write_log"})
 
 
 class ReadOnlyViolation(ValueError):
     """A statement that would change something; the message says which."""
+
+
+class QueryLimitExceeded(ValueError):
+    """A query ran longer or returned more rows than allowed; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -31,41 +80,153 @@ class QueryResult:
 
 def check_readonly(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Raise ReadOnlyViolation unless every statement in `sql` only reads."""
-    try:
-        statements = con.extract_statements(sql)
-    except duckdb.Error as error:
-        raise ReadOnlyViolation(str(error).splitlines()[0]) from None
+    statements = _statements(con, sql)
     if not statements:
         raise ReadOnlyViolation("no SQL statement given")
     for statement in statements:
+        _check_statement(con, statement, explained=False)
+
+
+def _statements(con: duckdb.DuckDBPyConnection, sql: str) -> list[duckdb.Statement]:
+    try:
+        return con.extract_statements(sql)
+    except duckdb.Error as error:
+        raise ReadOnlyViolation(str(error).splitlines()[0]) from None
+
+
+def _check_statement(
+    con: duckdb.DuckDBPyConnection, statement: duckdb.Statement, *, explained: bool
+) -> None:
+    try:
         kind = statement.type
-        if kind == duckdb.StatementType.EXPLAIN:
-            inner = _EXPLAIN.sub("", statement.query, count=1)
-            check_readonly(con, inner)
-            continue
-        if kind != duckdb.StatementType.SELECT:
-            name = str(kind).rsplit(".", 1)[-1]
+    except ValueError:  # a statement type the Python client has no name for
+        raise ReadOnlyViolation(
+            f"statements of an unknown kind are refused: {READ_ONLY} {_ALLOWED_KINDS}"
+        ) from None
+    if kind == duckdb.StatementType.EXPLAIN and not explained:
+        inner = _statements(con, _EXPLAIN.sub("", statement.query, count=1))
+        if len(inner) != 1:
+            raise ReadOnlyViolation(f"EXPLAIN of more than one statement is refused: {READ_ONLY}")
+        _check_statement(con, inner[0], explained=True)
+        return
+    if kind != duckdb.StatementType.SELECT:
+        name = str(kind).rsplit(".", 1)[-1]
+        raise ReadOnlyViolation(f"{name} statements are refused: {READ_ONLY} {_ALLOWED_KINDS}")
+    _check_functions(con, statement.query)
+
+
+def _check_functions(con: duckdb.DuckDBPyConnection, query: str) -> None:
+    """Refuse table functions that are not row makers or catalog readers, and functions
+    that write, wherever they sit in the statement (CTEs, subqueries, DESCRIBE (...))."""
+    try:
+        serialized = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [query]).fetchall()
+    except duckdb.Error as error:
+        raise ReadOnlyViolation(str(error).splitlines()[0]) from None
+    tree = json.loads(serialized[0][0])
+    if tree.get("error"):
+        raise ReadOnlyViolation(
+            f"a statement DuckDB cannot serialize for checking is refused: {READ_ONLY} "
+            f"({tree.get('error_message')})"
+        )
+    tables: set[str] = set()
+    scalars: set[str] = set()
+    _collect_functions(tree, tables, scalars)
+    for name in sorted(tables):
+        if name not in _ROW_FUNCTIONS and not name.startswith(_CATALOG_PREFIXES):
             raise ReadOnlyViolation(
-                f"{name} statements are refused: tidemill query is read-only "
-                "(SELECT, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN)"
+                f"table function {name}() is refused: {READ_ONLY} (it reads the warehouse's "
+                "tables, not files or anything else)"
             )
+    writing = sorted(scalars & _WRITING_FUNCTIONS)
+    if writing:
+        raise ReadOnlyViolation(f"{writing[0]}() is refused: {READ_ONLY}")
 
 
-def run_readonly(cursor: duckdb.DuckDBPyConnection, sql: str) -> QueryResult:
-    """Run read-only `sql` on `cursor` (a cursor of its own) and return the last result."""
+def _collect_functions(node: Any, tables: set[str], scalars: set[str]) -> None:
+    """Names of the table functions and of the other functions in a serialized statement."""
+    if isinstance(node, list):
+        for item in node:
+            _collect_functions(item, tables, scalars)
+        return
+    if not isinstance(node, dict):
+        return
+    if node.get("type") == "TABLE_FUNCTION" and isinstance(node.get("function"), dict):
+        function = node["function"]
+        tables.add(str(function.get("function_name", "")).lower())
+        _collect_functions(function.get("arguments"), tables, scalars)
+        node = {key: value for key, value in node.items() if key != "function"}
+    elif node.get("class") == "FUNCTION":
+        scalars.add(str(node.get("function_name", "")).lower())
+    for value in node.values():
+        _collect_functions(value, tables, scalars)
+
+
+def run_readonly(
+    cursor: duckdb.DuckDBPyConnection,
+    sql: str,
+    *,
+    timeout: float | None = None,
+    max_rows: int | None = None,
+) -> QueryResult:
+    """Run read-only `sql` on `cursor` (a cursor of its own) and return the last result.
+
+    Raises ReadOnlyViolation before running anything if a statement could write, and
+    QueryLimitExceeded when the statements run longer than `timeout` seconds (they are
+    interrupted) or the last one returns more than `max_rows` rows.
+    """
     check_readonly(cursor, sql)
     statements = cursor.extract_statements(sql)
-    cursor.begin()
+    cursor.execute("BEGIN TRANSACTION READ ONLY")
     try:
-        for statement in statements[:-1]:
-            cursor.execute(statement.query).fetchall()
-        relation = cursor.execute(statements[-1].query)
-        description = relation.description or []
-        rows = relation.fetchall()
+        with _deadline(cursor, timeout):
+            for statement in statements[:-1]:
+                cursor.execute(statement.query).fetchall()
+            relation = cursor.execute(statements[-1].query)
+            description = relation.description or []
+            rows = relation.fetchall() if max_rows is None else relation.fetchmany(max_rows + 1)
     finally:
-        cursor.rollback()
+        cursor.execute("ROLLBACK")
+    if max_rows is not None and len(rows) > max_rows:
+        raise QueryLimitExceeded(
+            f"the result has more than {max_rows:,} rows: add a LIMIT or an aggregate, or "
+            "read the snapshot (tidemill query --snapshot)"
+        )
     return QueryResult(
         columns=[d[0] for d in description],
         types=[str(d[1]) for d in description],
         rows=rows,
     )
+
+
+@contextmanager
+def _deadline(cursor: duckdb.DuckDBPyConnection, seconds: float | None) -> Iterator[None]:
+    """Interrupt what `cursor` runs inside the block once `seconds` have passed; the
+    interruption surfaces as QueryLimitExceeded. No interrupt can land after the block."""
+    if seconds is None:
+        yield
+        return
+    guard = threading.Lock()
+    armed, fired = [True], [False]
+
+    def interrupt() -> None:
+        with guard:
+            if armed[0]:
+                fired[0] = True
+                cursor.interrupt()
+
+    timer = threading.Timer(seconds, interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except duckdb.InterruptException:
+        if not fired[0]:
+            raise
+        raise QueryLimitExceeded(
+            f"the query was stopped after {seconds:g} s: a query may run {seconds:g} s here; "
+            "narrow it, or read the snapshot (tidemill query --snapshot)"
+        ) from None
+    finally:
+        with guard:
+            armed[0] = False
+        timer.cancel()
