@@ -12,6 +12,7 @@ import duckdb
 import pytest
 
 from tasks.retention import RetentionPolicy
+from tidemill.keys import get_key
 from warehouse import registry
 from warehouse.connection import open_warehouse
 from warehouse.retention import prune_artifacts, run_maintenance, sweep_artifacts
@@ -27,8 +28,8 @@ def _add(con: duckdb.DuckDBPyConnection, state_dir: Path, version: int, status: 
     con.execute(
         "INSERT INTO ml.model_versions (pipeline, version, parent_version, batch_id, rows_seen, "
         "batches_seen, created_at, artifact_path, sha256, estimator, params_json, "
-        "library_versions, feature_names, status, metrics_json) "
-        "VALUES ('p', ?, ?, ?, 10, 1, ?, ?, ?, 'sgd_classifier', '{}', '{}', ['x'], ?, '{}')",
+        "library_versions, feature_names, status, metrics_json, artifact_signature) "
+        "VALUES ('p', ?, ?, ?, 10, 1, ?, ?, ?, 'sgd_classifier', '{}', ?, ['x'], ?, '{}', ?)",
         [
             version,
             version - 1 or None,
@@ -36,7 +37,9 @@ def _add(con: duckdb.DuckDBPyConnection, state_dir: Path, version: int, status: 
             datetime(2024, 1, 1) + timedelta(minutes=version),
             relpath,
             sha256,
+            registry.library_versions(),
             status,
+            registry.artifact_signature(get_key(state_dir, "artifact"), "p", version, sha256),
         ],
     )
     return state_dir / relpath
