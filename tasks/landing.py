@@ -10,26 +10,42 @@ the ledger already knows:
   stored are quarantined as duplicates, so nothing is counted twice or lost.
 
 A file modified less than `settle_seconds` ago is left for a later cycle, so a writer
-that does not rename atomically is not read half-written (drains pass 0).
+that does not rename atomically is not read half-written (drains pass 0); a file that
+changes while it is hashed is left for a later cycle too. Files up to IN_MEMORY_BYTES are
+parsed from the very bytes that were hashed; larger ones are streamed from disk (never
+held in memory) and hashed again as they are parsed: if the bytes differ, that version
+is quarantined whole as changed while read, and the next one is read as a replacement.
 """
 
 from __future__ import annotations
 
+import csv
 import glob
 import hashlib
+import io
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import BinaryIO
 
 import polars as pl
+from polars.exceptions import PanicException
 
 from tasks.parse import parse_records
 from tasks.validate import parse_timestamp
 
+log = logging.getLogger("tidemill")
+
+CHUNK_BYTES = 1 << 20
+IN_MEMORY_BYTES = 16 << 20  # larger files are streamed from disk, twice (hash, parse)
+CHANGED_WHILE_READ = "file changed while being read; its next version is read whole"
+
 
 @dataclass(frozen=True)
 class Arrival:
-    """A landing file version to read: which bytes, and why."""
+    """A landing file version to read: which bytes, and why. `data` holds the bytes that
+    were hashed; a file larger than IN_MEMORY_BYTES is `streamed` from disk instead."""
 
     path: str
     size_bytes: int
@@ -38,6 +54,7 @@ class Arrival:
     disposition: str  # new | grown | replaced
     offset: int  # bytes already read (grown files), else 0
     data: bytes = field(repr=False, default=b"")  # the bytes hashed, read once
+    streamed: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,8 +66,48 @@ class Known:
     sha256: str
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _chunks(handle: BinaryIO) -> Iterator[bytes]:
+    while chunk := handle.read(CHUNK_BYTES):
+        yield chunk
+
+
+def _snapshot(path: str, previous: Known | None) -> Arrival | None:
+    """Hash a landing file (keeping its bytes when small); None when it changed while
+    being read (its writer is at work: a later cycle reads it, once it holds still)."""
+    digest, prefix = hashlib.sha256(), hashlib.sha256()
+    prefix_bytes = previous.size_bytes if previous else 0
+    held: list[bytes] = []
+    size = 0
+    with open(path, "rb") as handle:
+        before = os.fstat(handle.fileno())
+        keep = before.st_size <= IN_MEMORY_BYTES
+        for chunk in _chunks(handle):
+            digest.update(chunk)
+            if size < prefix_bytes:
+                prefix.update(chunk[: prefix_bytes - size])
+            size += len(chunk)
+            if keep:
+                held.append(chunk)
+        after = os.fstat(handle.fileno())
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or (
+        size != after.st_size
+    ):
+        log.info("%s changed while being read; it is read once it holds still", path)
+        return None
+    disposition, offset = "new", 0
+    if previous:
+        grown = size > previous.size_bytes and prefix.hexdigest() == previous.sha256
+        disposition, offset = ("grown", previous.size_bytes) if grown else ("replaced", 0)
+    return Arrival(
+        path,
+        size,
+        after.st_mtime_ns,
+        digest.hexdigest(),
+        disposition,
+        offset,
+        b"".join(held),
+        streamed=not keep,
+    )
 
 
 def discover(
@@ -75,19 +132,101 @@ def discover(
             stat.st_mtime_ns,
         ):
             continue
-        data = Path(path).read_bytes()
-        digest = _sha256(data)
-        if previous and previous.sha256 == digest:
+        try:
+            arrival = _snapshot(path, previous)
+        except FileNotFoundError:
+            continue  # removed meanwhile
+        if arrival is None or (previous and previous.sha256 == arrival.sha256):
             continue
-        disposition, offset = "new", 0
-        if previous:
-            prefix = data[: previous.size_bytes]
-            grown = len(data) > previous.size_bytes and _sha256(prefix) == previous.sha256
-            disposition, offset = ("grown", previous.size_bytes) if grown else ("replaced", 0)
-        arrivals.append(
-            Arrival(path, len(data), stat.st_mtime_ns, digest, disposition, offset, data)
-        )
+        arrivals.append(arrival)
     return sorted(arrivals, key=lambda a: (a.mtime_ns, a.path))
+
+
+class _Hashed:
+    """The first `size` bytes of a file, hashed as they are read."""
+
+    def __init__(self, path: str, size: int) -> None:
+        self._file = open(path, "rb", buffering=CHUNK_BYTES)  # noqa: SIM115 (read_arrival closes it)
+        self._left = size
+        self._digest = hashlib.sha256()
+
+    def _take(self, data: bytes) -> bytes:
+        self._left -= len(data)
+        self._digest.update(data)
+        return data
+
+    def readline(self, limit: int = -1) -> bytes:
+        cap = self._left if limit < 0 else min(limit, self._left)
+        return self._take(self._file.readline(cap)) if cap > 0 else b""
+
+    def read(self, n: int = -1) -> bytes:
+        cap = self._left if n < 0 else min(n, self._left)
+        return self._take(self._file.read(cap)) if cap > 0 else b""
+
+    def sha256(self) -> str:
+        """Digest of all `size` bytes (reading what the parser left)."""
+        while self.read(CHUNK_BYTES):
+            pass
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _Prefixed:
+    """A binary stream that first yields `head`, then the rest of `tail`."""
+
+    def __init__(self, head: bytes, tail: BinaryIO | _Hashed) -> None:
+        self._head, self._tail = io.BytesIO(head), tail
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self._head.readline(limit) or self._tail.readline(limit)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._head.read(n) + self._tail.read(-1 if n < 0 else n)
+
+
+def _header_line(header: list[str]) -> bytes:
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerow(header)
+    return text.getvalue().encode()
+
+
+def _whole_file(path: str, required: list[str], reason: str) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            **{c: pl.Series([None], dtype=pl.Utf8) for c in required},
+            "_line": [0],
+            "_raw": [f"<whole file {os.path.basename(path)}>"],
+            "_reject": [reason],
+        }
+    )
+
+
+def _parse(
+    arrival: Arrival, fmt: str, required: list[str], header: list[str] | None, offset: int
+) -> tuple[list[str], pl.DataFrame, int]:
+    """(columns, records, line number of the first record's line - 1) of `arrival`."""
+    source: BinaryIO | _Hashed = (
+        _Hashed(arrival.path, arrival.size_bytes) if arrival.streamed else io.BytesIO(arrival.data)
+    )
+    try:
+        skipped = 0
+        for chunk in _read_upto(source, offset):
+            skipped += chunk.count(b"\n")
+        stream: BinaryIO | _Hashed | _Prefixed = source
+        if offset and fmt == "csv" and header:
+            skipped -= 1  # the header line is re-supplied
+            stream = _Prefixed(_header_line(header), source)
+        if fmt == "parquet" and arrival.streamed:  # Parquet needs random access
+            stream = io.BytesIO(stream.read())
+        columns, records = parse_records(stream, fmt, required)  # type: ignore[arg-type]
+        if isinstance(source, _Hashed) and source.sha256() != arrival.sha256:
+            return [], _whole_file(arrival.path, required, CHANGED_WHILE_READ), 0
+        return columns, records, skipped
+    finally:
+        if isinstance(source, _Hashed):
+            source.close()
 
 
 def read_arrival(
@@ -96,42 +235,45 @@ def read_arrival(
     """Records of `arrival` (only the appended part of a grown file) with `_event_at` for
     ordering. `header` is the CSV header recorded for the path (needed for grown files).
 
-    A file the format cannot read at all yields one rejected record naming the reason.
+    A file the format cannot read at all yields one rejected record naming the reason;
+    nothing a file holds makes this raise (Polars panics included).
     """
-    data = arrival.data
-    first_line = 1
-    if arrival.offset:
-        first_line += data[: arrival.offset].count(b"\n")
-        tail = data[arrival.offset :]
-        if fmt == "csv" and header:
-            first_line -= 1  # the header line is re-supplied below
-            data = (",".join(header) + "\n").encode() + tail
-        else:
-            data = tail
+    offset = arrival.offset if fmt != "parquet" else 0  # Parquet cannot grow: read it all
     try:
-        columns, records = parse_records(data, fmt, required)
+        columns, records, skipped = _parse(arrival, fmt, required, header, offset)
+        if offset and records.height and records["_line"][0] != 0:
+            records = records.with_columns(pl.col("_line") + skipped)
+            columns = header if fmt == "csv" and header else columns
+        records = records.with_columns(parse_timestamp(pl.col(event_time)).alias("_event_at"))
     except ValueError as error:
-        columns = []
-        records = pl.DataFrame(
-            {
-                **{c: pl.Series([None], dtype=pl.Utf8) for c in required},
-                "_line": [0],
-                "_raw": [f"<whole file {os.path.basename(arrival.path)}>"],
-                "_reject": [f"file unreadable: {error}"],
-            }
-        )
-    if arrival.offset:
-        records = records.with_columns(pl.col("_line") + (first_line - 1))
-    if fmt == "csv" and arrival.offset and header:
-        columns = header
-    return columns, records.with_columns(parse_timestamp(pl.col(event_time)).alias("_event_at"))
+        columns, records = [], _whole_file(arrival.path, required, f"file unreadable: {error}")
+    except (Exception, PanicException) as error:  # a reader defect must not stop the pipeline
+        log.warning("reading %s failed: %r", arrival.path, error)
+        reason = f"file unreadable: {type(error).__name__}: {error}".splitlines()[0]
+        columns, records = [], _whole_file(arrival.path, required, reason)
+    if "_event_at" not in records.columns:
+        records = records.with_columns(pl.lit(None, dtype=pl.Datetime("us")).alias("_event_at"))
+    return columns, records
+
+
+def _read_upto(stream: BinaryIO | _Hashed, n: int) -> Iterator[bytes]:
+    while n > 0 and (chunk := stream.read(min(n, CHUNK_BYTES))):
+        n -= len(chunk)
+        yield chunk
+
+
+def _parse_file(path: str, fmt: str, required: list[str]) -> tuple[list[str], pl.DataFrame]:
+    with open(path, "rb", buffering=CHUNK_BYTES) as handle:
+        return parse_records(handle, fmt, required)
 
 
 def header_of(path: str, fmt: str) -> list[str]:
     """Column names of a landing file (used to resolve `features` when the config omits
-    them)."""
-    data = Path(path).read_bytes()
-    columns, _ = parse_records(data, fmt, [])
+    them). Raises ValueError naming the file when it cannot be read."""
+    try:
+        columns, _ = _parse_file(path, fmt, [])
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     return columns
 
 
@@ -140,7 +282,7 @@ def column_values(paths: list[str], fmt: str, column: str) -> pl.Series:
     values = []
     for path in paths:
         try:
-            _, records = parse_records(Path(path).read_bytes(), fmt, [column])
+            _, records = _parse_file(path, fmt, [column])
         except ValueError:
             continue
         values.append(records.filter(pl.col("_reject").is_null())[column])

@@ -25,6 +25,9 @@ _TIMESTAMP_FORMATS = (
     "%Y-%m-%d",
 )
 _EPOCH_MS_ABOVE = 1e11  # a number this large is milliseconds, not seconds
+# Running moments square every value and sum the squares: beyond this they overflow to
+# inf and scikit-learn stops the batch ("Floating-point under-/overflow"), for good.
+MAX_ABS_NUMBER = 1e100
 EARLIEST = datetime(1970, 1, 1)
 FUTURE_SLACK = timedelta(days=1)
 _TRUE = {"1", "true", "yes", "1.0"}
@@ -144,12 +147,6 @@ def _row_reasons(
     if config.key:
         key = pl.col(_typed(config.key))
         reasons.append(_reason(key.is_null() | (key == ""), f"{config.key} is empty"))
-        reasons.append(
-            _reason(
-                key.is_not_null() & ~key.is_first_distinct(),
-                f"duplicate {config.key} within the batch",
-            )
-        )
         if known_keys is not None and known_keys.len() > 0:
             reasons.append(
                 _reason(key.is_in(known_keys.implode()), f"duplicate {config.key}: already stored")
@@ -158,10 +155,21 @@ def _row_reasons(
     if config.task == "regression" and config.target is not None:
         numeric.append(config.target)
     for name in numeric:
+        value = pl.col(_typed(name))
         reasons.append(
             _reason(
-                pl.col(_typed(name)).is_nan(),
+                value.is_nan(),
                 pl.format("{} '{}' is not a finite number", pl.lit(name), pl.col(name)),
+            )
+        )
+        reasons.append(
+            _reason(
+                ~value.is_nan() & (value.abs() > MAX_ABS_NUMBER),
+                pl.format(
+                    "{} '{}' is beyond ±" + f"{MAX_ABS_NUMBER:g}" + " (the models would overflow)",
+                    pl.lit(name),
+                    pl.col(name),
+                ),
             )
         )
     if config.task == "classification" and config.target is not None:
@@ -187,6 +195,20 @@ def _row_reason(config: PipelineConfig, now: datetime, known_keys: pl.Series | N
     return pl.coalesce(pl.col("_reject"), pl.when(checks != "").then(checks))
 
 
+def _repeat_reason(config: PipelineConfig) -> pl.Expr:
+    """Of the rows that passed every other check, the later ones of a repeated key (a
+    bad first copy, quarantined anyway, does not push a good second one out)."""
+    if not config.key:
+        return pl.col("_reason")
+    good_key = pl.when(pl.col("_reason").is_null()).then(pl.col(_typed(config.key)))
+    repeated = good_key.is_not_null() & ~good_key.is_first_distinct()
+    return (
+        pl.when(repeated)
+        .then(pl.lit(f"duplicate {config.key} within the batch"))
+        .otherwise(pl.col("_reason"))
+    )
+
+
 def validate_records(
     records: pl.DataFrame,
     config: PipelineConfig,
@@ -202,9 +224,11 @@ def validate_records(
     """
     typed = typed_columns(config)
     meta = [c for c in records.columns if c.startswith("_") and c not in ("_raw", "_reject")]
-    checked = records.with_columns(
-        [expr.alias(_typed(name)) for name, expr in typed.items()]
-    ).with_columns(_row_reason(config, now, known_keys).alias("_reason"))
+    checked = (
+        records.with_columns([expr.alias(_typed(name)) for name, expr in typed.items()])
+        .with_columns(_row_reason(config, now, known_keys).alias("_reason"))
+        .with_columns(_repeat_reason(config).alias("_reason"))
+    )
     bad = pl.col("_reason").is_not_null()
     rejected = checked.filter(bad).select(*meta, "_raw", pl.col("_reason").alias("reason"))
     accepted = checked.filter(~bad).select(
