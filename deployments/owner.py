@@ -112,6 +112,42 @@ def _maintain(runtime: Runtime) -> Command:
     return maintain
 
 
+def _readmit(runtime: Runtime) -> Command:
+    """Put corrected quarantined records back into the inbox (the next batch validates
+    them); records already re-admitted are left alone."""
+
+    def readmit(request: dict[str, Any]) -> dict[str, Any]:
+        from datetime import UTC, datetime
+
+        from tidemill.config import FilesSource
+        from warehouse.quarantine import Fix, ReadmitRefused
+        from warehouse.quarantine import readmit as put_back
+
+        pipeline = str(request["pipeline"])
+        state = runtime.pipeline(pipeline)
+        if state is None:
+            raise Refused(f"{pipeline} has no tables yet")
+        source = state.config.source
+        fmt = source.format if isinstance(source, FilesSource) else "ndjson"
+        fixes = [Fix(int(f["id"]), dict(f.get("changes") or {})) for f in request["fixes"]]
+        with runtime.lock:
+            try:
+                done = put_back(
+                    runtime.con,
+                    state.config,
+                    fmt,
+                    fixes,
+                    actor=str(request["actor"]),
+                    now=datetime.now(UTC).replace(tzinfo=None),
+                )
+            except ReadmitRefused as error:
+                raise Refused(str(error)) from None
+            runtime.unpublished = True
+        return dataclasses.asdict(done)
+
+    return readmit
+
+
 def commands(runtime: Runtime) -> dict[str, Command]:
     """Command name -> handler, for the socket service and for in-process use."""
     return {
@@ -119,6 +155,7 @@ def commands(runtime: Runtime) -> dict[str, Command]:
         "backfill": _backfill(runtime),
         "replay_model": _replay_model(runtime),
         "maintain": _maintain(runtime),
+        "readmit": _readmit(runtime),
     }
 
 

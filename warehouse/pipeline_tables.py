@@ -51,6 +51,10 @@ class PipelineTables:
         return f"raw.{q(self.pipeline + '_quarantine')}"
 
     @property
+    def quarantine_seq(self) -> str:
+        return f"raw.{q(self.pipeline + '_quarantine_seq')}"
+
+    @property
     def clean(self) -> str:
         return f"clean.{q(self.pipeline)}"
 
@@ -167,6 +171,7 @@ def ddl(config: PipelineConfig) -> list[str]:
         f"CREATE TABLE {t.quarantine} (batch_id BIGINT NOT NULL, _file VARCHAR NOT NULL, "
         f"_line BIGINT NOT NULL, raw_text VARCHAR, reason VARCHAR NOT NULL, "
         f"quarantined_at TIMESTAMP NOT NULL)",
+        *quarantine_ids(config.name),
         *_comments(
             t.quarantine,
             {
@@ -256,6 +261,19 @@ def ddl(config: PipelineConfig) -> list[str]:
     return statements
 
 
+def quarantine_ids(pipeline: str) -> list[str]:
+    """Statements giving raw.P_quarantine its stable row ids (`tidemill quarantine show
+    ID`); on a table made before them, existing rows are numbered in place."""
+    t = PipelineTables(pipeline)
+    return [
+        f"CREATE SEQUENCE IF NOT EXISTS {t.quarantine_seq}",
+        f"ALTER TABLE {t.quarantine} ADD COLUMN IF NOT EXISTS quarantine_id BIGINT "
+        f"DEFAULT nextval('{t.quarantine_seq}')",
+        f"COMMENT ON COLUMN {t.quarantine}.quarantine_id IS "
+        f"{lit('Stable id of the rejected record (tidemill quarantine show/readmit ID).')}",
+    ]
+
+
 class SchemaMismatch(RuntimeError):
     """The config no longer matches the tables this pipeline was created with."""
 
@@ -282,6 +300,14 @@ def ensure_pipeline_tables(con: duckdb.DuckDBPyConnection, config: PipelineConfi
                 f"pipeline '{config.name}' was created with a different {', '.join(changed)}; "
                 "keep the old config, or use a new pipeline name or state dir"
             )
+        has_ids = con.execute(
+            "SELECT count(*) FROM duckdb_columns() WHERE schema_name = 'raw' "
+            "AND table_name = ? AND column_name = 'quarantine_id'",
+            [f"{config.name}_quarantine"],
+        ).fetchall()[0][0]
+        if not has_ids:  # tables made before quarantine ids
+            for statement in quarantine_ids(config.name):
+                con.execute(statement)
         return False
     con.begin()
     try:
