@@ -1,9 +1,10 @@
 """Text records -> typed rows that passed every check, and rejects with their reasons.
 
 Pure Polars. A row is rejected when any of its declared values does not parse as the
-declared type, a required field is empty, its event time is out of range, or its key
-repeats one seen earlier (in this batch or, via `known_keys`, in the warehouse). Every
-reason of a row is kept (joined with "; ") so a person can fix all of them at once.
+declared type, a number is not finite or beyond ±1e100, a required field is empty, its
+event time is out of range, or its key repeats one of a valid row seen earlier (in this
+batch or, via `known_keys`, in the warehouse). Every reason of a row is kept (joined
+with "; ") so a person can fix all of them at once.
 """
 
 from __future__ import annotations
