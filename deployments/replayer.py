@@ -1,8 +1,9 @@
-"""Replay the packaged flights as a live stream of small CSV files.
+"""Replay a data set as a live stream of small CSV files: the packaged flights, or the
+synthetic card payments of ``tasks/transactions.py`` (:data:`DATASETS`).
 
 Every tick the simulated clock (``speed`` simulated seconds per real second) moves
-forward; the flights it passed since the last tick land as ONE file
-``flights-<simulated time>.csv`` in ``landing_dir``. A file is written under a
+forward; the events it passed since the last tick land as ONE file
+``<data set>-<simulated time>.csv`` in ``landing_dir``. A file is written under a
 ``.part`` name, fsync'd and renamed, so a reader globbing ``*.csv`` only ever sees
 complete files. After each file the simulated position goes to ``state_file``, so a
 restarted replayer continues where the last file ended: windows are ``(after, until]``
@@ -16,8 +17,10 @@ rename and its state write re-emits that file's rows under a new name after rest
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import as_file, files
@@ -26,7 +29,10 @@ from typing import cast
 
 import polars as pl
 
-from tasks.replay import events_between, landing_rows, sim_time
+from tasks.replay import EVENT_COLUMNS, events_between, flight_events, landing_rows, sim_time
+from tasks.transactions import EVENT_COLUMNS as TRANSACTION_COLUMNS
+from tasks.transactions import transaction_events
+from tidemill.config import ConfigError, FilesSource, TidemillConfig
 from tidemill.durable import write_atomic
 
 FILE_PREFIX = "flights-"
@@ -51,6 +57,111 @@ def load_flights() -> pl.DataFrame:
         return pl.read_parquet(path)
 
 
+@dataclass(frozen=True)
+class DataSet:
+    """A replayable stream: its event frame (``id``, ``ts`` and the wire columns) and the
+    columns of its landing CSVs. It lands in the folder of the pipeline of the same name."""
+
+    name: str
+    events: Callable[[], pl.DataFrame]
+    columns: Sequence[str]
+    what: str
+
+    @property
+    def prefix(self) -> str:
+        """Landing file names start with this."""
+        return f"{self.name}-"
+
+
+DATASETS = {
+    "flights": DataSet(
+        "flights",
+        lambda: flight_events(load_flights()),
+        EVENT_COLUMNS,
+        "the packaged 2013 NYC flights",
+    ),
+    "transactions": DataSet(
+        "transactions",
+        transaction_events,
+        TRANSACTION_COLUMNS,
+        "synthetic card payments (seeded; fraud pattern drifts partway)",
+    ),
+}
+
+
+class UnknownDataSet(ConfigError):
+    """A data set name the replayer does not know; the message lists the known ones."""
+
+
+def dataset(name: str) -> DataSet:
+    """The data set `name`, or UnknownDataSet naming the available ones."""
+    if name not in DATASETS:
+        known = ", ".join(DATASETS)
+        raise UnknownDataSet(f"unknown data set '{name}' (available: {known})")
+    return DATASETS[name]
+
+
+def landing_dir(config: TidemillConfig, name: str) -> Path:
+    """Where data set `name` lands: the folder of the files pipeline of the same name."""
+    source = config.pipeline(name).source
+    if not isinstance(source, FilesSource):
+        raise ConfigError(f"{config.path}: pipelines.{name}.source: replaying needs kind = 'files'")
+    return Path(source.path).parent
+
+
+def replay_dataset(
+    config: TidemillConfig,
+    name: str,
+    speed: float,
+    *,
+    tick_seconds: float = 1.0,
+    stop: threading.Event | None = None,
+    max_files: int | None = None,
+) -> ReplayStats:
+    """Replay data set `name` into its pipeline's landing folder, resuming from
+    ``<state>/replay/<name>.json``; see :func:`replay`."""
+    chosen = dataset(name)
+    return replay(
+        chosen.events(),
+        landing_dir(config, name),
+        config.state_dir / "replay" / f"{name}.json",
+        speed,
+        tick_seconds=tick_seconds,
+        stop=stop,
+        max_files=max_files,
+        prefix=chosen.prefix,
+        columns=chosen.columns,
+    )
+
+
+def serve_replay(
+    config: TidemillConfig,
+    name: str,
+    speed: float,
+    *,
+    tick_seconds: float = 1.0,
+    max_files: int | None = None,
+    say: Callable[[str], object] = print,
+) -> None:
+    """`tidemill replay NAME`: replay until done, Ctrl-C or SIGTERM (the file in flight
+    is finished first), telling `say` what it does."""
+    chosen = dataset(name)
+    folder = landing_dir(config, name)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    say(f"replaying {chosen.what} into {folder} at {speed:g}x; Ctrl-C stops")
+    try:
+        stats = replay_dataset(
+            config, name, speed, tick_seconds=tick_seconds, stop=stop, max_files=max_files
+        )
+    except KeyboardInterrupt:
+        return
+    say(
+        f"wrote {stats.rows_written} rows in {stats.files_written} files"
+        + (f" (all of {name} replayed)" if stats.exhausted else "")
+    )
+
+
 def replay(
     events: pl.DataFrame,
     landing_dir: Path,
@@ -60,11 +171,14 @@ def replay(
     tick_seconds: float = 1.0,
     stop: threading.Event | None = None,
     max_files: int | None = None,
+    prefix: str = FILE_PREFIX,
+    columns: Sequence[str] = EVENT_COLUMNS,
 ) -> ReplayStats:
     """Write ``events`` into ``landing_dir`` as the simulated clock passes them; return stats.
 
-    ``events`` is the output of :func:`tasks.replay.flight_events` (re-sorted by
-    ``(ts, id)`` here to be safe). The clock starts at the position saved in
+    ``events`` is an event frame such as :func:`tasks.replay.flight_events` returns
+    (re-sorted by ``(ts, id)`` here to be safe); files are named ``<prefix><time>.csv``
+    and hold ``columns``. The clock starts at the position saved in
     ``state_file``, or at the first event if there is no state. Returns when the events
     are exhausted, when ``stop`` is set, or after ``max_files`` files. Empty ticks
     write nothing. Creates ``landing_dir`` and ``state_file``'s folder if missing.
@@ -96,7 +210,7 @@ def replay(
         until = sim_time(start_real, time.monotonic(), sim_start, speed)
         batch = events_between(events, after, until)
         if batch.height:
-            name = _write_file(landing_dir, until, batch)
+            name = _write_file(landing_dir, until, landing_rows(batch, columns), prefix)
             _write_position(state_file, until, name)
             files_written += 1
             rows_written += batch.height
@@ -105,10 +219,10 @@ def replay(
     return ReplayStats(files_written, rows_written, after, exhausted=exhausted)
 
 
-def _write_file(landing_dir: Path, until: datetime, batch: pl.DataFrame) -> str:
-    """Write ``batch`` atomically as ``flights-<until>.csv``; return the file name."""
-    name = f"{FILE_PREFIX}{until.astimezone(UTC).strftime(_NAME_TIME_FORMAT)}.csv"
-    _write_bytes(landing_dir / name, landing_rows(batch).write_csv().encode())
+def _write_file(landing_dir: Path, until: datetime, rows: pl.DataFrame, prefix: str) -> str:
+    """Write ``rows`` atomically as ``<prefix><until>.csv``; return the file name."""
+    name = f"{prefix}{until.astimezone(UTC).strftime(_NAME_TIME_FORMAT)}.csv"
+    _write_bytes(landing_dir / name, rows.write_csv().encode())
     return name
 
 

@@ -1,4 +1,4 @@
-"""The local stack of `tidemill up` / `make run`: Prefect server, worker, replayer.
+"""The local stack of `tidemill up` / `make run`: Prefect server, worker, replayers.
 
 `up` starts what is not already running (idempotent), waits until the worker has
 registered its deployments, prints where to look, and — unless detached — stays in
@@ -16,11 +16,25 @@ from pathlib import Path
 
 from deployments import processes
 from deployments.prefect_server import server_env, start_server, stop_server
+from deployments.replayer import DATASETS
 from deployments.worker import ready_file
-from tidemill.config import TidemillConfig
+from tidemill.config import FilesSource, TidemillConfig
 
 WORKER = ("worker", ("tidemill", "worker"))
-REPLAYER = ("replayer", ("tidemill", "replay"))
+
+
+def replayer(dataset: str) -> tuple[str, tuple[str, ...]]:
+    """Process name and command-line marker of the replayer of `dataset`."""
+    return f"replayer-{dataset}", ("tidemill", "replay", dataset)
+
+
+def replayed(config: TidemillConfig) -> list[str]:
+    """The data sets `up` replays: those with a files pipeline of the same name."""
+    return [
+        name
+        for name in DATASETS
+        if name in config.pipelines and isinstance(config.pipelines[name].source, FilesSource)
+    ]
 
 
 class StackError(RuntimeError):
@@ -34,7 +48,7 @@ class Stack:
     ui_url: str
     server_pid: int
     worker_pid: int
-    replayer_pid: int | None
+    replayer_pids: dict[str, int]  # data set -> pid
     pipelines: list[str]
 
 
@@ -59,8 +73,9 @@ def _wait_ready(config: TidemillConfig, pid: int, timeout: float) -> None:
 
 
 def up(config: TidemillConfig, *, port: int, speed: float | None, timeout: float = 120) -> Stack:
-    """Start the server, the worker and (when `speed` is given and the config has a
-    `flights` pipeline) the replayer; return once the worker is ready."""
+    """Start the server, the worker and (when `speed` is given) one replayer per data set
+    the config has a pipeline for (flights, transactions); return once the worker is
+    ready."""
     state = config.state_dir
     state.mkdir(parents=True, exist_ok=True)
     try:
@@ -73,24 +88,29 @@ def up(config: TidemillConfig, *, port: int, speed: float | None, timeout: float
         ready_file(state).unlink(missing_ok=True)
         worker_pid = processes.spawn(state, WORKER[0], _command(config, "worker"), env, state)
     _wait_ready(config, worker_pid, timeout)
-    replayer_pid = processes.running(state, *REPLAYER)
-    if replayer_pid is None and speed is not None and "flights" in config.pipelines:
-        argv = _command(config, "replay", "flights", "--speed", f"{speed:g}")
-        replayer_pid = processes.spawn(state, REPLAYER[0], argv, env, state)
+    replayer_pids = {}
+    if speed is not None:
+        for dataset in replayed(config):
+            name, marker = replayer(dataset)
+            pid = processes.running(state, name, marker)
+            if pid is None:
+                argv = _command(config, "replay", dataset, "--speed", f"{speed:g}")
+                pid = processes.spawn(state, name, argv, env, state)
+            replayer_pids[dataset] = pid
     return Stack(
         ui_url=f"http://127.0.0.1:{port}",
         server_pid=server_pid,
         worker_pid=worker_pid,
-        replayer_pid=replayer_pid,
+        replayer_pids=replayer_pids,
         pipelines=sorted(config.pipelines),
     )
 
 
 def down(config: TidemillConfig) -> list[str]:
-    """Stop the replayer, the worker (it finishes its batch) and the server; returns what
+    """Stop the replayers, the worker (it finishes its batch) and the server; returns what
     was running."""
     stopped = []
-    for name, marker in (REPLAYER, WORKER):
+    for name, marker in [*(replayer(dataset) for dataset in DATASETS), WORKER]:
         if processes.stop(config.state_dir, name, marker, timeout=40):
             stopped.append(name)
     if stop_server(config.state_dir):

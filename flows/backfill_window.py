@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 from polars.exceptions import PanicException
 
-from flows.cycle import batch_features
+from flows.cycle import batch_features, pii_key, raw_format
 from flows.runtime import PipelineState, Runtime, fresh_model
 from tasks.aggregate import (
     previous_window_keys,
@@ -32,6 +32,7 @@ from tasks.lags import lag_history
 from tasks.landing import Arrival, read_arrival
 from tasks.model import parameters_sha256
 from tasks.online import prequential_step
+from tasks.pii import protected_records
 from tasks.postgres_source import read_window
 from tasks.validate import content_hashes, validate_records
 from tidemill.config import PostgresSource
@@ -66,14 +67,17 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def source_records(state: PipelineState, start: datetime, end: datetime) -> pl.DataFrame:
+def source_records(
+    state: PipelineState, start: datetime, end: datetime, pii_key: bytes
+) -> pl.DataFrame:
     """Every record of the source with event time in [start, end), with `_file`: of the
-    landing files, or of the table (straight from it, whatever its cursor says)."""
+    landing files, or of the table (straight from it, whatever its cursor says). Personal
+    fields are protected with `pii_key` as the live ingest does (tasks/pii.py)."""
     config = state.config
     source = config.source
     if isinstance(source, PostgresSource):
         assert config.key is not None  # the config refuses a postgres source without one
-        return read_window(
+        rows = read_window(
             source.dsn,
             source.table,
             config.key,
@@ -82,14 +86,19 @@ def source_records(state: PipelineState, start: datetime, end: datetime) -> pl.D
             start,
             end,
             source.label,
-        ).sort("_event_at", "_file", "_line")
+        )
+        rows = protected_records(rows, config.pii, pii_key, raw_format="json")
+        return rows.sort("_event_at", "_file", "_line")
     frames = []
     for path in sorted(glob.glob(source.path)):
         with open(path, "rb") as handle:
             data = handle.read()
         arrival = Arrival(path, len(data), 0, "", "backfill", 0, data)
-        _, records = read_arrival(
+        header, records = read_arrival(
             arrival, source.format, declared_columns(config), None, config.event_time
+        )
+        records = protected_records(
+            records, config.pii, pii_key, raw_format=raw_format(source), header=header
         )
         frames.append(records.with_columns(pl.lit(path).alias("_file")))
     if not frames:
@@ -269,7 +278,7 @@ def run_backfill(
     with runtime.lock:
         backfill_id = backfills.begin(runtime.con, name, start, end, retrain, requested_by)
     try:
-        records = source_records(state, start, end)
+        records = source_records(state, start, end, pii_key(runtime, state.config))
         total = records.height
         if total:
             with runtime.lock:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Literal
 
 import polars as pl
 from polars.exceptions import PanicException
@@ -34,10 +35,12 @@ from tasks.lags import lag_history, with_target_lags
 from tasks.landing import Known, discover, read_arrival
 from tasks.model import ModelState, parameters_sha256
 from tasks.online import Step, next_batch_rows, prequential_step
+from tasks.pii import protected_header, protected_records
 from tasks.postgres_source import read_since
 from tasks.promotion import ScoreWindow, decide
 from tasks.validate import content_hashes, validate_records
 from tidemill.config import FilesSource, PipelineConfig, PostgresSource
+from tidemill.keys import get_key
 from warehouse import cursors, inbox, registry
 from warehouse.batches import (
     BatchRecord,
@@ -108,7 +111,8 @@ def _now() -> datetime:
 
 def ingest(runtime: Runtime, state: PipelineState, *, drain: bool) -> int:
     """Bring what is new at the pipeline's source into the inbox; returns how many landing
-    file versions (or table reads) added to it."""
+    file versions (or table reads) added to it. Personal fields (`pii`) are protected
+    before the records reach the inbox (tasks/pii.py), so nothing after this sees them."""
     if isinstance(state.config.source, PostgresSource):
         return _ingest_table(runtime, state, state.config.source)
     return _ingest_files(runtime, state, state.config.source, drain=drain)
@@ -135,9 +139,10 @@ def _ingest_table(runtime: Runtime, state: PipelineState, source: PostgresSource
     )
     if read.records.height == 0:
         return 0
-    cursors.add_read(
-        runtime.con, config.name, source.label, source.cursor, read.records, read.position
+    records = protected_records(
+        read.records, config.pii, pii_key(runtime, config), raw_format="json"
     )
+    cursors.add_read(runtime.con, config.name, source.label, source.cursor, records, read.position)
     return 1
 
 
@@ -152,12 +157,29 @@ def _ingest_files(
     settle = 0.0 if drain else source.settle_seconds
     arrivals = discover(source.path, known, settle, time.time_ns())
     required = declared_columns(config)
+    key = pii_key(runtime, config)
     for arrival in arrivals:
         header, records = read_arrival(
             arrival, source.format, required, headers.get(arrival.path), config.event_time
         )
+        records = protected_records(
+            records, config.pii, key, raw_format=raw_format(source), header=header
+        )
+        if config.pii:
+            header = protected_header(header, {*required, *config.pii})
         inbox.add_file(runtime.con, config.name, arrival, header, records)
     return len(arrivals)
+
+
+def pii_key(runtime: Runtime, config: PipelineConfig) -> bytes:
+    """The key personal fields are pseudonymised with (none needed without `pii`)."""
+    return get_key(runtime.state_dir, "pii") if config.pii else b""
+
+
+def raw_format(source: FilesSource) -> Literal["csv", "json"]:
+    """How a landing record's `_raw` splits into fields: CSV lines, else JSON objects
+    (ndjson lines; Parquet rows are kept as JSON)."""
+    return "csv" if source.format == "csv" else "json"
 
 
 def batch_features(

@@ -1,12 +1,14 @@
-"""Turn the packaged flights table into a replayable event stream.
+"""Turn a data set into a replayable event stream: the packaged flights here, the
+synthetic card payments in ``tasks/transactions.py``.
 
 Pure Polars: the replayer in ``deployments/replayer.py`` owns the clock and the files.
-Event time is the scheduled departure (``ts``), kept as ``Datetime("us", "UTC")``
-until :func:`landing_rows` formats it for the wire.
+An event frame has an ``id`` and its event time ``ts``, kept as ``Datetime("us", "UTC")``
+until :func:`landing_rows` formats it for the wire (for flights: the scheduled departure).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import polars as pl
@@ -81,13 +83,13 @@ def events_between(events: pl.DataFrame, after: datetime | None, until: datetime
     return events.filter(in_window)
 
 
-def landing_rows(events: pl.DataFrame) -> pl.DataFrame:
+def landing_rows(events: pl.DataFrame, columns: Sequence[str] = EVENT_COLUMNS) -> pl.DataFrame:
     """Return ``events`` with ``ts`` formatted as ISO-8601 UTC text (``2013-01-01T10:15:00Z``).
 
-    This is the shape written to a landing CSV: :data:`EVENT_COLUMNS` in order, every
-    other column unchanged.
+    This is the shape written to a landing CSV: ``columns`` (default the flights'
+    :data:`EVENT_COLUMNS`) in order, every other column unchanged.
     """
-    return events.select(EVENT_COLUMNS).with_columns(
+    return events.select(columns).with_columns(
         pl.col("ts").dt.convert_time_zone("UTC").dt.strftime(TS_FORMAT)
     )
 

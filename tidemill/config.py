@@ -18,6 +18,7 @@ IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
 _DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 TimeFeature = Literal["hour", "weekday", "month"]
+PiiRule = Literal["hash", "mask_last4", "drop"]
 
 
 class ConfigError(ValueError):
@@ -314,6 +315,21 @@ class PipelineConfig(_Strict):
     hash_buckets: int = Field(
         default=1024, ge=2, le=1 << 20, description="Slots per column when hashing categories."
     )
+    pii: dict[str, PiiRule] = Field(
+        default_factory=dict,
+        description="Personal columns and their protection, applied as records are read, "
+        "before the inbox, tables, logs, artifacts or features see them: hash (keyed "
+        "HMAC-SHA256 pseudonym, 32 hex characters; the key is TIDEMILL_PII_KEY or "
+        "<state>/keys/pii.key, never in DuckDB), mask_last4 (`************1234`) or drop "
+        "(removed; not a key, feature or target). The raw text of quarantined records is "
+        "rewritten the same way. Rules, raw text and key rotation: docs/operations.md.",
+    )
+    subject: str | None = Field(
+        default=None,
+        description="Column that identifies a data subject (e.g. a customer's email), by "
+        "which `tidemill erase` finds their rows: the key or a feature, stored as is or "
+        "hashed (tasks/pii.py `subject_value` gives its stored form).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -375,6 +391,7 @@ class PipelineConfig(_Strict):
         batch = self.adaptive_batch
         if batch is not None and not batch.min_rows <= self.batch_rows <= batch.max_rows:
             raise ValueError("adaptive_batch needs min_rows <= batch_rows <= max_rows")
+        _pii_is_consistent(self)
         return self
 
     @property
@@ -404,6 +421,56 @@ def _postgres_needs(config: PipelineConfig) -> None:
         raise ValueError("a postgres source needs `features` (they are not read from the table)")
     if config.task == "classification" and config.classes is None:
         raise ValueError("a postgres source needs `classes` (they are not read from the table)")
+
+
+def _pii_is_consistent(config: PipelineConfig) -> None:
+    """What personal-data rules may and may not touch (one line each when refused)."""
+    pii, key = config.pii, config.key
+    if pii and config.features is None:
+        raise ValueError(
+            "a pipeline with `pii` must list `features` (the default takes every column, "
+            "personal ones too)"
+        )
+    features = config.features or []
+    for column, rule in pii.items():
+        if column in (config.event_time, config.target):
+            raise ValueError(
+                f"pii.{column}: event_time and target cannot be protected (a pseudonym is "
+                "neither a time nor a label)"
+            )
+        if rule == "drop" and (column == key or column in features):
+            raise ValueError(
+                f"pii.{column} = 'drop' removes the column: it cannot be the key, a feature "
+                "or the target"
+            )
+        if rule == "mask_last4" and column == key:
+            raise ValueError(
+                f"pii.{column} = 'mask_last4' makes different values equal: it cannot be the "
+                "key (use 'hash')"
+            )
+        if column in features and column not in config.categorical:
+            raise ValueError(
+                f"pii.{column} is a feature: list it in `categorical` (a pseudonym or a mask "
+                "is not a number)"
+            )
+    source = config.source
+    if isinstance(source, PostgresSource) and {key, source.cursor} & set(pii):
+        raise ValueError(
+            "a postgres source's key and cursor are kept as read in _cursors: they cannot "
+            "be pii columns"
+        )
+    subject = config.subject
+    if subject is None:
+        return
+    if pii.get(subject) in ("mask_last4", "drop"):
+        raise ValueError(
+            f"subject '{subject}' is {pii[subject]!r} in pii: erasure needs it as is or 'hash'"
+        )
+    if config.features is not None and subject != key and subject not in features:
+        raise ValueError(
+            f"subject '{subject}' must be the key or a feature (erasure finds a subject's rows "
+            "by it)"
+        )
 
 
 class StateConfig(_Strict):
