@@ -12,7 +12,7 @@ from typing import Any
 
 from deployments.query_service import Command, QueryService, Refused
 from flows.runtime import Runtime
-from warehouse import backfills
+from warehouse import backfills, registry
 from warehouse.registry import ArtifactIntegrityError, RegistryError
 
 
@@ -148,6 +148,52 @@ def _readmit(runtime: Runtime) -> Command:
     return readmit
 
 
+def _erase(runtime: Runtime) -> Command:
+    """Erase a data subject (the CLI sends the value's stored form, never logged)."""
+
+    def erase(request: dict[str, Any]) -> dict[str, Any]:
+        from flows.erasure import ErasureError, erase_subject
+
+        pipeline = str(request["pipeline"])
+        state = runtime.pipeline(pipeline)
+        if state is None:
+            raise Refused(f"{pipeline} has no tables yet: nothing to erase")
+        column = state.config.subject
+        if column is None:
+            raise Refused(
+                f"pipeline {pipeline} declares no `subject` column: set "
+                f"pipelines.{pipeline}.subject to the column that names a data subject"
+            )
+        try:
+            report = erase_subject(
+                runtime,
+                pipeline,
+                column,
+                str(request["stored_value"]),
+                requested_by=str(request["actor"]),
+            )
+        except (ErasureError, ArtifactIntegrityError) as error:
+            raise Refused(str(error)) from None
+        return dataclasses.asdict(report)
+
+    return erase
+
+
+def _sign(runtime: Runtime) -> Command:
+    """Sign the artifacts of registry rows that have no signature (or all, after a key
+    rotation); files are hashed, never unpickled."""
+
+    def sign(request: dict[str, Any]) -> dict[str, Any]:
+        pipeline = str(request["pipeline"])
+        with runtime.lock:
+            signed = registry.sign_versions(
+                runtime.con, runtime.state_dir, pipeline, resign=bool(request.get("resign"))
+            )
+        return {"signed": signed.signed, "refused": {str(k): v for k, v in signed.refused.items()}}
+
+    return sign
+
+
 def commands(runtime: Runtime) -> dict[str, Command]:
     """Command name -> handler, for the socket service and for in-process use."""
     return {
@@ -156,6 +202,8 @@ def commands(runtime: Runtime) -> dict[str, Command]:
         "replay_model": _replay_model(runtime),
         "maintain": _maintain(runtime),
         "readmit": _readmit(runtime),
+        "erase": _erase(runtime),
+        "sign": _sign(runtime),
     }
 
 

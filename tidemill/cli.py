@@ -472,6 +472,72 @@ def replay_model(
         raise typer.Exit(1)
 
 
+@models_app.command("sign")
+def models_sign(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
+    resign: Annotated[
+        bool, typer.Option("--resign", help="Sign every kept version again (after a key change).")
+    ] = False,
+) -> None:
+    """Sign the artifacts of PIPELINE's versions that carry no signature yet.
+
+    An artifact is only unpickled when its registry row carries the HMAC the artifact key
+    makes of it. Versions written before signatures existed are refused until you vouch
+    for their files with this command (each file must still match its row's SHA-256; none
+    is unpickled). After rotating TIDEMILL_ARTIFACT_KEY, run it with --resign.
+    """
+    from tidemill.access import command
+
+    config = _config()
+    config.pipeline(pipeline)
+    done = command(config, "sign", pipeline=pipeline, resign=resign)
+    out.print(f"{pipeline}: signed {len(done['signed'])} versions")
+    for version, why in done["refused"].items():
+        err.print(f"  v{version} left unsigned: {why}", highlight=False, markup=False)
+
+
+@app.command()
+def erase(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
+    subject: Annotated[
+        str,
+        typer.Option(
+            "--subject",
+            help="The data subject's value in the pipeline's `subject` column, as the source "
+            "had it (an email, a customer id); hashed columns are matched by its pseudonym.",
+        ),
+    ],
+) -> None:
+    """Erase a data subject from PIPELINE: rows, aggregates and what models learned.
+
+    Deletes the subject's rows from raw, clean, quarantine, the inbox and the predictions,
+    recomputes the aggregate windows and lag histories they counted in, and relearns every
+    model lineage that learned them from the version before their first batch (replay),
+    deleting the artifacts that held them. An audit row in _erasures keeps only an HMAC of
+    the value. The value is sent to the owning process, never logged or stored.
+    """
+    from tasks.pii import subject_value
+    from tidemill.access import command
+    from tidemill.keys import get_key
+
+    config = _config()
+    declared = config.pipeline(pipeline)
+    if declared.subject is None:
+        raise UserError(
+            f"pipeline {pipeline} declares no `subject` column: set pipelines.{pipeline}.subject "
+            "to the column that names a data subject"
+        )
+    stored = subject_value(declared, subject, get_key(config.state_dir, "pii"))
+    done = command(config, "erase", pipeline=pipeline, stored_value=stored, actor=_actor())
+    out.print(
+        f"{pipeline}: erasure {done['erasure_id']}: removed {done['rows_raw']} rows "
+        f"({done['rows_quarantine']} quarantined, {done['rows_inbox']} waiting, "
+        f"{done['rows_predictions']} predictions), recomputed {done['windows_recomputed']} "
+        f"windows, rebuilt {done['versions_rebuilt']} model versions, deleted "
+        f"{done['artifacts_deleted']} artifacts"
+    )
+
+
 @app.command()
 def maintain(
     pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
@@ -970,7 +1036,7 @@ def worker(
 
 @app.command()
 def replay(
-    dataset: Annotated[str, typer.Argument(help="Data set to replay: flights.")],
+    dataset: Annotated[str, typer.Argument(help="Data set to replay: flights or transactions.")],
     speed: Annotated[
         float, typer.Option("--speed", min=1, help="Simulated seconds per real second.")
     ] = 1800,
@@ -979,35 +1045,12 @@ def replay(
     ] = None,
     tick: Annotated[float, typer.Option("--tick", min=0.05, help="Seconds between files.")] = 1.0,
 ) -> None:
-    """Write the packaged 2013 NYC flights into the flights pipeline's landing folder as
-    small CSV files, at SPEED times their scheduled times. Resumes where it stopped."""
-    from deployments.replayer import load_flights
-    from deployments.replayer import replay as run_replay
-    from tasks.replay import flight_events
+    """Write a packaged data set (the 2013 NYC flights, or the seeded synthetic card
+    transactions) into its pipeline's landing folder as small CSV files, at SPEED times
+    their event times. Resumes where it stopped."""
+    from deployments.replayer import serve_replay
 
-    if dataset != "flights":
-        raise UserError(f"unknown data set '{dataset}' (available: flights)")
-    config = _config()
-    landing = Path(config.pipeline("flights").source.path).parent
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    err.print(f"replaying flights into {landing} at {speed:g}x; Ctrl-C stops")
-    try:
-        stats = run_replay(
-            flight_events(load_flights()),
-            landing,
-            config.state_dir / "replay" / "flights.json",
-            speed,
-            tick_seconds=tick,
-            stop=stop,
-            max_files=max_files,
-        )
-    except KeyboardInterrupt:
-        return
-    err.print(
-        f"wrote {stats.rows_written} rows in {stats.files_written} files"
-        + (" (all flights replayed)" if stats.exhausted else "")
-    )
+    serve_replay(_config(), dataset, speed, tick_seconds=tick, max_files=max_files, say=err.print)
 
 
 # ---------------------------------------------------------------- entry point
@@ -1015,6 +1058,7 @@ def replay(
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     from deployments.query_service import QueryRefused
+    from deployments.replayer import UnknownDataSet
     from flows.runtime import OwnedElsewhere
     from tasks.model import ModelSpecError
     from tidemill.access import NothingToRead
@@ -1025,6 +1069,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return (
         ConfigError,
         UserError,
+        UnknownDataSet,
         QueryRefused,
         OwnedElsewhere,
         ModelSpecError,

@@ -137,3 +137,38 @@ def test_every_rebuilt_model_equals_one_trained_without_the_subject(
     # and the pipeline goes on learning from the rebuilt models
     _rows(700).slice(600).write_csv(_landing(live) / "more.csv")
     assert run_cycle(live, "shop", drain=True).status == "committed"
+
+
+def test_erase_from_the_command_line_matches_the_pseudonym_and_prints_one_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from tidemill import cli
+
+    folder = tmp_path / "cli"
+    (folder / "landing").mkdir(parents=True)
+    text = textwrap.dedent(TOML.format(landing="landing")).replace(
+        "batch_rows = 50", 'batch_rows = 50\nsubject = "customer"\npii = { customer = "hash" }'
+    )
+    (folder / "tidemill.toml").write_text(text)
+    _rows(200).write_csv(folder / "landing" / "all.csv")
+
+    def run(*args: str) -> tuple[int, str]:
+        cli._state.clear()
+        sys.argv = ["tidemill", "-c", str(folder / "tidemill.toml"), *args]
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as done:
+            code = int(done.code or 0)
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+
+    assert run("run", "shop", "--drain")[0] == 0
+    code, out = run("erase", "shop", "--subject", "c7")
+    assert code == 0 and "shop: erasure 1: removed" in out and "rebuilt" in out, out
+    code, out = run("query", "SELECT count(*) AS n FROM raw.shop", "-f", "csv")
+    assert out.splitlines()[1] == str(200 - sum(1 for c in _rows(200)["customer"] if c == "c7"))
+    code, out = run("erase", "shop", "--subject", "c7")  # again: nothing left, still fine
+    assert code == 0 and "removed 0 rows" in out
