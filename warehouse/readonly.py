@@ -18,9 +18,11 @@ results over `max_rows`, so SQL in the owner's process cannot hold a core or its
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,6 +61,11 @@ _ROW_FUNCTIONS = frozenset(
 )
 _CATALOG_PREFIXES = ("duckdb_", "pragma_")
 _WRITING_FUNCTIONS = frozenset({"nextval", "setval", "write_log"})
+# SQL texts that passed: the check parses only (no catalog), so a text passes or fails
+# for good. Callers repeat the same few statements (status, reports, pollers), and the
+# check costs as much CPU as a small query.
+_PASSED: set[str] = set()
+_PASSED_MAX = 1024
 
 
 class ReadOnlyViolation(ValueError):
@@ -80,11 +87,15 @@ class QueryResult:
 
 def check_readonly(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Raise ReadOnlyViolation unless every statement in `sql` only reads."""
+    if sql in _PASSED:
+        return
     statements = _statements(con, sql)
     if not statements:
         raise ReadOnlyViolation("no SQL statement given")
     for statement in statements:
         _check_statement(con, statement, explained=False)
+    if len(_PASSED) < _PASSED_MAX:
+        _PASSED.add(sql)
 
 
 def _statements(con: duckdb.DuckDBPyConnection, sql: str) -> list[duckdb.Statement]:
@@ -205,28 +216,67 @@ def _deadline(cursor: duckdb.DuckDBPyConnection, seconds: float | None) -> Itera
     if seconds is None:
         yield
         return
-    guard = threading.Lock()
-    armed, fired = [True], [False]
-
-    def interrupt() -> None:
-        with guard:
-            if armed[0]:
-                fired[0] = True
-                cursor.interrupt()
-
-    timer = threading.Timer(seconds, interrupt)
-    timer.daemon = True
-    timer.start()
+    ticket = _WATCHDOG.arm(cursor, seconds)
     try:
         yield
     except duckdb.InterruptException:
-        if not fired[0]:
+        if not _WATCHDOG.disarm(ticket):
             raise
         raise QueryLimitExceeded(
             f"the query was stopped after {seconds:g} s: a query may run {seconds:g} s here; "
             "narrow it, or read the snapshot (tidemill query --snapshot)"
         ) from None
     finally:
-        with guard:
-            armed[0] = False
-        timer.cancel()
+        _WATCHDOG.disarm(ticket)
+
+
+class _Watchdog:
+    """One daemon thread that interrupts cursors past their deadline (a thread per query
+    cost as much CPU as the query). Interrupts happen under the lock `disarm` takes, so
+    none lands after it."""
+
+    def __init__(self) -> None:
+        self._wake = threading.Condition()
+        self._due: dict[int, tuple[float, duckdb.DuckDBPyConnection]] = {}
+        self._fired: set[int] = set()
+        self._tickets = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, cursor: duckdb.DuckDBPyConnection, seconds: float) -> int:
+        """Watch `cursor` for `seconds`; returns the ticket to disarm it with."""
+        with self._wake:
+            ticket = next(self._tickets)
+            deadline = time.monotonic() + seconds
+            if not self._due or deadline < min(due for due, _ in self._due.values()):
+                self._wake.notify()
+            self._due[ticket] = (deadline, cursor)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="tidemill-query-deadline", daemon=True
+                )
+                self._thread.start()
+        return ticket
+
+    def disarm(self, ticket: int) -> bool:
+        """Stop watching; returns whether the cursor was interrupted."""
+        with self._wake:
+            self._due.pop(ticket, None)
+            if ticket in self._fired:
+                self._fired.discard(ticket)
+                return True
+            return False
+
+    def _run(self) -> None:
+        with self._wake:
+            while True:
+                now = time.monotonic()
+                for ticket, (deadline, cursor) in list(self._due.items()):
+                    if deadline <= now:
+                        del self._due[ticket]
+                        self._fired.add(ticket)
+                        cursor.interrupt()
+                next_due = min((due for due, _ in self._due.values()), default=None)
+                self._wake.wait(None if next_due is None else next_due - now)
+
+
+_WATCHDOG = _Watchdog()

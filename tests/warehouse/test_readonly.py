@@ -125,15 +125,31 @@ def test_a_query_past_its_time_is_interrupted_and_the_cursor_stays_usable(
     assert run_readonly(cursor, "SELECT sum(a) FROM t", timeout=0.3).rows == [(3,)]
 
 
+def test_each_query_is_stopped_at_its_own_deadline(con: duckdb.DuckDBPyConnection) -> None:
+    slow = "SELECT sum(hash(range)) FROM range(1000000000000)"
+    stopped: dict[str, float] = {}
+
+    def run(name: str, timeout: float) -> None:
+        started = time.monotonic()
+        with pytest.raises(QueryLimitExceeded):
+            run_readonly(con.cursor(), slow, timeout=timeout)
+        stopped[name] = time.monotonic() - started
+
+    patient = threading.Thread(target=run, args=("patient", 3.0))
+    patient.start()
+    time.sleep(0.2)
+    run("hasty", 0.3)  # armed later with an earlier deadline: must not wait for the first
+    patient.join(timeout=30)
+    assert stopped["hasty"] < 2.0 and 3.0 <= stopped["patient"] < 8.0
+
+
 def test_a_timeout_that_does_not_fire_leaves_no_interrupt_behind(
     con: duckdb.DuckDBPyConnection,
 ) -> None:
     cursor = con.cursor()
-    threads = threading.active_count()
     for _ in range(50):
         assert run_readonly(cursor, "SELECT sum(a) FROM t", timeout=0.05).rows == [(3,)]
-    time.sleep(0.1)  # any timer left armed would have fired by now
-    assert threading.active_count() <= threads
+    time.sleep(0.1)  # any deadline left armed would have fired by now
     assert cursor.execute("SELECT count(*) FROM range(1000000)").fetchall() == [(1000000,)]
 
 
