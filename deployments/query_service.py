@@ -6,6 +6,12 @@ and commands that change something (`tidemill models promote`, ...) are carried 
 the owner too. One JSON line in ({"sql": ...} or {"op": NAME, ...}), one JSON line out
 ({"ok": true, ...} or {"ok": false, "error"}). The socket lives in the state folder,
 mode 0600, so only the owner's user can reach it.
+
+A query runs on a cursor of the writer's connection, fenced three ways (see
+warehouse/readonly.py): the statement allowlist, a READ ONLY transaction, and the
+writer's locked-down connection (no files, no extensions, frozen settings). It is also
+interrupted after `query_timeout` seconds and refused past `max_rows` rows, so nobody's
+SQL holds the owner's cores or memory for long.
 """
 
 from __future__ import annotations
@@ -21,9 +27,12 @@ from typing import Any
 
 import duckdb
 
-from warehouse.readonly import QueryResult, ReadOnlyViolation, run_readonly
+from warehouse.readonly import QueryLimitExceeded, QueryResult, ReadOnlyViolation, run_readonly
 
 MAX_REQUEST_BYTES = 1 << 20
+# Below ask_owner's 60 s socket timeout, so the caller hears why its query stopped.
+QUERY_TIMEOUT_SECONDS = 30.0
+MAX_RESULT_ROWS = 100_000
 
 
 def socket_path(state_dir: Path) -> Path:
@@ -57,7 +66,14 @@ class _Handler(socketserver.StreamRequestHandler):
                 with self.server.lock:
                     cursor = self.server.con.cursor()
                 try:
-                    reply = _encode(run_readonly(cursor, sql))
+                    reply = _encode(
+                        run_readonly(
+                            cursor,
+                            sql,
+                            timeout=self.server.query_timeout,
+                            max_rows=self.server.max_rows,
+                        )
+                    )
                 finally:
                     cursor.close()
             elif op in self.server.commands:
@@ -65,9 +81,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 reply = json.dumps({"ok": True, **result}, default=str).encode() + b"\n"
             else:
                 reply = json.dumps({"ok": False, "error": f"unknown op {op!r}"}).encode() + b"\n"
-        except Refused as error:
-            reply = json.dumps({"ok": False, "error": str(error)}).encode() + b"\n"
-        except ReadOnlyViolation as error:
+        except (Refused, ReadOnlyViolation, QueryLimitExceeded) as error:
             reply = json.dumps({"ok": False, "error": str(error)}).encode() + b"\n"
         except duckdb.Error as error:
             message = str(error).splitlines()[0]
@@ -88,17 +102,26 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
     def __init__(
-        self, path: str, con: duckdb.DuckDBPyConnection, lock: Any, commands: Mapping[str, Command]
+        self,
+        path: str,
+        con: duckdb.DuckDBPyConnection,
+        lock: Any,
+        commands: Mapping[str, Command],
+        query_timeout: float,
+        max_rows: int,
     ) -> None:
         self.con = con
         self.lock = lock
         self.commands = dict(commands)
+        self.query_timeout = query_timeout
+        self.max_rows = max_rows
         super().__init__(path, _Handler)
 
 
 class QueryService:
     """Serves read-only queries on `con`, and `commands` by name, from a background thread
-    until `close()`."""
+    until `close()`. A query stops after `query_timeout` seconds and may return at most
+    `max_rows` rows."""
 
     def __init__(
         self,
@@ -106,6 +129,9 @@ class QueryService:
         con: duckdb.DuckDBPyConnection,
         lock: Any,
         commands: Mapping[str, Command] | None = None,
+        *,
+        query_timeout: float = QUERY_TIMEOUT_SECONDS,
+        max_rows: int = MAX_RESULT_ROWS,
     ) -> None:
         path = socket_path(state_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +140,7 @@ class QueryService:
                 raise RuntimeError(f"another owner already serves queries on {path}")
             path.unlink()
         self.path = path
-        self._server = _Server(str(path), con, lock, commands or {})
+        self._server = _Server(str(path), con, lock, commands or {}, query_timeout, max_rows)
         os.chmod(path, 0o600)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="tidemill-query", daemon=True

@@ -4,6 +4,10 @@ Reads try, in order: the owner's socket (fresh, consistent), the warehouse file 
 read-only (works when nothing owns it), the published snapshot (works always, as fresh
 as its last publication). Commands go to the owner, or run here on the file when no
 process owns it.
+
+Every path is read-only three times over (warehouse/readonly.py): the statement
+allowlist, a READ ONLY transaction, and a locked-down connection (the owner's, or one
+opened here read-only without file or extension access).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 import duckdb
 
 from deployments.query_service import (
+    QUERY_TIMEOUT_SECONDS,
     OwnerUnavailable,
     QueryRefused,
     Refused,
@@ -22,7 +27,7 @@ from deployments.query_service import (
 )
 from tidemill.config import TidemillConfig
 from warehouse.connection import database_path, open_readonly
-from warehouse.readonly import QueryResult, run_readonly
+from warehouse.readonly import QueryLimitExceeded, QueryResult, run_readonly
 from warehouse.snapshot import snapshot_path
 
 
@@ -31,7 +36,12 @@ class NothingToRead(FileNotFoundError):
 
 
 def read_sql(state_dir: Path, sql: str, *, snapshot: bool = False) -> tuple[QueryResult, str]:
-    """Run read-only `sql`; returns (result, where it ran: owner | file | snapshot)."""
+    """Run read-only `sql`; returns (result, where it ran: owner | file | snapshot).
+
+    Raises ReadOnlyViolation (or, from the owner, QueryRefused) for SQL that could write,
+    QueryRefused for a query stopped by its time or row limit, duckdb.Error for SQL that
+    fails, NothingToRead when there is no warehouse yet.
+    """
     if not snapshot:
         try:
             return ask_owner(state_dir, sql), "owner"
@@ -44,8 +54,12 @@ def read_sql(state_dir: Path, sql: str, *, snapshot: bool = False) -> tuple[Quer
             except duckdb.IOException:
                 pass  # owned by a process that serves no socket: fall back to the snapshot
             else:
+                # while it runs, this read lock keeps an owner from starting: bound it
                 with con:
-                    return run_readonly(con, sql), "file"
+                    try:
+                        return run_readonly(con, sql, timeout=QUERY_TIMEOUT_SECONDS), "file"
+                    except QueryLimitExceeded as error:  # as the owner reports it
+                        raise QueryRefused(str(error)) from None
     published = snapshot_path(state_dir)
     if not published.exists():
         raise NothingToRead(
