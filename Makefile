@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run up down test test-fast lint format bench bench-accuracy clean
+.PHONY: help install run up down test test-fast chaos lint format bench bench-accuracy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ test: $(STAMP) ## Lint, then the whole test suite (real Prefect server, real Duc
 
 test-fast: $(STAMP) ## The quick tests only (no Prefect server, no worker processes)
 	$(BIN)/python -m pytest -m "not slow" -q
+
+chaos: $(STAMP) ## The chaos test at 2000 batches (~12 min; `make test` runs 200); summary in tests/chaos/results.txt
+	CHAOS_BATCHES=$${CHAOS_BATCHES:-2000} CHAOS_RESULTS=tests/chaos/results.txt $(BIN)/python -m pytest -m chaos -s tests/chaos
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .

@@ -17,16 +17,19 @@ import contextlib
 import contextvars
 import datetime as dt
 import functools
+import hashlib
+import json
 import logging
 import signal
 import threading
+from asyncio import FIRST_COMPLETED
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 from uuid import UUID
 
 from prefect import Flow
-from prefect.client.orchestration import PrefectClient
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
@@ -42,8 +45,8 @@ from prefect.client.schemas.objects import (
     StateType,
 )
 from prefect.context import AsyncClientContext
-from prefect.deployments.runner import EntrypointType
-from prefect.exceptions import Abort
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.exceptions import Abort, ObjectNotFound
 from prefect.flow_engine import run_flow
 from prefect.states import Cancelled, Crashed, Pending, State
 from prefect.utilities.engine import propose_state
@@ -113,6 +116,7 @@ class InProcessExecutor:
         self._max_lateness = dt.timedelta(seconds=max_lateness)
         self._shutdown_timeout = shutdown_timeout
         self._active: dict[UUID, _ActiveRun] = {}
+        self._finished = asyncio.Event()  # a run ended: poll again at once
         self.stats: collections.Counter[str] = collections.Counter()
         """Counts of claimed, skipped_late, rejected, completed, failed, cancelled,
         interrupted, crashed_leftovers and poll_errors, for monitoring and tests."""
@@ -187,12 +191,16 @@ class InProcessExecutor:
         """
         # Entering the client context (rather than a bare get_client()) lets each
         # run_flow reuse this client instead of opening its own per run.
+        self._finished = asyncio.Event()  # bound to this loop
         async with AsyncClientContext.get_or_create() as client_context:
             client = client_context.client
-            await self._crash_leftovers(client)
+            leftovers_crashed = False
             try:
                 while not stop.is_set():
                     try:
+                        if not leftovers_crashed:  # before the first claim, once reachable
+                            await self._crash_leftovers(client)
+                            leftovers_crashed = True
                         await self._claim_due_runs(client)
                         await self._watch_cancellations(client)
                     except Exception as exc:
@@ -200,10 +208,20 @@ class InProcessExecutor:
                         # "database is locked" 503s): keep polling.
                         self.stats["poll_errors"] += 1
                         logger.warning("polling Prefect failed: %r", exc)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), self._poll_interval)
+                    await self._sleep(stop)
             finally:
                 await self._drain()
+
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        """Wait a poll interval, less when `stop` is set or a run finishes: the next run
+        of a deployment whose run took its whole interval is due already."""
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._finished.wait())]
+        try:
+            await asyncio.wait(waits, timeout=self._poll_interval, return_when=FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        self._finished.clear()
 
     async def _crash_leftovers(self, client: PrefectClient) -> None:
         stuck = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
@@ -252,6 +270,7 @@ class InProcessExecutor:
 
     def _forget(self, deployment_id: UUID, _task: asyncio.Task[None]) -> None:
         self._active.pop(deployment_id, None)
+        self._finished.set()
 
     async def _claim(self, client: PrefectClient, fr: FlowRun) -> State[Any] | None:
         try:
@@ -353,7 +372,12 @@ async def ensure_deployment(
     cancelled, never queued), a parameter schema taken from the flow's
     signature (the UI's run form) and no work pool, so no worker picks its
     runs up: only an `InProcessExecutor` serving its id executes them.
-    Re-applying replaces schedule, parameters, tags and paused state.
+    Re-applying a changed definition (code, parameters, schedule, tags, paused state)
+    replaces it; an unchanged one is left alone. Prefect deletes a deployment's future
+    runs and re-anchors its schedule at "now" whenever it is applied, so applying it at
+    every worker start would leave a pipeline without runs until the scheduler's next
+    loop, and push a 10-minute job (maintenance) back by 10 minutes at every restart:
+    under a worker restarted more often it would never run.
     """
     deployment = await flow.ato_deployment(
         name=name,
@@ -367,4 +391,23 @@ async def ensure_deployment(
         # module.function rather than a path relative to the current directory
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
+    # The version Prefect shows is the flow file's hash; ours also covers the rest of
+    # the definition, so an equal version means nothing to apply.
+    deployment.version = _definition_hash(deployment)
+    async with get_client() as client:
+        try:
+            existing = await client.read_deployment_by_name(f"{flow.name}/{name}")
+        except ObjectNotFound:
+            existing = None
+    if existing is not None and existing.version == deployment.version:
+        return existing.id
     return await deployment.aapply()
+
+
+def _definition_hash(deployment: RunnerDeployment) -> str:
+    """A hash of everything `ensure_deployment` sets, but the moment it was built."""
+    definition = deployment.model_dump(mode="json")  # version: the flow file's hash
+    for entry in definition.get("schedules") or []:
+        entry["schedule"].pop("anchor_date", None)
+    text = json.dumps(definition, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]

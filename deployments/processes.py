@@ -59,6 +59,11 @@ def running(state_dir: Path, name: str, marker: Sequence[str]) -> int | None:
         pid = int(pid_file(state_dir, name).read_text().strip())
     except (OSError, ValueError):
         return None
+    child = _children.get(pid)
+    if child is not None and child.poll() is None:
+        # our own child, still running: right after the fork its command line is
+        # still ours (the markers would not match yet)
+        return pid
     args = cmdline(pid)
     if alive(pid) and all(m in args for m in marker):
         return pid
@@ -82,7 +87,15 @@ def spawn(state_dir: Path, name: str, argv: list[str], env: dict[str, str], cwd:
             start_new_session=True,
         )
     _children[proc.pid] = proc
-    pid_path.write_text(f"{proc.pid}\n")
+    try:
+        pid_path.write_text(f"{proc.pid}\n")
+    except OSError:
+        # e.g. a full disk: a process nobody can find would never be stopped, and a
+        # supervisor would start a second one beside it
+        proc.kill()
+        proc.wait()
+        _children.pop(proc.pid, None)
+        raise
     return proc.pid
 
 

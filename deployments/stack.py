@@ -1,26 +1,28 @@
 """The local stack of `tidemill up` / `make run`: Prefect server, worker, replayers.
 
-`up` starts what is not already running (idempotent), waits until the worker has
+`up` starts what is not already running (idempotent): the Prefect server, then the
+supervisor (deployments/supervisor.py), which starts the worker and restarts the
+worker, the server or its PostgreSQL whenever one dies. It waits until the worker has
 registered its deployments, prints where to look, and — unless detached — stays in
 the foreground until Ctrl-C, then stops everything it manages. `down` stops the
-same set from any terminal. The stack binds to 127.0.0.1 only.
+same set from any terminal, the supervisor first. The stack binds to 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployments import processes
-from deployments.prefect_server import server_env, start_server, stop_server
+from deployments import processes, supervisor
+from deployments.prefect_server import start_server, stop_server
 from deployments.replayer import DATASETS
-from deployments.worker import ready_file
+from deployments.supervisor import command, environment, ready_file
 from tidemill.config import FilesSource, TidemillConfig
 
-WORKER = ("worker", ("tidemill", "worker"))
+WORKER = supervisor.WORKER
+SUPERVISOR = (supervisor.NAME, supervisor.MARKER)
 
 
 def replayer(dataset: str) -> tuple[str, tuple[str, ...]]:
@@ -47,25 +49,22 @@ class Stack:
 
     ui_url: str
     server_pid: int
+    supervisor_pid: int
     worker_pid: int
     replayer_pids: dict[str, int]  # data set -> pid
     pipelines: list[str]
 
 
-def _command(config: TidemillConfig, *args: str) -> list[str]:
-    return [sys.executable, "-m", "tidemill", "--config", str(config.path.resolve()), *args]
-
-
-def _environment(config: TidemillConfig, port: int) -> dict[str, str]:
-    return {**os.environ, **server_env(config.state_dir, port), "PYTHONUNBUFFERED": "1"}
-
-
-def _wait_ready(config: TidemillConfig, pid: int, timeout: float) -> None:
-    ready = ready_file(config.state_dir)
+def _wait_ready(config: TidemillConfig, supervisor_pid: int, timeout: float) -> int:
+    """The worker's pid, once it is ready."""
+    state = config.state_dir
     deadline = time.monotonic() + timeout
-    while not ready.exists():
-        if not processes.alive(pid):
-            log = processes.log_file(config.state_dir, WORKER[0])
+    while True:
+        pid = processes.running(state, *WORKER)
+        if pid is not None and ready_file(state).exists():
+            return pid
+        if not processes.alive(supervisor_pid):
+            log = processes.log_file(state, WORKER[0])
             raise StackError(f"the worker exited during start-up; see {log}")
         if time.monotonic() > deadline:
             raise StackError(f"the worker was not ready after {timeout:.0f} s")
@@ -73,33 +72,37 @@ def _wait_ready(config: TidemillConfig, pid: int, timeout: float) -> None:
 
 
 def up(config: TidemillConfig, *, port: int, speed: float | None, timeout: float = 120) -> Stack:
-    """Start the server, the worker and (when `speed` is given) one replayer per data set
-    the config has a pipeline for (flights, transactions); return once the worker is
-    ready."""
+    """Start the server, the supervisor (which starts the worker) and (when `speed` is
+    given) one replayer per data set the config has a pipeline for (flights,
+    transactions); return once the worker is ready."""
     state = config.state_dir
     state.mkdir(parents=True, exist_ok=True)
     try:
         server_pid = start_server(state, port)
     except RuntimeError as error:
         raise StackError(str(error)) from None
-    env = _environment(config, port)
-    worker_pid = processes.running(state, *WORKER)
-    if worker_pid is None:
-        ready_file(state).unlink(missing_ok=True)
-        worker_pid = processes.spawn(state, WORKER[0], _command(config, "worker"), env, state)
-    _wait_ready(config, worker_pid, timeout)
+    env = environment(config, port)
+    supervisor_pid = processes.running(state, *SUPERVISOR)
+    if supervisor_pid is None:
+        if processes.running(state, *WORKER) is None:
+            ready_file(state).unlink(missing_ok=True)
+        argv = [sys.executable, "-m", supervisor.MARKER[0], "--config", str(config.path.resolve())]
+        argv += ["--port", str(port)]
+        supervisor_pid = processes.spawn(state, SUPERVISOR[0], argv, env, state)
+    worker_pid = _wait_ready(config, supervisor_pid, timeout)
     replayer_pids = {}
     if speed is not None:
         for dataset in replayed(config):
             name, marker = replayer(dataset)
             pid = processes.running(state, name, marker)
             if pid is None:
-                argv = _command(config, "replay", dataset, "--speed", f"{speed:g}")
+                argv = command(config, "replay", dataset, "--speed", f"{speed:g}")
                 pid = processes.spawn(state, name, argv, env, state)
             replayer_pids[dataset] = pid
     return Stack(
         ui_url=f"http://127.0.0.1:{port}",
         server_pid=server_pid,
+        supervisor_pid=supervisor_pid,
         worker_pid=worker_pid,
         replayer_pids=replayer_pids,
         pipelines=sorted(config.pipelines),
@@ -107,10 +110,10 @@ def up(config: TidemillConfig, *, port: int, speed: float | None, timeout: float
 
 
 def down(config: TidemillConfig) -> list[str]:
-    """Stop the replayers, the worker (it finishes its batch) and the server; returns what
-    was running."""
+    """Stop the supervisor (so it restarts nothing), the replayers, the worker (it
+    finishes its batch) and the server; returns what was running."""
     stopped = []
-    for name, marker in [*(replayer(dataset) for dataset in DATASETS), WORKER]:
+    for name, marker in [SUPERVISOR, *(replayer(dataset) for dataset in DATASETS), WORKER]:
         if processes.stop(config.state_dir, name, marker, timeout=40):
             stopped.append(name)
     if stop_server(config.state_dir):
@@ -120,12 +123,13 @@ def down(config: TidemillConfig) -> list[str]:
 
 
 def watch(config: TidemillConfig, stack: Stack) -> str | None:
-    """Block while the worker runs; returns why it stopped (None: it did not)."""
+    """Block while the supervisor keeps the stack running (it restarts a worker or
+    server that dies); returns why it stopped (None: it did not)."""
     while True:
         time.sleep(1.0)
-        if not processes.alive(stack.worker_pid):
-            log = processes.log_file(config.state_dir, WORKER[0])
-            return f"the worker stopped; see {log}"
+        if not processes.alive(stack.supervisor_pid):
+            log = processes.log_file(config.state_dir, SUPERVISOR[0])
+            return f"the supervisor stopped; see {log}"
 
 
 def logs_dir(state_dir: Path) -> Path:

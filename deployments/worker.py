@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
+import time
 from typing import Any
 from uuid import UUID
 
+import httpx
 from prefect import Flow
 
 from deployments import owner
 from deployments.executor import InProcessExecutor, ensure_deployment
 from deployments.owner import deployment_name
+from deployments.supervisor import ready_file
 from flows.backfill import backfill
 from flows.maintenance import maintenance
 from flows.micro_batch import micro_batch
@@ -31,12 +33,6 @@ from tidemill.settings import get_settings
 from warehouse import backfills
 
 log = logging.getLogger("tidemill.worker")
-READY_FILE = "worker.ready"
-
-
-def ready_file(state_dir: Path) -> Path:
-    """Touched once the worker serves queries and its deployments exist."""
-    return state_dir / "run" / READY_FILE
 
 
 async def register(config: TidemillConfig, pipelines: list[str]) -> dict[UUID, Flow[..., Any]]:
@@ -74,11 +70,31 @@ async def register(config: TidemillConfig, pipelines: list[str]) -> dict[UUID, F
     return flows
 
 
+async def register_when_reachable(
+    config: TidemillConfig, pipelines: list[str], *, longest_wait: float = 10.0
+) -> dict[UUID, Flow[..., Any]]:
+    """`register`, retried until the Prefect API answers: a worker restarted while the
+    server is down (or restarting) waits for it instead of exiting."""
+    wait = 0.5
+    while True:
+        try:
+            return await register(config, pipelines)
+        except (httpx.TransportError, httpx.HTTPStatusError) as error:
+            if isinstance(error, httpx.HTTPStatusError) and error.response.status_code < 500:
+                raise  # the request is wrong: waiting will not help
+            log.warning("Prefect API unreachable (%r); registering again in %g s", error, wait)
+            await asyncio.sleep(wait)
+            wait = min(longest_wait, wait * 2)
+
+
 def run_worker(config: TidemillConfig, pipelines: list[str] | None = None) -> None:
     """Serve until SIGINT/SIGTERM (see module docstring)."""
+    started = time.monotonic()
     names = pipelines or sorted(config.pipelines)
     for name in names:
         config.pipeline(name)
+    # one INFO line per HTTP request (several per second) would bury what matters
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = get_settings()
     runtime = Runtime.open(config, settings)
     for name in names:
@@ -94,12 +110,16 @@ def run_worker(config: TidemillConfig, pipelines: list[str] | None = None) -> No
                 "%d backfill(s) were left running by a stopped worker: marked interrupted",
                 interrupted,
             )
-        flows = asyncio.run(register(config, names))
+        flows = asyncio.run(register_when_reachable(config, names))
         executor = InProcessExecutor(
             flows, poll_interval=0.5, max_lateness=settings.max_lateness_seconds
         )
         ready.write_text("\n".join(f"{i} {f.name}" for i, f in flows.items()) + "\n")
-        log.info("worker ready: %s", ", ".join(f"{f.name} ({i})" for i, f in flows.items()))
+        log.info(
+            "worker ready in %.1f s: %s",
+            time.monotonic() - started,
+            ", ".join(f"{f.name} ({i})" for i, f in flows.items()),
+        )
         executor.serve()
     finally:
         ready.unlink(missing_ok=True)

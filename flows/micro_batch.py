@@ -3,11 +3,20 @@
 Thin on purpose: it runs :func:`flows.cycle.run_cycle` on the process's resident
 Runtime, names the flow run after the batch, and publishes a table artifact of what
 the batch did. A failed batch fails the flow run (nothing of it was committed).
+
+A run takes one batch, and more while a full batch is waiting, for at most the
+pipeline's cadence: a backlog left by an outage (a restarted worker, a Prefect server
+that was down) is caught up at once instead of at one batch per interval, which never
+catches up when data arrives at close to `batch_rows / every_seconds`. Such a run is
+named `P-batch-N..M` and publishes the table artifact of its last batch; every batch
+is recorded in the warehouse's `_batches` table.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -90,6 +99,12 @@ def _pipeline_resource(pipeline: str) -> dict[str, str]:
     }
 
 
+def _run_name(pipeline: str, batches: list[int]) -> str:
+    """`P-batch-N` for one batch, `P-batch-N..M` for a run that caught up on several."""
+    first, last = batches[0], batches[-1]
+    return f"{pipeline}-batch-{first}" + (f"..{last}" if last != first else "")
+
+
 async def _name_run(name: str) -> None:
     run_id = flow_run.get_id()
     if run_id is None:
@@ -98,16 +113,10 @@ async def _name_run(name: str) -> None:
         await client.update_flow_run(run_id, name=name)
 
 
-@flow(name="micro-batch", persist_result=False, log_prints=False)
-async def micro_batch(
-    pipeline: Annotated[
-        str, Field(description="Pipeline name from tidemill.toml", pattern=r"^[a-z][a-z0-9_]*$")
-    ],
-) -> dict[str, Any]:
-    """Run one micro-batch of `pipeline`: ingest, validate, clean, aggregate, score,
-    learn, commit. Returns the batch report."""
-    logger = get_run_logger()
-    runtime = resident_runtime()
+async def _one_batch(
+    runtime: Runtime, pipeline: str, logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> CycleReport:
+    """Run one cycle and emit its events."""
     try:
         report = await asyncio.to_thread(
             run_cycle, runtime, pipeline, flow_run_id=str(flow_run.get_id() or "") or None
@@ -150,18 +159,6 @@ async def micro_batch(
         )
         logger.info("batch %s: %s", report.batch_id, change.reason)
     if report.status == "committed":
-        await _name_run(f"{pipeline}-batch-{report.batch_id}")
-        await acreate_table_artifact(
-            table=_artifact_rows(report),
-            key=f"{pipeline.replace('_', '-')}-batch",
-            description=f"Batch {report.batch_id} of {pipeline}",
-        )
-        if report.metrics:
-            await acreate_markdown_artifact(
-                markdown=await asyncio.to_thread(_markdown_metrics, runtime, pipeline),
-                key=f"{pipeline.replace('_', '-')}-metrics",
-                description=f"Latest prequential metrics of {pipeline}",
-            )
         logger.info(
             "batch %s: %s in, %s accepted, %s quarantined, learned %s -> v%s %s",
             report.batch_id,
@@ -174,4 +171,57 @@ async def micro_batch(
         )
     else:
         logger.info("%s: %s (backlog %s)", pipeline, report.status, report.backlog)
-    return asdict(report)
+    return report
+
+
+def _full_batch_waits(runtime: Runtime, pipeline: str, report: CycleReport) -> bool:
+    state = runtime.pipelines.get(pipeline)
+    return state is not None and report.backlog >= state.batch_rows
+
+
+async def _publish(runtime: Runtime, pipeline: str, committed: list[CycleReport]) -> None:
+    """Name the run after its batches; one table artifact (the last batch's) per run, so
+    a run that caught up on many batches adds no more to the Prefect database than one."""
+    await _name_run(_run_name(pipeline, [r.batch_id or 0 for r in committed]))
+    last = committed[-1]
+    await acreate_table_artifact(
+        table=_artifact_rows(last),
+        key=f"{pipeline.replace('_', '-')}-batch",
+        description=f"Batch {last.batch_id} of {pipeline}"
+        + (f" (this run: {len(committed)} batches)" if len(committed) > 1 else ""),
+    )
+    if any(r.metrics for r in committed):
+        await acreate_markdown_artifact(
+            markdown=await asyncio.to_thread(_markdown_metrics, runtime, pipeline),
+            key=f"{pipeline.replace('_', '-')}-metrics",
+            description=f"Latest prequential metrics of {pipeline}",
+        )
+
+
+@flow(name="micro-batch", persist_result=False, log_prints=False)
+async def micro_batch(
+    pipeline: Annotated[
+        str, Field(description="Pipeline name from tidemill.toml", pattern=r"^[a-z][a-z0-9_]*$")
+    ],
+) -> dict[str, Any]:
+    """Run a micro-batch of `pipeline` (ingest, validate, clean, aggregate, score, learn,
+    commit), and more while a full batch waits, for at most the pipeline's cadence.
+    Returns the last batch's report."""
+    logger = get_run_logger()
+    runtime = resident_runtime()
+    budget = runtime.config.pipeline(pipeline).every_seconds
+    started = time.monotonic()
+    committed: list[CycleReport] = []
+    try:
+        while True:
+            report = await _one_batch(runtime, pipeline, logger)
+            if report.status != "committed":
+                break
+            committed.append(report)
+            caught_up = not _full_batch_waits(runtime, pipeline, report)
+            if caught_up or time.monotonic() - started >= budget:
+                break
+    finally:  # also when a later batch failed: the committed ones are shown
+        if committed:
+            await _publish(runtime, pipeline, committed)
+    return asdict(committed[-1] if committed else report)

@@ -246,7 +246,11 @@ class Runtime:
                 return
             self.cycles_since_checkpoint = 0
             if due:
-                publish_snapshot(database_path(self.state_dir), snapshot_path(self.state_dir))
+                try:
+                    publish_snapshot(database_path(self.state_dir), snapshot_path(self.state_dir))
+                except OSError as error:  # a full disk: the batch is committed, publish later
+                    log.warning("snapshot not published: %s", error)
+                    return
                 self.last_snapshot = time.monotonic()
                 self.unpublished = False
 
@@ -282,8 +286,8 @@ class Runtime:
             try:
                 self.con.execute("CHECKPOINT")
                 publish_snapshot(database_path(self.state_dir), snapshot_path(self.state_dir))
-            except duckdb.Error as error:
-                log.warning("final checkpoint failed: %s", error)
+            except (duckdb.Error, OSError) as error:
+                log.warning("final checkpoint or snapshot failed: %s", error)
             self.con.close()
 
 
