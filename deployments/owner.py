@@ -76,13 +76,13 @@ def _replay_model(runtime: Runtime) -> Command:
         state = runtime.pipeline(pipeline)
         if state is None:
             raise Refused(f"{pipeline} has no tables yet")
-        cursor = runtime.con.cursor()
         try:
-            report = replay_model(cursor, state.config, int(request["version"]), runtime.state_dir)
+            with runtime.reader() as cursor:
+                report = replay_model(
+                    cursor, state.config, int(request["version"]), runtime.state_dir
+                )
         except (ReplayError, ArtifactIntegrityError) as error:
             raise Refused(str(error)) from None
-        finally:
-            cursor.close()
         return dataclasses.asdict(report)
 
     return replay
@@ -114,12 +114,15 @@ def _maintain(runtime: Runtime) -> Command:
 
 def _readmit(runtime: Runtime) -> Command:
     """Put corrected quarantined records back into the inbox (the next batch validates
-    them); records already re-admitted are left alone."""
+    them); records already re-admitted are left alone. Corrected personal fields are
+    pseudonymised or masked by the pipeline's pii rules first."""
 
     def readmit(request: dict[str, Any]) -> dict[str, Any]:
         from datetime import UTC, datetime
 
+        from tasks.pii import protected_changes
         from tidemill.config import FilesSource
+        from tidemill.keys import get_key
         from warehouse.quarantine import Fix, ReadmitRefused
         from warehouse.quarantine import readmit as put_back
 
@@ -129,7 +132,11 @@ def _readmit(runtime: Runtime) -> Command:
             raise Refused(f"{pipeline} has no tables yet")
         source = state.config.source
         fmt = source.format if isinstance(source, FilesSource) else "ndjson"
-        fixes = [Fix(int(f["id"]), dict(f.get("changes") or {})) for f in request["fixes"]]
+        key = get_key(runtime.state_dir, "pii") if state.config.pii else b""
+        fixes = [
+            Fix(int(f["id"]), protected_changes(state.config, dict(f.get("changes") or {}), key))
+            for f in request["fixes"]
+        ]
         with runtime.lock:
             try:
                 done = put_back(
@@ -209,4 +216,4 @@ def commands(runtime: Runtime) -> dict[str, Command]:
 
 def serve(runtime: Runtime) -> QueryService:
     """Start serving SQL and commands for `runtime` on its state folder's socket."""
-    return QueryService(runtime.state_dir, runtime.con, runtime.lock, commands(runtime))
+    return QueryService(runtime.state_dir, runtime.reader, commands(runtime))

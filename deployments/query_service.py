@@ -22,6 +22,7 @@ import socket
 import socketserver
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,7 @@ class _Handler(socketserver.StreamRequestHandler):
             op = request.get("op", "query")
             if op == "query":
                 sql = str(request["sql"])
-                with self.server.lock:
-                    cursor = self.server.con.cursor()
-                try:
+                with self.server.cursors() as cursor:
                     reply = _encode(
                         run_readonly(
                             cursor,
@@ -74,8 +73,6 @@ class _Handler(socketserver.StreamRequestHandler):
                             max_rows=self.server.max_rows,
                         )
                     )
-                finally:
-                    cursor.close()
             elif op in self.server.commands:
                 result = self.server.commands[op](request)
                 reply = json.dumps({"ok": True, **result}, default=str).encode() + b"\n"
@@ -92,6 +89,8 @@ class _Handler(socketserver.StreamRequestHandler):
 
 
 Command = Callable[[dict[str, Any]], dict[str, Any]]
+Cursors = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
+"""Hands out a cursor of its own on the owner's connection, closed on exit."""
 
 
 class Refused(ValueError):
@@ -104,14 +103,12 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def __init__(
         self,
         path: str,
-        con: duckdb.DuckDBPyConnection,
-        lock: Any,
+        cursors: Cursors,
         commands: Mapping[str, Command],
         query_timeout: float,
         max_rows: int,
     ) -> None:
-        self.con = con
-        self.lock = lock
+        self.cursors = cursors
         self.commands = dict(commands)
         self.query_timeout = query_timeout
         self.max_rows = max_rows
@@ -119,15 +116,14 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 class QueryService:
-    """Serves read-only queries on `con`, and `commands` by name, from a background thread
-    until `close()`. A query stops after `query_timeout` seconds and may return at most
+    """Serves read-only queries on cursors from `cursors`, and `commands` by name, from a
+    background thread until `close()`. A query stops after `query_timeout` seconds and may return at most
     `max_rows` rows."""
 
     def __init__(
         self,
         state_dir: Path,
-        con: duckdb.DuckDBPyConnection,
-        lock: Any,
+        cursors: Cursors,
         commands: Mapping[str, Command] | None = None,
         *,
         query_timeout: float = QUERY_TIMEOUT_SECONDS,
@@ -140,7 +136,7 @@ class QueryService:
                 raise RuntimeError(f"another owner already serves queries on {path}")
             path.unlink()
         self.path = path
-        self._server = _Server(str(path), con, lock, commands or {}, query_timeout, max_rows)
+        self._server = _Server(str(path), cursors, commands or {}, query_timeout, max_rows)
         os.chmod(path, 0o600)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="tidemill-query", daemon=True

@@ -24,6 +24,7 @@ from deployments.executor import InProcessExecutor, ensure_deployment
 from deployments.owner import deployment_name
 from deployments.supervisor import ready_file
 from flows.backfill import backfill
+from flows.erasure import erasure_flow
 from flows.maintenance import maintenance
 from flows.micro_batch import micro_batch
 from flows.resident import install
@@ -31,6 +32,7 @@ from flows.runtime import Runtime
 from tidemill.config import TidemillConfig
 from tidemill.settings import get_settings
 from warehouse import backfills
+from warehouse.registry import ArtifactIntegrityError
 
 log = logging.getLogger("tidemill.worker")
 
@@ -38,7 +40,9 @@ log = logging.getLogger("tidemill.worker")
 async def register(config: TidemillConfig, pipelines: list[str]) -> dict[UUID, Flow[..., Any]]:
     """Create or update each pipeline's deployments: micro-batch/NAME on its interval,
     backfill/NAME (no schedule; a custom run with start/end from the UI or the CLI) and
-    maintenance/NAME (artifact retention, every `maintenance_every_seconds`).
+    maintenance/NAME (artifact retention, every `maintenance_every_seconds`) and, for a
+    pipeline with a `subject` column, erasure/NAME (no schedule; a run names the subject
+    by its digest).
     Returns deployment id -> the flow this worker runs for it."""
     flows: dict[UUID, Flow[..., Any]] = {}
     for name in pipelines:
@@ -67,6 +71,15 @@ async def register(config: TidemillConfig, pipelines: list[str]) -> dict[UUID, F
         )
         flows[scheduled], flows[on_demand] = micro_batch, backfill
         flows[housekeeping] = maintenance
+        if spec.subject is not None:  # only a pipeline that names its data subjects
+            erasing = await ensure_deployment(
+                erasure_flow,
+                name=deployment_name(name),
+                interval_seconds=None,
+                parameters={"pipeline": name},
+                tags=[*tags, "erasure"],
+            )
+            flows[erasing] = erasure_flow
     return flows
 
 
@@ -87,6 +100,19 @@ async def register_when_reachable(
             wait = min(longest_wait, wait * 2)
 
 
+def open_pipelines(runtime: Runtime, names: list[str]) -> dict[str, str]:
+    """Create each pipeline's tables and load its models before the first run; returns
+    why a pipeline was refused (an artifact that must not be loaded), by name. One
+    refused pipeline leaves the others served: its own runs fail with the reason."""
+    refused = {}
+    for name in names:
+        try:
+            runtime.pipeline(name)
+        except ArtifactIntegrityError as error:
+            refused[name] = str(error)
+    return refused
+
+
 def run_worker(config: TidemillConfig, pipelines: list[str] | None = None) -> None:
     """Serve until SIGINT/SIGTERM (see module docstring)."""
     started = time.monotonic()
@@ -97,8 +123,8 @@ def run_worker(config: TidemillConfig, pipelines: list[str] | None = None) -> No
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = get_settings()
     runtime = Runtime.open(config, settings)
-    for name in names:
-        runtime.pipeline(name)  # tables exist (and models load) before the first run
+    for name, why in open_pipelines(runtime, names).items():
+        log.error("%s is not served: %s; its runs fail until this is fixed", name, why)
     install(runtime)
     service = owner.serve(runtime)
     ready = ready_file(config.state_dir)

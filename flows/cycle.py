@@ -296,7 +296,11 @@ def run_cycle(
                 )
             except Exception as unrecorded:  # e.g. the disk is still full
                 log.warning("could not record failed batch %s: %s", batch_id, unrecorded)
-            runtime.reload_model(name)
+            try:
+                runtime.reload_model(name)
+            except registry.ArtifactIntegrityError as refused:  # the batch's failure is the news
+                runtime.pipelines.pop(name, None)  # the next cycle tries (and says) again
+                log.error("%s: the committed model cannot be loaded again: %s", name, refused)
             raise BatchFailed(report) from error
         outcome.apply(state)
         backlog = inbox.backlog(runtime.con, name)

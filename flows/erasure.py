@@ -8,27 +8,41 @@ every model learned from them. THE code path for the CLI and the erasure flow.
    the version before the subject's first batch (deterministic replay, `relearn`), each
    rebuilt version a new registry row; the versions that had learned the subject are
    retired and their artifacts marked pruned; an audit row without the subject's value;
-3. after the commit, delete those artifacts and serve the rebuilt models.
+3. after the commit, delete those artifacts and serve the rebuilt models;
+4. rewrite the warehouse file (DuckDB leaves deleted values in its freed blocks) and
+   publish a fresh snapshot, so no byte of the subject is left in either.
 
 The rebuilt head equals a model trained without the subject's rows from the start of
 its lineage: `replay-model` proves it like any version.
+
+The Prefect flow `erasure/PIPELINE` names the subject by its digest (the HMAC the audit
+row keeps; `tidemill erase PIPELINE --subject VALUE --digest-only` prints it), never by
+its value: Prefect stores every run's parameters in its database, and an erasure must not
+leave the value it erases there.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import hmac
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import duckdb
 import polars as pl
+from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_markdown_artifact
+from prefect.runtime import flow_run
+from pydantic import Field
 
 from flows.replay_model import fresh_candidate, lineage, relearn, replay_version
+from flows.resident import resident_runtime
 from flows.runtime import PipelineState, Runtime
 from tasks.aggregate import target_value, window_partials, window_start
 from tasks.model import ModelState, parameters_sha256
+from tasks.pii import subject_digest
 from tasks.promotion import ScoreWindow
 from tidemill.config import PipelineConfig
 from tidemill.keys import get_key
@@ -61,11 +75,20 @@ class ErasureReport:
     artifacts_deleted: int
     first_batch_id: int | None
     heads: dict[str, int | None]  # candidate -> its version after the erasure
+    file_rewritten: bool  # the warehouse file and snapshot were rewritten without them
 
 
-def subject_digest(state_dir_key: bytes, value: str) -> str:
-    """HMAC-SHA256 of the subject's stored value under the pii key: the audit's handle."""
-    return hmac.new(state_dir_key, value.encode(), hashlib.sha256).hexdigest()
+def find_subject(runtime: Runtime, name: str, column: str, digest: str) -> str | None:
+    """The stored value of the subject column whose digest is `digest` (None: no row has
+    it, or has it no longer)."""
+    key = get_key(runtime.state_dir, "pii")
+    state = runtime.pipeline(name)
+    if state is None:
+        return None
+    with runtime.reader() as cursor:
+        values = erasure.subject_values(cursor, state.config, column)
+    wanted = digest.lower()
+    return next((v for v in values if hmac.compare_digest(subject_digest(key, v), wanted)), None)
 
 
 def _now() -> datetime:
@@ -256,6 +279,9 @@ def erase_subject(
             state.versions[r.candidate] = r.head
             state.windows[r.candidate] = ScoreWindow(rows=config.promotion.window_rows)
         runtime.unpublished = True
+    removed = erased.raw + erased.clean + erased.quarantine + erased.inbox + erased.predictions
+    if removed:
+        runtime.rewrite_file()
     return ErasureReport(
         erasure_id=erasure_id,
         pipeline=name,
@@ -270,4 +296,78 @@ def erase_subject(
         artifacts_deleted=sum(len(r.tainted) for r in rebuilt),
         first_batch_id=min(batches) if batches else None,
         heads={r.candidate: r.head for r in rebuilt},
+        file_rewritten=bool(removed),
     )
+
+
+def _markdown(report: ErasureReport) -> str:
+    rows = [
+        ("raw rows", report.rows_raw),
+        ("clean rows", report.rows_clean),
+        ("quarantined records", report.rows_quarantine),
+        ("records waiting in the inbox", report.rows_inbox),
+        ("predictions", report.rows_predictions),
+        ("aggregate windows recomputed", report.windows_recomputed),
+        ("model versions rebuilt", report.versions_rebuilt),
+        ("artifacts deleted", report.artifacts_deleted),
+        ("file and snapshot rewritten", "yes" if report.file_rewritten else "no"),
+    ]
+    heads = ", ".join(f"{c} v{v}" for c, v in report.heads.items()) or "unchanged"
+    return (
+        f"## {report.pipeline}: erasure {report.erasure_id}\n\n"
+        f"Subject digest `{report.subject_digest[:16]}…`; models now: {heads}.\n\n"
+        "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+    )
+
+
+@flow(name="erasure", persist_result=False, log_prints=False)
+async def erasure_flow(
+    pipeline: Annotated[
+        str, Field(description="Pipeline name from tidemill.toml", pattern=r"^[a-z][a-z0-9_]*$")
+    ],
+    subject_digest: Annotated[
+        str,
+        Field(
+            description="HMAC of the subject, never the value itself: printed by "
+            "`tidemill erase PIPELINE --subject VALUE --digest-only`",
+            pattern=r"^[0-9a-fA-F]{64}$",
+        ),
+    ],
+    requested_by: Annotated[
+        str, Field(min_length=1, description="Who asked (kept in the _erasures audit row)")
+    ],
+) -> dict[str, Any]:
+    """Erase a data subject from `pipeline` (rows, aggregates, and models rebuilt without
+    them), named by digest. A digest no stored row has erases nothing and says so."""
+    logger = get_run_logger()
+    runtime = resident_runtime()
+    config = runtime.config.pipeline(pipeline)
+    if config.subject is None:
+        raise ErasureError(f"pipeline {pipeline} declares no `subject` column")
+    value = await asyncio.to_thread(find_subject, runtime, pipeline, config.subject, subject_digest)
+    if value is None:
+        logger.warning(
+            "%s: no stored row has subject %s…: nothing erased", pipeline, subject_digest[:16]
+        )
+        return {"pipeline": pipeline, "found": False}
+    report = await asyncio.to_thread(
+        erase_subject,
+        runtime,
+        pipeline,
+        config.subject,
+        value,
+        requested_by=f"{requested_by} (prefect flow run {flow_run.get_id()})",
+    )
+    await acreate_markdown_artifact(
+        markdown=_markdown(report),
+        key=f"{pipeline.replace('_', '-')}-erasure",
+        description=f"Erasure {report.erasure_id} of {pipeline}",
+    )
+    logger.info(
+        "%s: erasure %s removed %s rows, rebuilt %s model versions",
+        pipeline,
+        report.erasure_id,
+        report.rows_raw,
+        report.versions_rebuilt,
+    )
+    return {"found": True, **asdict(report)}

@@ -61,12 +61,8 @@ QUARANTINE_SPIKE = 0.2  # share of a batch's rows; above it the flow emits an ev
 
 def _markdown_table(runtime: Runtime, sql: str) -> tuple[str, int]:
     """A markdown table of read-only `sql` (on a cursor of its own) and its row count."""
-    with runtime.lock:
-        cursor = runtime.con.cursor()
-    try:
+    with runtime.reader() as cursor:
         result = run_readonly(cursor, sql)
-    finally:
-        cursor.close()
     head = "| " + " | ".join(result.columns) + " |\n|" + "---|" * len(result.columns) + "\n"
     body = "".join(
         "| " + " | ".join("" if v is None else str(v) for v in row) + " |\n" for row in result.rows

@@ -12,6 +12,8 @@ import glob
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +31,8 @@ from tasks.validate import class_labels
 from tidemill.config import ModelSpec, PipelineConfig, TidemillConfig
 from tidemill.settings import Settings, get_settings
 from warehouse import registry
-from warehouse.connection import database_path, open_warehouse
+from warehouse.compact import Compacted, compact
+from warehouse.connection import STORAGE_VERSION, database_path, open_warehouse
 from warehouse.pipeline_tables import ensure_pipeline_tables, stored_schema
 from warehouse.snapshot import publish_snapshot, snapshot_path
 
@@ -124,6 +127,11 @@ class Runtime:
     cycles_since_checkpoint: int = 0
     last_snapshot: float = 0.0
     unpublished: bool = False
+    _readers: set[duckdb.DuckDBPyConnection] = field(default_factory=set)
+    _idle: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._idle = threading.Condition(self.lock)
 
     @classmethod
     def open(cls, config: TidemillConfig, settings: Settings | None = None) -> Runtime:
@@ -279,6 +287,42 @@ class Runtime:
             state.windows[changed.candidate] = ScoreWindow(rows=state.config.promotion.window_rows)
             self.unpublished = True
         return changed
+
+    @contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor of its own on the warehouse, for work that reads beside the batches
+        (owner queries, replays, artifacts); `rewrite_file` interrupts it."""
+        with self.lock:
+            cursor = self.con.cursor()
+            self._readers.add(cursor)
+        try:
+            yield cursor
+        finally:
+            with self.lock:
+                self._readers.discard(cursor)
+                cursor.close()
+                self._idle.notify_all()
+
+    def rewrite_file(self, *, wait_seconds: float = 30.0) -> Compacted:
+        """Rewrite the warehouse file so the bytes of deleted rows are gone (after an
+        erasure; see warehouse/compact.py), then publish a fresh snapshot, since the old
+        one still holds them. Readers are interrupted; batches wait meanwhile."""
+        path = database_path(self.state_dir)
+        with self.lock:
+            for cursor in list(self._readers):
+                cursor.interrupt()
+            if not self._idle.wait_for(lambda: not self._readers, timeout=wait_seconds):
+                raise RuntimeError(f"readers still hold {path} after {wait_seconds:g} s")
+            self.con.execute("CHECKPOINT")
+            self.con.close()
+            try:
+                done = compact(path, STORAGE_VERSION)
+            finally:
+                self.con = open_warehouse(path)
+            publish_snapshot(path, snapshot_path(self.state_dir))
+            self.last_snapshot = time.monotonic()
+            self.unpublished = False
+        return done
 
     def close(self) -> None:
         """Checkpoint, publish a last snapshot and close the file."""

@@ -101,6 +101,24 @@ def subject_value(config: PipelineConfig, plaintext: str, key: bytes) -> str:
     return plaintext.strip()
 
 
+def protected_changes(
+    config: PipelineConfig, changes: Mapping[str, str], key: bytes
+) -> dict[str, str | None]:
+    """Corrections a person types (`tidemill quarantine readmit --set`), under the
+    pipeline's pii rules: a corrected e-mail is stored as its pseudonym, like one read
+    from a file."""
+    return {
+        column: protected_value(config.pii[column], value, key) if column in config.pii else value
+        for column, value in changes.items()
+    }
+
+
+def subject_digest(key: bytes, stored: str) -> str:
+    """HMAC-SHA256 of a subject's stored value under the pii key: the handle the erasure
+    audit keeps and the erasure flow takes, never the value."""
+    return hmac.new(key, stored.encode(), hashlib.sha256).hexdigest()
+
+
 def protected_records(
     records: pl.DataFrame,
     rules: Mapping[str, PiiRule],

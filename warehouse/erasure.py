@@ -37,6 +37,21 @@ def subject_clean_rows(
     return con.sql(f"SELECT * FROM {t.clean} WHERE {q(column)} = ?", params=[value]).pl()
 
 
+def subject_values(
+    con: duckdb.DuckDBPyConnection, config: PipelineConfig, column: str
+) -> list[str]:
+    """Every stored value of the subject column (raw rows and the inbox): what an
+    erasure by digest searches. One pass over the column; erasures are rare."""
+    t = PipelineTables(config.name)
+    return [
+        str(v)
+        for (v,) in con.sql(
+            f"SELECT DISTINCT {q(column)} FROM {t.raw} WHERE {q(column)} IS NOT NULL "
+            f"UNION SELECT DISTINCT {q(column)} FROM {t.inbox} WHERE {q(column)} IS NOT NULL"
+        ).fetchall()
+    ]
+
+
 def _like(value: str) -> str:
     return "%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 

@@ -73,7 +73,8 @@ def test_up_runs_scheduled_batches_in_the_worker_and_sql_works_meanwhile(
         assert {"elec-batch", "elec-metrics"} <= api.artifact_keys()
         runs = api.flow_runs("elec")
         states = [state for _, state in runs]
-        assert states.count("COMPLETED") >= 6
+        # 7 batches (6 of 40 rows, 1 of bad ones); a run takes every full batch waiting
+        assert states.count("COMPLETED") >= 3
         assert "FAILED" not in states and "CRASHED" not in states
         assert any(name.startswith("elec-batch-") for name, _ in runs)
         versions = read_sql(

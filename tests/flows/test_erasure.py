@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -15,7 +16,10 @@ from flows.erasure import erase_subject
 from flows.replay_model import replay_model
 from flows.runtime import Runtime
 from tidemill.config import load_config
+from warehouse.connection import database_path
+from warehouse.snapshot import snapshot_path
 
+SUBJECT = "cust-0007@shop.example"
 TOML = """
 [pipelines.shop]
 source = {{ kind = "files", path = "{landing}/*.csv", format = "csv" }}
@@ -40,7 +44,7 @@ every = "1h"
 def _rows(n: int = 600) -> pl.DataFrame:
     rng = np.random.default_rng(11)
     amount = rng.gamma(2.0, 20.0, n).round(2)
-    customer = [f"c{k}" for k in rng.integers(0, 30, n)]
+    customer = [f"cust-{k:04d}@shop.example" for k in rng.integers(0, 30, n)]
     bought = (amount + rng.normal(0, 15, n) > 40).astype(int)
     return pl.DataFrame(
         {
@@ -66,34 +70,43 @@ def _landing(runtime: Runtime) -> Path:
     return Path(runtime.config.pipeline("shop").source.path).parent
 
 
+class Erased(NamedTuple):
+    live: Runtime
+    control: Runtime  # the same batches, never holding the subject
+    rows: pl.DataFrame
+    hits_before: int  # times the subject's bytes were in the warehouse file before
+
+
 @pytest.fixture
-def erased(tmp_path: Path) -> tuple[Runtime, Runtime, pl.DataFrame]:
+def erased(tmp_path: Path) -> Erased:
     rows = _rows()
     live = _runtime(tmp_path, "live")
     rows.write_csv(_landing(live) / "all.csv")
     while run_cycle(live, "shop", drain=True).status == "committed":
         pass
     batches = live.con.sql("SELECT id::BIGINT AS id, batch_id FROM raw.shop").pl()
-    erase_subject(live, "shop", "customer", "c7", requested_by="dpo@test")
+    live.con.execute("CHECKPOINT")
+    hits_before = database_path(live.state_dir).read_bytes().count(SUBJECT.encode())
+    erase_subject(live, "shop", "customer", SUBJECT, requested_by="dpo@test")
     # the control: the same batches, never holding c7, drained one batch per file
     control = _runtime(tmp_path, "control")
-    joined = rows.join(batches, on="id").filter(pl.col("customer") != "c7")
+    joined = rows.join(batches, on="id").filter(pl.col("customer") != SUBJECT)
     for batch_id in sorted(joined["batch_id"].unique().to_list()):
         part = joined.filter(pl.col("batch_id") == batch_id).drop("batch_id")
         part.write_csv(_landing(control) / f"b{batch_id:04d}.csv")
         assert run_cycle(control, "shop", drain=True).status == "committed"
-    return live, control, rows
+    return Erased(live, control, rows, hits_before)
 
 
-def test_no_trace_of_the_subject_remains_in_any_table(
-    erased: tuple[Runtime, Runtime, pl.DataFrame],
-) -> None:
-    live, _, rows = erased
-    subject_ids = [str(i) for i in rows.filter(pl.col("customer") == "c7")["id"]]
+def test_no_trace_of_the_subject_remains_in_any_table(erased: Erased) -> None:
+    live, _, rows, _ = erased
+    subject_ids = [str(i) for i in rows.filter(pl.col("customer") == SUBJECT)["id"]]
     assert len(subject_ids) > 10
     con = live.con
     for table in ("raw.shop", "clean.shop", "agg.shop_per_customer", "agg.shop_lag_last"):
-        assert con.sql(f"SELECT count(*) FROM {table} WHERE customer = 'c7'").fetchall() == [(0,)]
+        assert con.sql(f"SELECT count(*) FROM {table} WHERE customer = '{SUBJECT}'").fetchall() == [
+            (0,)
+        ]
     ids = ", ".join(f"'{i}'" for i in subject_ids)
     assert con.sql(f"SELECT count(*) FROM ml.shop_predictions WHERE id IN ({ids})").fetchall() == [
         (0,)
@@ -102,7 +115,9 @@ def test_no_trace_of_the_subject_remains_in_any_table(
     assert audit.height == 1 and audit["rows_raw"][0] == len(subject_ids)
     row = audit.to_dicts()[0]
     digest = row.pop("subject_digest")
-    assert "c7" not in str(row) and len(digest) == 64 and digest != "c7"  # an HMAC, not the value
+    assert (
+        SUBJECT not in str(row) and len(digest) == 64 and digest != SUBJECT
+    )  # an HMAC, not the value
     # the models that learned c7 have no artifact left
     tainted = con.sql(
         "SELECT artifact_path FROM ml.model_versions WHERE artifact_pruned_at IS NOT NULL"
@@ -110,10 +125,23 @@ def test_no_trace_of_the_subject_remains_in_any_table(
     assert tainted and not any((live.state_dir / p).exists() for (p,) in tainted)
 
 
+def test_no_byte_of_the_subject_remains_in_any_file(erased: Erased) -> None:
+    """DuckDB leaves deleted values in freed blocks: the erasure rewrites the file."""
+    live = erased.live
+    assert erased.hits_before > 0  # the search finds the value where it is
+    live.con.execute("CHECKPOINT")
+    files = [p for p in live.state_dir.rglob("*") if p.is_file()]
+    assert database_path(live.state_dir) in files and snapshot_path(live.state_dir) in files
+    assert [p for p in files if SUBJECT.encode() in p.read_bytes()] == []
+    # the rewritten file goes on: queries through the owner's cursors, and batches
+    with live.reader() as cursor:
+        assert cursor.sql("SELECT count(*) FROM _erasures").fetchall() == [(1,)]
+
+
 def test_aggregates_and_lags_equal_those_of_a_warehouse_that_never_saw_the_subject(
-    erased: tuple[Runtime, Runtime, pl.DataFrame],
+    erased: Erased,
 ) -> None:
-    live, control, _ = erased
+    live, control, _, _ = erased
     for table in ("agg.shop_per_customer", "agg.shop_lag_last"):
         sql = (
             f"SELECT * EXCLUDE (updated_batch_id) FROM {table} ORDER BY ALL"
@@ -123,10 +151,8 @@ def test_aggregates_and_lags_equal_those_of_a_warehouse_that_never_saw_the_subje
         assert live.con.sql(sql).fetchall() == control.con.sql(sql).fetchall(), table
 
 
-def test_every_rebuilt_model_equals_one_trained_without_the_subject(
-    erased: tuple[Runtime, Runtime, pl.DataFrame],
-) -> None:
-    live, control, _ = erased
+def test_every_rebuilt_model_equals_one_trained_without_the_subject(erased: Erased) -> None:
+    live, control, _, _ = erased
     heads = "SELECT candidate, params_sha256, rows_seen FROM ml.model_versions WHERE status IN ('champion', 'challenger') ORDER BY 1"
     assert live.con.sql(heads).fetchall() == control.con.sql(heads).fetchall()
     config = live.pipelines["shop"].config
@@ -166,9 +192,10 @@ def test_erase_from_the_command_line_matches_the_pseudonym_and_prints_one_summar
         return code, captured.out + captured.err
 
     assert run("run", "shop", "--drain")[0] == 0
-    code, out = run("erase", "shop", "--subject", "c7")
+    code, out = run("erase", "shop", "--subject", SUBJECT)
     assert code == 0 and "shop: erasure 1: removed" in out and "rebuilt" in out, out
+    assert "rewrote the warehouse file and snapshot" in out
     code, out = run("query", "SELECT count(*) AS n FROM raw.shop", "-f", "csv")
-    assert out.splitlines()[1] == str(200 - sum(1 for c in _rows(200)["customer"] if c == "c7"))
-    code, out = run("erase", "shop", "--subject", "c7")  # again: nothing left, still fine
+    assert out.splitlines()[1] == str(200 - sum(1 for c in _rows(200)["customer"] if c == SUBJECT))
+    code, out = run("erase", "shop", "--subject", SUBJECT)  # again: nothing left, still fine
     assert code == 0 and "removed 0 rows" in out

@@ -35,12 +35,15 @@ import numpy as np
 import polars as pl
 import pytest
 
+from deployments.owner import commands
 from flows.backfill_window import run_backfill
 from flows.cycle import run_cycle
 from flows.runtime import Runtime
+from tasks.pii import pseudonym
 from tasks.replay import landing_rows
 from tasks.transactions import EVENT_COLUMNS, transaction_events
 from tidemill.config import TidemillConfig, load_config
+from tidemill.keys import get_key
 
 REPO = Path(__file__).parents[2]
 PIPELINE = "transactions"
@@ -64,10 +67,15 @@ def needles(events: pl.DataFrame) -> dict[str, list[str]]:
     return {kind: sorted(set(events[kind].to_list())) for kind in KINDS}
 
 
+def bad_people(events: pl.DataFrame) -> list[dict[str, str]]:
+    """The customers whose records `bad_records` spoils, in its order."""
+    return events.unique("email", keep="first", maintain_order=True).head(6).rows(named=True)
+
+
 def bad_records(events: pl.DataFrame) -> bytes:
     """A landing file of records the reader or the validator rejects (or has to unquote),
     each carrying a real customer's name, e-mail and card number."""
-    people = events.unique("email", keep="first", maintain_order=True).head(6).rows(named=True)
+    people = bad_people(events)
     header = ",".join(EVENT_COLUMNS).encode()
     out = [header]
 
@@ -286,6 +294,19 @@ def run_direct(config: TidemillConfig, events: pl.DataFrame) -> int:
         land_days(config, events, 0, 2)
         (landing(config) / "bad.csv").write_bytes(bad_records(events))
         batches = drain(runtime)
+        # a person corrects a mistyped record and retypes its e-mail address in plaintext
+        mistyped = bad_people(events)[2]
+        (qid,) = runtime.con.sql(
+            f"SELECT quarantine_id FROM raw.{PIPELINE}_quarantine WHERE _line = 4 AND _file LIKE '%bad.csv'"
+        ).fetchall()[0]
+        fix = {"id": qid, "changes": {"amount": "12.50", "email": mistyped["email"]}}
+        readmit = commands(runtime)["readmit"]
+        assert readmit({"pipeline": PIPELINE, "fixes": [fix], "actor": "t"})["readmitted"] == [qid]
+        batches += drain(runtime)
+        stored = runtime.con.sql(f"SELECT email FROM raw.{PIPELINE} WHERE id = '900002'")
+        if config.pipeline(PIPELINE).pii:  # as its pseudonym, like the file's records
+            key = get_key(config.state_dir, "pii")
+            assert stored.fetchall() == [(pseudonym(key, mistyped["email"]),)]
         land_days(config, events, 2, 3)
         start, end = window_of_day(events, 2)
         report = run_backfill(runtime, PIPELINE, start, end, retrain=True, requested_by="test")
@@ -442,8 +463,10 @@ def test_prefect_runs_leave_no_plaintext_in_artifacts_logs_events_or_database(
     from prefect.artifacts import create_markdown_artifact
 
     from flows.backfill import backfill
+    from flows.erasure import erasure_flow
     from flows.micro_batch import micro_batch
     from flows.resident import install
+    from tasks.pii import subject_digest, subject_value
 
     def flow_batches() -> int:
         """Scheduled-like runs until one finds nothing to do; how many committed."""
@@ -465,6 +488,16 @@ def test_prefect_runs_leave_no_plaintext_in_artifacts_logs_events_or_database(
         done = asyncio.run(backfill(PIPELINE, start, end, retrain=True))
         assert done["rows_inserted"] == done["rows_in_window"] > 150
         assert flow_batches() >= 1
+        # the erasure flow: its run (parameters in Prefect's database) holds a digest only
+        email = found["email"][0]
+        key = get_key(config.state_dir, "pii")
+        digest = subject_digest(key, subject_value(config.pipeline(PIPELINE), email, key))
+        erased = asyncio.run(erasure_flow(PIPELINE, digest, requested_by="dpo@test"))
+        assert erased["found"] and erased["rows_raw"] > 0 and erased["file_rewritten"]
+        assert asyncio.run(erasure_flow(PIPELINE, digest, requested_by="dpo@test")) == {
+            "pipeline": PIPELINE,
+            "found": False,
+        }
     finally:
         install(None)
         runtime.close()

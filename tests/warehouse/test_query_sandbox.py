@@ -94,10 +94,20 @@ def reader(root: Path, where: str) -> Iterator[Reader]:
         con.close()
         yield Reader(root, where, None)
         return
+    lock = threading.RLock()
+
+    @contextmanager
+    def cursors() -> Iterator[duckdb.DuckDBPyConnection]:
+        with lock:
+            cursor = con.cursor()
+        try:
+            yield cursor
+        finally:
+            cursor.close()
+
     service = QueryService(
         state_dir,
-        con,
-        threading.RLock(),
+        cursors,
         query_timeout=OWNER_TIMEOUT,
         max_rows=OWNER_MAX_ROWS,
     )
