@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 from polars.exceptions import PanicException
 
-from flows.cycle import batch_features, pii_key, raw_format
+from flows.cycle import batch_features, drop_erased, pii_key, raw_format
 from flows.runtime import PipelineState, Runtime, fresh_model
 from tasks.aggregate import (
     previous_window_keys,
@@ -36,7 +36,7 @@ from tasks.pii import protected_records
 from tasks.postgres_source import read_window
 from tasks.validate import content_hashes, validate_records
 from tidemill.config import PostgresSource
-from warehouse import backfills, registry
+from warehouse import backfills, erasure, registry
 from warehouse.batches import BatchRecord, next_batch_id, window_stats
 from warehouse.batches import lag_history as stored_lag_history
 from warehouse.pipeline_tables import declared_columns
@@ -279,6 +279,9 @@ def run_backfill(
         backfill_id = backfills.begin(runtime.con, name, start, end, retrain, requested_by)
     try:
         records = source_records(state, start, end, pii_key(runtime, state.config))
+        with runtime.lock:
+            erased = erasure.erased_digests(runtime.con, name)
+        records = drop_erased(runtime, state.config, records, erased)
         total = records.height
         if total:
             with runtime.lock:

@@ -35,13 +35,13 @@ from tasks.lags import lag_history, with_target_lags
 from tasks.landing import Known, discover, read_arrival
 from tasks.model import ModelState, parameters_sha256
 from tasks.online import Step, next_batch_rows, prequential_step
-from tasks.pii import protected_header, protected_records
+from tasks.pii import protected_header, protected_records, without_erased
 from tasks.postgres_source import read_since
 from tasks.promotion import ScoreWindow, decide
 from tasks.validate import content_hashes, validate_records
 from tidemill.config import FilesSource, PipelineConfig, PostgresSource
 from tidemill.keys import get_key
-from warehouse import cursors, inbox, registry
+from warehouse import cursors, erasure, inbox, registry
 from warehouse.batches import (
     BatchRecord,
     BatchWrite,
@@ -142,6 +142,9 @@ def _ingest_table(runtime: Runtime, state: PipelineState, source: PostgresSource
     records = protected_records(
         read.records, config.pii, pii_key(runtime, config), raw_format="json"
     )
+    records = drop_erased(
+        runtime, config, records, erasure.erased_digests(runtime.con, config.name)
+    )
     cursors.add_read(runtime.con, config.name, source.label, source.cursor, records, read.position)
     return 1
 
@@ -158,6 +161,7 @@ def _ingest_files(
     arrivals = discover(source.path, known, settle, time.time_ns())
     required = declared_columns(config)
     key = pii_key(runtime, config)
+    erased = erasure.erased_digests(runtime.con, config.name) if arrivals else frozenset()
     for arrival in arrivals:
         header, records = read_arrival(
             arrival, source.format, required, headers.get(arrival.path), config.event_time
@@ -165,10 +169,28 @@ def _ingest_files(
         records = protected_records(
             records, config.pii, key, raw_format=raw_format(source), header=header
         )
+        records = drop_erased(runtime, config, records, erased)
         if config.pii:
             header = protected_header(header, {*required, *config.pii})
         inbox.add_file(runtime.con, config.name, arrival, header, records)
     return len(arrivals)
+
+
+def drop_erased(
+    runtime: Runtime, config: PipelineConfig, records: pl.DataFrame, erased: frozenset[str]
+) -> pl.DataFrame:
+    """`records` without those of subjects erased from the pipeline (`erased`: their
+    digests), which a source may still hold; how many were left out is logged."""
+    if not erased:
+        return records
+    kept, dropped = without_erased(
+        records, config.subject, get_key(runtime.state_dir, "pii"), erased
+    )
+    if dropped:
+        log.warning(
+            "%s: %d records of erased subjects read again: not stored", config.name, dropped
+        )
+    return kept
 
 
 def pii_key(runtime: Runtime, config: PipelineConfig) -> bytes:

@@ -119,6 +119,23 @@ def subject_digest(key: bytes, stored: str) -> str:
     return hmac.new(key, stored.encode(), hashlib.sha256).hexdigest()
 
 
+def without_erased(
+    records: pl.DataFrame, column: str | None, key: bytes, erased: Collection[str]
+) -> tuple[pl.DataFrame, int]:
+    """`records` (stored form, after `protected_records`) without those of erased
+    subjects: whose `column` value's digest is in `erased`. Returns them and how many
+    were left out. An erased subject whose records are read again (a backfill, a
+    replaced file, a source that still holds them) must not come back."""
+    if not erased or column is None or column not in records.columns or records.height == 0:
+        return records, 0
+    values = records[column].unique().drop_nulls().to_list()
+    gone = [v for v in values if subject_digest(key, v) in erased]
+    if not gone:
+        return records, 0
+    kept = records.filter(~pl.col(column).is_in(gone) | pl.col(column).is_null())
+    return kept, records.height - kept.height
+
+
 def protected_records(
     records: pl.DataFrame,
     rules: Mapping[str, PiiRule],

@@ -52,6 +52,16 @@ def subject_values(
     ]
 
 
+def erased_digests(con: duckdb.DuckDBPyConnection, pipeline: str) -> frozenset[str]:
+    """Digests of every subject erased from `pipeline`: records read again are dropped."""
+    return frozenset(
+        str(d)
+        for (d,) in con.execute(
+            "SELECT DISTINCT subject_digest FROM _erasures WHERE pipeline = ?", [pipeline]
+        ).fetchall()
+    )
+
+
 def _like(value: str) -> str:
     return "%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 

@@ -4,6 +4,7 @@ and every model is rebuilt equal to one that never saw the subject."""
 from __future__ import annotations
 
 import textwrap
+from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -11,6 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from flows.backfill_window import run_backfill
 from flows.cycle import run_cycle
 from flows.erasure import erase_subject
 from flows.replay_model import replay_model
@@ -30,6 +32,7 @@ features = ["amount", "customer"]
 categorical = ["customer"]
 classes = [0, 1]
 batch_rows = 50
+subject = "customer"
 challengers = [{{ name = "nb", estimator = "gaussian_nb" }}]
 promotion = {{ margin = 0.5 }}
 lags = [{{ name = "last", by = ["customer"], n = 2 }}]
@@ -138,6 +141,26 @@ def test_no_byte_of_the_subject_remains_in_any_file(erased: Erased) -> None:
         assert cursor.sql("SELECT count(*) FROM _erasures").fetchall() == [(1,)]
 
 
+def test_an_erased_subject_read_again_is_not_stored_again(erased: Erased) -> None:
+    """The landing files still hold the subject (the source is not ours to change): a
+    backfill over all of it, and a file delivering their records again, store none."""
+    live, _, rows, _ = erased
+    done = run_backfill(
+        live, "shop", datetime(2024, 3, 1), datetime(2024, 3, 2), requested_by="test"
+    )
+    assert done.rows_in_window == rows.height - rows.filter(pl.col("customer") == SUBJECT).height
+    assert done.rows_inserted == 0
+    again = rows.filter(pl.col("customer") == SUBJECT).with_columns(pl.col("id") + 10_000)
+    again.write_csv(_landing(live) / "again.csv")
+    run_cycle(live, "shop", drain=True)
+    for table in ("raw.shop", "raw.shop_quarantine", "raw.shop_inbox"):
+        found = live.con.sql(f"SELECT count(*) FROM {table} WHERE _file LIKE '%again.csv'")
+        assert found.fetchall() == [(0,)], table
+    assert live.con.sql("SELECT count(*) FROM _files WHERE path LIKE '%again.csv'").fetchall() == [
+        (1,)
+    ]  # the file was read
+
+
 def test_aggregates_and_lags_equal_those_of_a_warehouse_that_never_saw_the_subject(
     erased: Erased,
 ) -> None:
@@ -175,7 +198,7 @@ def test_erase_from_the_command_line_matches_the_pseudonym_and_prints_one_summar
     folder = tmp_path / "cli"
     (folder / "landing").mkdir(parents=True)
     text = textwrap.dedent(TOML.format(landing="landing")).replace(
-        "batch_rows = 50", 'batch_rows = 50\nsubject = "customer"\npii = { customer = "hash" }'
+        "batch_rows = 50", 'batch_rows = 50\npii = { customer = "hash" }'
     )
     (folder / "tidemill.toml").write_text(text)
     _rows(200).write_csv(folder / "landing" / "all.csv")
