@@ -32,7 +32,7 @@ from tasks.aggregate import (
 from tasks.clean import clean_rows
 from tasks.drift import PSI_ALERT
 from tasks.lags import lag_history, with_target_lags
-from tasks.landing import Known, discover, read_arrival
+from tasks.landing import Known, discover, landing_paths, read_arrival
 from tasks.model import ModelState, parameters_sha256
 from tasks.online import Step, next_batch_rows, prequential_step
 from tasks.pii import protected_header, protected_records, without_erased
@@ -154,11 +154,12 @@ def _ingest_files(
 ) -> int:
     """Read every new landing file version into the inbox; returns how many."""
     config = state.config
-    ledger = inbox.ledger(runtime.con, config.name)
+    paths = landing_paths(source.path)
+    ledger = inbox.ledger(runtime.con, config.name, paths)
     known = {p: Known(v.size_bytes, v.mtime_ns, v.sha256) for p, v in ledger.items()}
-    headers = inbox.headers(runtime.con, config.name)
+    headers = inbox.headers(runtime.con, config.name, paths)
     settle = 0.0 if drain else source.settle_seconds
-    arrivals = discover(source.path, known, settle, time.time_ns())
+    arrivals = discover(paths, known, settle, time.time_ns())
     required = declared_columns(config)
     key = pii_key(runtime, config)
     erased = erasure.erased_digests(runtime.con, config.name) if arrivals else frozenset()

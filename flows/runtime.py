@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from warehouse import registry
 from warehouse.compact import Compacted, compact
 from warehouse.connection import STORAGE_VERSION, database_path, open_warehouse
 from warehouse.pipeline_tables import ensure_pipeline_tables, stored_schema
-from warehouse.snapshot import publish_snapshot, snapshot_path
+from warehouse.snapshot import SnapshotPublisher, publish_snapshot, snapshot_path
 
 log = logging.getLogger("tidemill")
 
@@ -125,13 +124,16 @@ class Runtime:
     snapshot_every_seconds: float = 0.0
     checkpoint_every_cycles: int = 50
     cycles_since_checkpoint: int = 0
-    last_snapshot: float = 0.0
     unpublished: bool = False
+    publisher: SnapshotPublisher = field(init=False)
     _readers: set[duckdb.DuckDBPyConnection] = field(default_factory=set)
     _idle: threading.Condition = field(init=False)
 
     def __post_init__(self) -> None:
         self._idle = threading.Condition(self.lock)
+        self.publisher = SnapshotPublisher(
+            database_path(self.state_dir), snapshot_path(self.state_dir)
+        )
 
     @classmethod
     def open(cls, config: TidemillConfig, settings: Settings | None = None) -> Runtime:
@@ -234,16 +236,16 @@ class Runtime:
 
     def after_cycle(self, committed: bool) -> None:
         """Checkpoint every N cycles (an empty one still writes its heartbeat, which would
-        otherwise pile up in the WAL of an idle pipeline), and publish the read-only
-        snapshot once it is `snapshot_every_seconds` old and a batch committed since (empty
-        cycles too, so the last batch of a burst is published)."""
+        otherwise pile up in the WAL of an idle pipeline), and start publishing the
+        read-only snapshot once it is due (see warehouse/snapshot.py) and a batch committed
+        since (empty cycles too, so the last batch of a burst is published). No checkpoint
+        while a snapshot copy runs: the copy needs the main file unchanged."""
         self.cycles_since_checkpoint += 1
         if committed:
             self.unpublished = True
-        due = (
-            self.unpublished
-            and time.monotonic() - self.last_snapshot >= self.snapshot_every_seconds
-        )
+        if self.publisher.busy:
+            return
+        due = self.unpublished and self.publisher.due(self.snapshot_every_seconds)
         if self.cycles_since_checkpoint < self.checkpoint_every_cycles and not due:
             return
         with self.lock:
@@ -254,13 +256,17 @@ class Runtime:
                 return
             self.cycles_since_checkpoint = 0
             if due:
-                try:
-                    publish_snapshot(database_path(self.state_dir), snapshot_path(self.state_dir))
-                except OSError as error:  # a full disk: the batch is committed, publish later
-                    log.warning("snapshot not published: %s", error)
-                    return
-                self.last_snapshot = time.monotonic()
                 self.unpublished = False
+                self.publisher.start()
+
+    def publish_now(self) -> None:
+        """Checkpoint and publish the snapshot before returning (after an erasure, at
+        close): nothing else runs meanwhile."""
+        with self.lock:
+            self.publisher.wait()
+            self.con.execute("CHECKPOINT")
+            publish_snapshot(database_path(self.state_dir), snapshot_path(self.state_dir))
+            self.unpublished = False
 
     def change_champion(
         self, name: str, to_version: int | None, *, action: str, actor: str, reason: str
@@ -313,23 +319,21 @@ class Runtime:
                 cursor.interrupt()
             if not self._idle.wait_for(lambda: not self._readers, timeout=wait_seconds):
                 raise RuntimeError(f"readers still hold {path} after {wait_seconds:g} s")
+            self.publisher.wait()
             self.con.execute("CHECKPOINT")
             self.con.close()
             try:
                 done = compact(path, STORAGE_VERSION)
             finally:
                 self.con = open_warehouse(path)
-            publish_snapshot(path, snapshot_path(self.state_dir))
-            self.last_snapshot = time.monotonic()
-            self.unpublished = False
+            self.publish_now()
         return done
 
     def close(self) -> None:
         """Checkpoint, publish a last snapshot and close the file."""
         with self.lock:
             try:
-                self.con.execute("CHECKPOINT")
-                publish_snapshot(database_path(self.state_dir), snapshot_path(self.state_dir))
+                self.publish_now()
             except (duckdb.Error, OSError) as error:
                 log.warning("final checkpoint or snapshot failed: %s", error)
             self.con.close()

@@ -110,14 +110,18 @@ def _snapshot(path: str, previous: Known | None) -> Arrival | None:
     )
 
 
+def landing_paths(pattern: str) -> list[str]:
+    """Absolute paths of the files matching `pattern` now."""
+    return [os.path.abspath(name) for name in glob.glob(pattern)]
+
+
 def discover(
-    pattern: str, known: dict[str, Known], settle_seconds: float, now_ns: int
+    paths: list[str], known: dict[str, Known], settle_seconds: float, now_ns: int
 ) -> list[Arrival]:
-    """Landing files matching `pattern` that hold something the ledger has not read,
-    oldest modification first."""
+    """Of `paths` (see `landing_paths`), the files that hold something the ledger has not
+    read, oldest modification first."""
     arrivals = []
-    for name in glob.glob(pattern):
-        path = os.path.abspath(name)
+    for path in paths:
         try:
             stat = os.stat(path)
         except FileNotFoundError:

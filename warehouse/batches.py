@@ -17,7 +17,7 @@ import duckdb
 import polars as pl
 
 from tidemill.config import AggregateSpec, LagSpec, PipelineConfig
-from warehouse.pipeline_tables import PipelineTables, q
+from warehouse.pipeline_tables import PipelineTables, lit, q
 from warehouse.registry import ModelVersion, record_event, record_heads
 
 
@@ -108,6 +108,9 @@ def next_batch_id(con: duckdb.DuckDBPyConnection) -> int:
     return int(con.sql("SELECT coalesce(max(batch_id), 0) + 1 FROM _batches").fetchall()[0][0])
 
 
+INDEX_PROBE_KEYS = 2048
+
+
 def known_keys(
     con: duckdb.DuckDBPyConnection, config: PipelineConfig, keys: pl.Series
 ) -> pl.Series:
@@ -115,14 +118,20 @@ def known_keys(
     if not config.key or keys.len() == 0:
         return pl.Series(config.key or "key", [], dtype=pl.Utf8)
     t = PipelineTables(config.name)
-    con.register("_probe", pl.DataFrame({"k": keys.drop_nulls().unique()}).to_arrow())
-    try:
-        found = con.sql(
-            f"SELECT r.{q(config.key)} AS k FROM {t.raw} r JOIN _probe p ON r.{q(config.key)} = p.k"
-        ).pl()
-    finally:
-        con.unregister("_probe")
-    return found["k"]
+    wanted = keys.drop_nulls().unique().cast(pl.Utf8).to_list()
+    found: list[str] = []
+    # Constant IN lists are answered by the primary key's ART index (a lookup per key,
+    # flat as raw.P grows); a join or a list parameter scans the whole key column.
+    # DuckDB scans the index for at most `index_scan_max_count` (2048) values at a time.
+    for start in range(0, len(wanted), INDEX_PROBE_KEYS):
+        values = ", ".join(lit(k) for k in wanted[start : start + INDEX_PROBE_KEYS])
+        found += [
+            r[0]
+            for r in con.sql(
+                f"SELECT {q(config.key)} FROM {t.raw} WHERE {q(config.key)} IN ({values})"
+            ).fetchall()
+        ]
+    return pl.Series("k", found, dtype=pl.Utf8)
 
 
 def window_stats(

@@ -9,6 +9,7 @@ any moment: a landing file not yet in the ledger, the inbox, raw.P, or quarantin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 import polars as pl
@@ -27,23 +28,48 @@ class FileVersion:
     sha256: str
 
 
-def ledger(con: duckdb.DuckDBPyConnection, pipeline: str) -> dict[str, FileVersion]:
-    """Latest ledger entry per path for `pipeline`."""
-    rows = con.execute(
-        "SELECT path, size_bytes, mtime_ns, sha256 FROM _files WHERE pipeline = ? "
-        "QUALIFY row_number() OVER (PARTITION BY path ORDER BY ingested_at DESC, size_bytes DESC) = 1",
-        [pipeline],
-    ).fetchall()
+def ledger(
+    con: duckdb.DuckDBPyConnection, pipeline: str, paths: list[str]
+) -> dict[str, FileVersion]:
+    """Latest ledger entry of each of `paths` (the files in the landing folder now): a
+    cycle reads the entries of the files still there, not of every file ever read."""
+    rows = _of_paths(
+        con,
+        paths,
+        "SELECT f.path, f.size_bytes, f.mtime_ns, f.sha256 FROM _files f "
+        "JOIN _paths p ON f.path = p.path WHERE f.pipeline = ? "
+        "QUALIFY row_number() OVER (PARTITION BY f.path "
+        "ORDER BY f.ingested_at DESC, f.size_bytes DESC) = 1",
+        pipeline,
+    )
     return {r[0]: FileVersion(*r) for r in rows}
 
 
-def headers(con: duckdb.DuckDBPyConnection, pipeline: str) -> dict[str, list[str]]:
-    """CSV header recorded per path (the first version read), for reading grown files."""
-    rows = con.execute(
-        "SELECT path, arg_min(header, ingested_at) FROM _files WHERE pipeline = ? GROUP BY path",
-        [pipeline],
-    ).fetchall()
+def headers(
+    con: duckdb.DuckDBPyConnection, pipeline: str, paths: list[str]
+) -> dict[str, list[str]]:
+    """CSV header recorded for each of `paths` (the first version read), for reading
+    grown files."""
+    rows = _of_paths(
+        con,
+        paths,
+        "SELECT f.path, arg_min(f.header, f.ingested_at) FROM _files f "
+        "JOIN _paths p ON f.path = p.path WHERE f.pipeline = ? GROUP BY f.path",
+        pipeline,
+    )
     return {path: header.split(",") for path, header in rows if header}
+
+
+def _of_paths(
+    con: duckdb.DuckDBPyConnection, paths: list[str], sql: str, pipeline: str
+) -> list[tuple[Any, ...]]:
+    if not paths:
+        return []
+    con.register("_paths", pl.DataFrame({"path": paths}, schema={"path": pl.Utf8}).to_arrow())
+    try:
+        return con.execute(sql, [pipeline]).fetchall()
+    finally:
+        con.unregister("_paths")
 
 
 def add_file(

@@ -160,7 +160,8 @@ def readmit(
     todo = [f for f in fixes if f.quarantine_id not in done]
     if not todo:
         return Readmission([], [done[i] for i in ids])
-    file_headers = headers(con, config.name) if fmt == "csv" else {}
+    paths = sorted({str(stored[f.quarantine_id][0]) for f in todo})
+    file_headers = headers(con, config.name, paths) if fmt == "csv" else {}
     rows: list[dict[str, object]] = []
     for fix in todo:
         path, line, raw, reason = stored[fix.quarantine_id]

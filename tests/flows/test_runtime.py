@@ -11,6 +11,7 @@ import pytest
 
 from flows.runtime import Runtime
 from tidemill.config import load_config
+from warehouse import snapshot
 from warehouse.connection import database_path
 
 
@@ -60,3 +61,42 @@ def test_a_reader_that_does_not_finish_stops_the_rewrite_with_a_clear_error(
     with runtime.reader(), pytest.raises(RuntimeError, match="readers still hold"):
         runtime.rewrite_file(wait_seconds=0.2)  # our own reader: it cannot finish meanwhile
     runtime.close()
+
+
+def _slow_copy(source: str | Path, target: str | Path) -> None:
+    """A disk that copies 4 MiB per 50 ms."""
+    with open(source, "rb") as reading, open(target, "wb") as writing:
+        while chunk := reading.read(4 << 20):
+            writing.write(chunk)
+            time.sleep(0.05)
+
+
+def test_a_snapshot_copied_while_batches_commit_is_the_checkpointed_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy runs beside the writer: commits (large ones write blocks straight into the
+    file) must not tear it, and no checkpoint may run under it."""
+    monkeypatch.setattr(snapshot.shutil, "copyfile", _slow_copy)
+    runtime = _runtime(tmp_path)
+    con = runtime.con
+    con.execute("CREATE TABLE raw.big AS SELECT range AS i, random() AS v FROM range(4000000)")
+    runtime.unpublished = True
+    runtime.after_cycle(committed=True)  # checkpoints, then starts the copy
+    assert runtime.publisher.busy
+    writes = 0
+    while runtime.publisher.busy:
+        with runtime.lock:  # as a batch does; 150k rows: written straight to the file
+            con.execute("INSERT INTO raw.big SELECT range, 0.5 FROM range(150000)")
+        runtime.after_cycle(committed=True)  # no checkpoint while the copy runs
+        writes += 1
+    runtime.publisher.wait()
+    assert writes >= 3 and runtime.publisher.published == 1
+    with duckdb.connect(str(runtime.state_dir / "snapshot.duckdb"), read_only=True) as snap:
+        assert snap.sql("SELECT count(*), count(DISTINCT i) FROM raw.big").fetchall() == [
+            (4_000_000, 4_000_000)
+        ]
+    runtime.close()  # publishes the rest before closing
+    with duckdb.connect(str(runtime.state_dir / "snapshot.duckdb"), read_only=True) as snap:
+        assert snap.sql("SELECT count(*) FROM raw.big").fetchall() == [
+            (4_000_000 + writes * 150_000,)
+        ]
