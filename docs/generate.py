@@ -29,6 +29,7 @@ from tidemill.config import (  # noqa: E402
     ModelSpec,
     PipelineConfig,
     PostgresSource,
+    RedisStreamSource,
     StateConfig,
     load_config,
 )
@@ -94,6 +95,10 @@ def configuration() -> str:
         '### `source` (kind = "postgres")',
         "",
         _table(PostgresSource),
+        "",
+        '### `source` (kind = "redis_stream")',
+        "",
+        _table(RedisStreamSource),
         "",
         "### `model`",
         "",

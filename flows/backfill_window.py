@@ -35,7 +35,7 @@ from tasks.online import prequential_step
 from tasks.pii import protected_records
 from tasks.postgres_source import read_window
 from tasks.validate import content_hashes, validate_records
-from tidemill.config import PostgresSource
+from tidemill.config import PostgresSource, RedisStreamSource
 from warehouse import backfills, erasure, registry
 from warehouse.batches import BatchRecord, next_batch_id, window_stats
 from warehouse.batches import lag_history as stored_lag_history
@@ -75,6 +75,11 @@ def source_records(
     fields are protected with `pii_key` as the live ingest does (tasks/pii.py)."""
     config = state.config
     source = config.source
+    if isinstance(source, RedisStreamSource):
+        raise BackfillError(
+            f"{config.name} reads a Redis stream: a stream keeps no time index to re-read "
+            "a window from (its entries are acknowledged once stored)"
+        )
     if isinstance(source, PostgresSource):
         assert config.key is not None  # the config refuses a postgres source without one
         rows = read_window(

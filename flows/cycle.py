@@ -38,8 +38,9 @@ from tasks.online import Step, next_batch_rows, prequential_step
 from tasks.pii import protected_header, protected_records, without_erased
 from tasks.postgres_source import read_since
 from tasks.promotion import ScoreWindow, decide
+from tasks.redis_stream import StreamReader
 from tasks.validate import content_hashes, validate_records
-from tidemill.config import FilesSource, PipelineConfig, PostgresSource
+from tidemill.config import FilesSource, PipelineConfig, PostgresSource, RedisStreamSource
 from tidemill.keys import get_key
 from warehouse import cursors, erasure, inbox, registry
 from warehouse.batches import (
@@ -115,6 +116,8 @@ def ingest(runtime: Runtime, state: PipelineState, *, drain: bool) -> int:
     before the records reach the inbox (tasks/pii.py), so nothing after this sees them."""
     if isinstance(state.config.source, PostgresSource):
         return _ingest_table(runtime, state, state.config.source)
+    if isinstance(state.config.source, RedisStreamSource):
+        return _ingest_stream(runtime, state, state.config.source)
     return _ingest_files(runtime, state, state.config.source, drain=drain)
 
 
@@ -146,6 +149,34 @@ def _ingest_table(runtime: Runtime, state: PipelineState, source: PostgresSource
         runtime, config, records, erasure.erased_digests(runtime.con, config.name)
     )
     cursors.add_read(runtime.con, config.name, source.label, source.cursor, records, read.position)
+    return 1
+
+
+def _ingest_stream(runtime: Runtime, state: PipelineState, source: RedisStreamSource) -> int:
+    """One bounded read of the stream as consumer `source.consumer` of its group, unless
+    the inbox already holds a batch. The records and the ids read commit together (the
+    `_cursors` row of the stream and group); the entries are acknowledged only after
+    that commit, and the next read first acknowledges the ids recorded, so an entry is
+    neither lost nor stored twice whenever the process stops (tasks/redis_stream.py)."""
+    config = state.config
+    if inbox.backlog(runtime.con, config.name) >= config.batch_rows:
+        return 0
+    at = cursors.position(runtime.con, config.name, source.label, source.group)
+    columns, limit = declared_columns(config), source.read_rows or 10 * config.batch_rows
+    with StreamReader(source.url, source.stream, source.group, source.consumer) as reader:
+        read = reader.read(limit, columns, config.event_time, committed=at.keys_at_last)
+        if read.records.height == 0:
+            return 0
+        records = protected_records(
+            read.records, config.pii, pii_key(runtime, config), raw_format="json"
+        )
+        records = drop_erased(
+            runtime, config, records, erasure.erased_digests(runtime.con, config.name)
+        )
+        cursors.add_read(
+            runtime.con, config.name, source.label, source.group, records, read.position
+        )
+        reader.ack(read.position.keys_at_last)  # stored: only now may the broker forget them
     return 1
 
 

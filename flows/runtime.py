@@ -27,7 +27,7 @@ from tasks.metrics import DEFAULT_METRIC
 from tasks.model import ModelState, make_estimator
 from tasks.promotion import ScoreWindow
 from tasks.validate import class_labels
-from tidemill.config import ModelSpec, PipelineConfig, TidemillConfig
+from tidemill.config import FilesSource, ModelSpec, PipelineConfig, TidemillConfig
 from tidemill.settings import Settings, get_settings
 from warehouse import registry
 from warehouse.compact import Compacted, compact
@@ -216,6 +216,8 @@ class Runtime:
         features, classes = config.features, config.classes
         if features is not None and (classes is not None or config.task == "regression"):
             return features, classes
+        if not isinstance(config.source, FilesSource):  # its config declares them
+            return features or [], classes
         files = sorted(glob.glob(config.source.path))
         if not files:
             return None

@@ -11,6 +11,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -92,8 +93,78 @@ class PostgresSource(_Strict):
         return f"postgres:{self.table}"
 
 
-Source = Annotated[FilesSource | PostgresSource, Field(discriminator="kind")]
-SOURCE_KINDS = ("files", "postgres")
+# --- redis_stream source (tasks/redis_stream.py) ---------------------------------------
+_STREAM_NAME = re.compile(r"^[^\s\x00-\x1f]{1,200}$")
+
+
+class RedisStreamSource(_Strict):
+    """A Redis stream read through a consumer group (see tasks/redis_stream.py).
+
+    The pipeline is one consumer of the group: it takes its own unacknowledged entries
+    first, then new ones, and acknowledges them only once they are stored, so a crash
+    re-delivers them and their ids (kept in _cursors) stop them being stored twice.
+    """
+
+    kind: Literal["redis_stream"] = Field(
+        description="A Redis stream read through a consumer group."
+    )
+    url: str = Field(
+        description="redis://[:PASSWORD@]HOST:PORT/DB (rediss:// for TLS) of the server."
+    )
+    stream: str = Field(description="The stream's key.")
+    group: str = Field(
+        default="tidemill",
+        description="Consumer group; created at the stream's first entry when missing.",
+    )
+    consumer: str = Field(
+        default="worker-1",
+        description="This pipeline's name in the group. Keep it: its unacknowledged "
+        "entries are re-delivered to this name only.",
+    )
+    read_rows: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Most entries one read takes; default 10 x batch_rows.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_redis(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        try:
+            urlsplit(value).port  # noqa: B018 (reading it checks it is a number)
+        except ValueError:
+            raise ValueError("must be a redis:// or rediss:// URL with a numeric port") from None
+        return value
+
+    @field_validator("stream", "group", "consumer")
+    @classmethod
+    def _name_is_plain(cls, value: str) -> str:
+        if not _STREAM_NAME.match(value):
+            raise ValueError("must be 1-200 characters without spaces or control characters")
+        return value
+
+    @property
+    def label(self) -> str:
+        """How records name their origin (`_file`): `redis:<stream>`."""
+        return f"redis:{self.stream}"
+
+
+def _stream_needs(config: PipelineConfig) -> None:
+    """What a redis_stream pipeline must declare: its columns (no entry is read to
+    find them)."""
+    if config.features is None:
+        raise ValueError("a redis_stream source needs `features` (they are not read from entries)")
+    if config.task == "classification" and config.classes is None:
+        raise ValueError("a redis_stream source needs `classes` (they are not read from entries)")
+
+
+# --- end of redis_stream source ------------------------------------------------------
+
+Source = Annotated[FilesSource | PostgresSource | RedisStreamSource, Field(discriminator="kind")]
+SOURCE_KINDS = ("files", "postgres", "redis_stream")
 
 
 class ModelSpec(_Strict):
@@ -236,7 +307,9 @@ class PipelineConfig(_Strict):
     """One pipeline: where rows come from, what they mean, what learns from them."""
 
     name: str = Field(description="The NAME of [pipelines.NAME].")
-    source: Source = Field(description="Where records come from (kind = files or postgres).")
+    source: Source = Field(
+        description="Where records come from (kind = files, postgres or redis_stream)."
+    )
     event_time: str = Field(
         description="Event timestamp column: ISO-8601 text (with or without offset) or epoch s/ms."
     )
@@ -374,6 +447,8 @@ class PipelineConfig(_Strict):
             raise ValueError("classes needs at least two labels")
         if isinstance(self.source, PostgresSource):
             _postgres_needs(self)
+        if isinstance(self.source, RedisStreamSource):
+            _stream_needs(self)
         names = [a.name for a in self.aggregates]
         if len(set(names)) != len(names):
             raise ValueError("aggregate names must be unique")

@@ -198,7 +198,7 @@ def test_a_postgres_source_config_loads() -> None:
         ),
         (
             {"source": {**SOURCE, "kind": "mysql"}},
-            "t.toml: pipelines.p.source.kind: must be 'files' or 'postgres' (got 'mysql')",
+            "t.toml: pipelines.p.source.kind: must be 'files' or 'postgres' or 'redis_stream' (got 'mysql')",
         ),
         (
             {"source": {k: v for k, v in SOURCE.items() if k != "cursor"}},
