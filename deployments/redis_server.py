@@ -28,10 +28,19 @@ import time
 from pathlib import Path
 
 from deployments import processes
+from tidemill.config import LOCAL_BROKER, RedisStreamSource, TidemillConfig
 
 HOST = "127.0.0.1"
 NAME = "redis"  # the process name in run/ and logs/
 _TAKEN = "Address already in use"
+
+
+def needed_by(config: TidemillConfig) -> bool:
+    """Whether a pipeline of `config` reads a stream of this broker (`url = "local"`)."""
+    return any(
+        isinstance(p.source, RedisStreamSource) and p.source.url == LOCAL_BROKER
+        for p in config.pipelines.values()
+    )
 
 
 def home(state_dir: Path) -> Path:

@@ -1,5 +1,7 @@
 """Replay a data set as a live stream of small CSV files: the packaged flights, or the
-synthetic card payments of ``tasks/transactions.py`` (:data:`DATASETS`).
+synthetic card payments of ``tasks/transactions.py`` (:data:`DATASETS`); or, for the
+`sensors` pipeline, publish machine-sensor readings to its Redis stream
+(:func:`replay_sensors`).
 
 Every tick the simulated clock (``speed`` simulated seconds per real second) moves
 forward; the events it passed since the last tick land as ONE file
@@ -29,10 +31,18 @@ from typing import cast
 
 import polars as pl
 
+from deployments import redis_server
 from tasks.replay import EVENT_COLUMNS, events_between, flight_events, landing_rows, sim_time
+from tasks.sensors import Published, replay_readings, sensor_readings
 from tasks.transactions import EVENT_COLUMNS as TRANSACTION_COLUMNS
 from tasks.transactions import transaction_events
-from tidemill.config import ConfigError, FilesSource, TidemillConfig
+from tidemill.config import (
+    LOCAL_BROKER,
+    ConfigError,
+    FilesSource,
+    RedisStreamSource,
+    TidemillConfig,
+)
 from tidemill.durable import write_atomic
 
 FILE_PREFIX = "flights-"
@@ -89,6 +99,14 @@ DATASETS = {
 }
 
 
+SENSORS = "sensors"
+"""The stream data set: machine-sensor readings (tasks/sensors.py) published to the
+Redis stream of the pipeline of that name."""
+REPLAYABLE = (*DATASETS, SENSORS)
+SENSOR_READINGS_PER_SECOND = 50.0
+"""The sensors replay's pace in real time, whatever --speed (see `replay_sensors`)."""
+
+
 class UnknownDataSet(ConfigError):
     """A data set name the replayer does not know; the message lists the known ones."""
 
@@ -96,9 +114,48 @@ class UnknownDataSet(ConfigError):
 def dataset(name: str) -> DataSet:
     """The data set `name`, or UnknownDataSet naming the available ones."""
     if name not in DATASETS:
-        known = ", ".join(DATASETS)
+        known = ", ".join(REPLAYABLE)
         raise UnknownDataSet(f"unknown data set '{name}' (available: {known})")
     return DATASETS[name]
+
+
+def sensor_stream(config: TidemillConfig) -> tuple[str, RedisStreamSource]:
+    """The broker URL and the source of the `sensors` pipeline (a redis_stream)."""
+    source = config.pipeline(SENSORS).source
+    if not isinstance(source, RedisStreamSource):
+        raise ConfigError(
+            f"{config.path}: pipelines.{SENSORS}.source: replaying sensors needs "
+            "kind = 'redis_stream'"
+        )
+    if source.url != LOCAL_BROKER:
+        return source.url, source
+    return redis_server.url(config.state_dir), source
+
+
+def replay_sensors(
+    config: TidemillConfig,
+    speed: float,
+    *,
+    tick_seconds: float = 1.0,
+    stop: threading.Event | None = None,
+    max_ticks: int | None = None,
+) -> Published:
+    """Publish 12 sensors' readings (3 days of them) to the `sensors` pipeline's stream,
+    resuming after its newest entry. A reading every `12 * speed / 50` event-seconds per
+    sensor paces them at about SENSOR_READINGS_PER_SECOND real readings per second at
+    any `speed` (keep the speed between runs: the readings depend on it)."""
+    url, source = sensor_stream(config)
+    every = max(10.0, 12 * speed / SENSOR_READINGS_PER_SECOND)
+    readings = sensor_readings(rounds=int(3 * 86_400 / every), every_seconds=every, seed=0)
+    return replay_readings(
+        url,
+        source.stream,
+        readings,
+        speed,
+        tick_seconds=tick_seconds,
+        stop=stop,
+        max_ticks=max_ticks,
+    )
 
 
 def landing_dir(config: TidemillConfig, name: str) -> Path:
@@ -145,6 +202,9 @@ def serve_replay(
 ) -> None:
     """`tidemill replay NAME`: replay until done, Ctrl-C or SIGTERM (the file in flight
     is finished first), telling `say` what it does."""
+    if name == SENSORS:
+        _serve_sensors(config, speed, tick_seconds=tick_seconds, max_ticks=max_files, say=say)
+        return
     chosen = dataset(name)
     folder = landing_dir(config, name)
     stop = threading.Event()
@@ -160,6 +220,27 @@ def serve_replay(
         f"wrote {stats.rows_written} rows in {stats.files_written} files"
         + (f" (all of {name} replayed)" if stats.exhausted else "")
     )
+
+
+def _serve_sensors(
+    config: TidemillConfig,
+    speed: float,
+    *,
+    tick_seconds: float,
+    max_ticks: int | None,
+    say: Callable[[str], object],
+) -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _, source = sensor_stream(config)
+    say(f"publishing sensor readings to stream {source.stream} at {speed:g}x; Ctrl-C stops")
+    try:
+        done = replay_sensors(
+            config, speed, tick_seconds=tick_seconds, stop=stop, max_ticks=max_ticks
+        )
+    except KeyboardInterrupt:
+        return
+    say(f"published {done.entries} readings" + (" (all of them)" if done.exhausted else ""))
 
 
 def replay(

@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployments import processes, supervisor
+from deployments import processes, redis_server, supervisor
 from deployments.prefect_server import start_server, stop_server
-from deployments.replayer import DATASETS
+from deployments.replayer import DATASETS, REPLAYABLE, SENSORS
 from deployments.supervisor import command, environment, ready_file
-from tidemill.config import FilesSource, TidemillConfig
+from tidemill.config import FilesSource, RedisStreamSource, TidemillConfig
 
 WORKER = supervisor.WORKER
 SUPERVISOR = (supervisor.NAME, supervisor.MARKER)
@@ -31,12 +31,17 @@ def replayer(dataset: str) -> tuple[str, tuple[str, ...]]:
 
 
 def replayed(config: TidemillConfig) -> list[str]:
-    """The data sets `up` replays: those with a files pipeline of the same name."""
-    return [
+    """The data sets `up` replays: those with a files pipeline of the same name, and
+    the sensor readings when a `sensors` pipeline reads a Redis stream."""
+    names = [
         name
         for name in DATASETS
         if name in config.pipelines and isinstance(config.pipelines[name].source, FilesSource)
     ]
+    sensors = config.pipelines.get(SENSORS)
+    if sensors is not None and isinstance(sensors.source, RedisStreamSource):
+        names.append(SENSORS)
+    return names
 
 
 class StackError(RuntimeError):
@@ -79,6 +84,8 @@ def up(config: TidemillConfig, *, port: int, speed: float | None, timeout: float
     state.mkdir(parents=True, exist_ok=True)
     try:
         server_pid = start_server(state, port)
+        if redis_server.needed_by(config):
+            redis_server.start(state)
     except RuntimeError as error:
         raise StackError(str(error)) from None
     env = environment(config, port)
@@ -113,9 +120,11 @@ def down(config: TidemillConfig) -> list[str]:
     """Stop the supervisor (so it restarts nothing), the replayers, the worker (it
     finishes its batch) and the server; returns what was running."""
     stopped = []
-    for name, marker in [SUPERVISOR, *(replayer(dataset) for dataset in DATASETS), WORKER]:
+    for name, marker in [SUPERVISOR, *(replayer(dataset) for dataset in REPLAYABLE), WORKER]:
         if processes.stop(config.state_dir, name, marker, timeout=40):
             stopped.append(name)
+    if redis_server.stop(config.state_dir):
+        stopped.append(redis_server.NAME)
     if stop_server(config.state_dir):
         stopped.append("prefect-server")
     ready_file(config.state_dir).unlink(missing_ok=True)

@@ -2,8 +2,9 @@
 
 `tidemill up` starts one supervisor per state folder (`python -m deployments.supervisor`,
 in its own session, logging to logs/supervisor.log). It starts the worker, then looks
-every half second at PostgreSQL (when the Prefect server uses it), the Prefect server
-and the worker, and starts again any that is gone — a SIGKILL, the OOM killer, a crash
+every half second at PostgreSQL (when the Prefect server uses it), the Redis broker
+(when a pipeline reads a stream of it), the Prefect server and the worker, and starts
+again any that is gone — a SIGKILL, the OOM killer, a crash
 on a full disk. A process that died waits a backoff before its restart: 0.5 s, doubling
 up to 30 s while it keeps dying, back to 0.5 s once it has stayed up for 30 s.
 
@@ -30,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from deployments import postgres, processes
+from deployments import postgres, processes, redis_server
 from deployments.prefect_server import MARKER as SERVER_MARKER
 from deployments.prefect_server import NAME as SERVER_NAME
 from deployments.prefect_server import server_env, start_server
@@ -125,12 +126,22 @@ class Supervisor:
         ]
         if get_settings().prefect_database == "postgres":
             self.watched.insert(0, _Watched("postgres", self._database_runs, self._start_database))
+        if redis_server.needed_by(config):  # before the worker, whose streams it serves
+            self.watched.insert(
+                0, _Watched(redis_server.NAME, self._broker_runs, self._start_broker)
+            )
 
     def _database_runs(self) -> bool:
         return postgres.running_pid(self.state_dir) is not None
 
     def _start_database(self) -> None:
         postgres.start(self.state_dir)
+
+    def _broker_runs(self) -> bool:
+        return redis_server.running_pid(self.state_dir) is not None
+
+    def _start_broker(self) -> None:
+        redis_server.start(self.state_dir)
 
     def _server_runs(self) -> bool:
         return processes.running(self.state_dir, SERVER_NAME, SERVER_MARKER) is not None

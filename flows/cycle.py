@@ -40,7 +40,13 @@ from tasks.postgres_source import read_since
 from tasks.promotion import ScoreWindow, decide
 from tasks.redis_stream import StreamReader
 from tasks.validate import content_hashes, validate_records
-from tidemill.config import FilesSource, PipelineConfig, PostgresSource, RedisStreamSource
+from tidemill.config import (
+    LOCAL_BROKER,
+    FilesSource,
+    PipelineConfig,
+    PostgresSource,
+    RedisStreamSource,
+)
 from tidemill.keys import get_key
 from warehouse import cursors, erasure, inbox, registry
 from warehouse.batches import (
@@ -163,7 +169,12 @@ def _ingest_stream(runtime: Runtime, state: PipelineState, source: RedisStreamSo
         return 0
     at = cursors.position(runtime.con, config.name, source.label, source.group)
     columns, limit = declared_columns(config), source.read_rows or 10 * config.batch_rows
-    with StreamReader(source.url, source.stream, source.group, source.consumer) as reader:
+    url = source.url
+    if url == LOCAL_BROKER:
+        from deployments import redis_server
+
+        url = redis_server.url(runtime.state_dir)
+    with StreamReader(url, source.stream, source.group, source.consumer) as reader:
         read = reader.read(limit, columns, config.event_time, committed=at.keys_at_last)
         if read.records.height == 0:
             return 0

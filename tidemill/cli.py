@@ -1051,7 +1051,9 @@ def worker(
 
 @app.command()
 def replay(
-    dataset: Annotated[str, typer.Argument(help="Data set to replay: flights or transactions.")],
+    dataset: Annotated[
+        str, typer.Argument(help="Data set to replay: flights, transactions or sensors.")
+    ],
     speed: Annotated[
         float, typer.Option("--speed", min=1, help="Simulated seconds per real second.")
     ] = 1800,
@@ -1062,7 +1064,8 @@ def replay(
 ) -> None:
     """Write a packaged data set (the 2013 NYC flights, or the seeded synthetic card
     transactions) into its pipeline's landing folder as small CSV files, at SPEED times
-    their event times. Resumes where it stopped."""
+    their event times; or publish machine-sensor readings (12 sensors, 4 faulty) to the
+    `sensors` pipeline's Redis stream, about 50 a second. Resumes where it stopped."""
     from deployments.replayer import serve_replay
 
     serve_replay(_config(), dataset, speed, tick_seconds=tick, max_files=max_files, say=err.print)

@@ -94,6 +94,7 @@ class PostgresSource(_Strict):
 
 
 # --- redis_stream source (tasks/redis_stream.py) ---------------------------------------
+LOCAL_BROKER = "local"
 _STREAM_NAME = re.compile(r"^[^\s\x00-\x1f]{1,200}$")
 
 
@@ -109,7 +110,9 @@ class RedisStreamSource(_Strict):
         description="A Redis stream read through a consumer group."
     )
     url: str = Field(
-        description="redis://[:PASSWORD@]HOST:PORT/DB (rediss:// for TLS) of the server."
+        description='"local": the broker `tidemill up` runs in the state folder '
+        "(deployments/redis_server.py); else redis://[:PASSWORD@]HOST:PORT/DB (rediss:// "
+        "for TLS) of a server of yours."
     )
     stream: str = Field(description="The stream's key.")
     group: str = Field(
@@ -131,6 +134,8 @@ class RedisStreamSource(_Strict):
     @field_validator("url")
     @classmethod
     def _url_is_redis(cls, value: str) -> str:
+        if value == LOCAL_BROKER:
+            return value
         if not value.startswith(("redis://", "rediss://")):
             raise ValueError("must be a redis:// or rediss:// URL")
         try:

@@ -46,7 +46,8 @@ def test_a_data_set_needs_a_known_name_and_a_files_pipeline_of_that_name(
 ) -> None:
     assert dataset("flights").prefix == "flights-"
     with pytest.raises(
-        UnknownDataSet, match=r"unknown data set 'taxis' \(available: flights, transactions\)"
+        UnknownDataSet,
+        match=r"unknown data set 'taxis' \(available: flights, transactions, sensors\)",
     ):
         replay_dataset(config, "taxis", 10)
     assert issubclass(UnknownDataSet, ConfigError)  # the CLI prints it as one line
@@ -55,7 +56,7 @@ def test_a_data_set_needs_a_known_name_and_a_files_pipeline_of_that_name(
     with pytest.raises(ConfigError, match="no pipeline named 'transactions'"):
         replay_dataset(load_config(only_flights), "transactions", 10)
     assert stack.replayed(load_config(only_flights)) == ["flights"]
-    assert stack.replayed(config) == ["flights", "transactions"]
+    assert stack.replayed(config) == ["flights", "transactions", "sensors"]
 
 
 def test_serve_replay_says_what_it_does(config: TidemillConfig) -> None:
