@@ -39,9 +39,9 @@ class Settings(BaseSettings):
     snapshot_every_seconds: float = Field(
         default=0.0,
         ge=0,
-        description="Least time between two published read-only snapshots (0: after every "
-        "committed batch, the freshest; raise it when the file is large: each publication "
-        "copies it).",
+        description="Least time between two published read-only snapshots (0: as often as "
+        "copying allows: each publication copies the file in the background, and the next "
+        "waits 10 times as long as that copy took).",
     )
     checkpoint_every_cycles: int = Field(
         default=50,
