@@ -17,11 +17,11 @@ from tidemill.access import read_sql
 from tidemill.config import TidemillConfig, load_config
 
 pytestmark = pytest.mark.slow
-RUNS = 60
+RUNS = 30
 
 
-@pytest.mark.timeout(600)  # ~80 s alone; a loaded machine stretches the 1 s schedule
-def test_four_readers_during_sixty_scheduled_runs(
+@pytest.mark.timeout(600)  # ~45 s alone; a loaded machine stretches the 1 s schedule
+def test_four_readers_during_thirty_scheduled_runs(
     elec_config: Callable[..., TidemillConfig],
     elec_csv: Callable[..., pl.DataFrame],
     free_port: int,
