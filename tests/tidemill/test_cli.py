@@ -144,7 +144,10 @@ def test_replay_model_proves_a_version_equal(
         ),
         (["query", "SELEC 1"], "syntax error"),
         (["models", "show", "elec", "99"], "elec has no version 99 yet"),
-        (["replay", "trains"], "unknown data set 'trains' (available: flights, transactions, sensors)"),
+        (
+            ["replay", "trains"],
+            "unknown data set 'trains' (available: flights, transactions, sensors)",
+        ),
         (["models", "promote", "elec", "3"], "elec v3 is already the champion"),
         (["query", "SELECT * FROM nowhere"], "Table with name nowhere does not exist"),
     ],
