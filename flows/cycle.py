@@ -440,7 +440,9 @@ def _batch(
         features, histories = _features(runtime, state, clean, partials)
     with timer("learn"):
         steps = {
-            name: prequential_step(model, features, config.target)
+            name: prequential_step(
+                model, features, config.target, runtime.learner(config, name, features.height)
+            )
             for name, model in state.models.items()
         }
         outcome, scored, drift, events = _judge(state, steps, features, batch_id)
@@ -498,6 +500,12 @@ def _batch(
         drift=drift,
         shift=steps[state.champion].shift if rows_learned else [],
         events=events,
+        shards={  # a challenger restarted on drift relearned the batch in one piece
+            v.version: steps[v.candidate].shards
+            for v in versions
+            if steps[v.candidate].shards
+            and outcome.models[v.candidate] is steps[v.candidate].learned
+        },
     )
     return write, outcome
 

@@ -41,6 +41,7 @@ from flows.replay_model import fresh_candidate, lineage, relearn, replay_version
 from flows.resident import resident_runtime
 from flows.runtime import PipelineState, Runtime
 from tasks.aggregate import target_value, window_partials, window_start
+from tasks.distributed import ShardRecord
 from tasks.model import ModelState, parameters_sha256
 from tasks.pii import subject_digest
 from tasks.promotion import ScoreWindow
@@ -148,6 +149,7 @@ class _Rebuilt:
     head: int | None
     new: list[registry.ModelVersion]
     tainted: list[registry.ModelVersion]
+    shards: dict[int, list[ShardRecord]]  # rebuilt version -> its shards (if sharded)
 
 
 def _rebuild(
@@ -174,6 +176,7 @@ def _rebuild(
             model = replay_version(con, config, chain[:first])[0]
         parent = start.version if start else None
         new: list[registry.ModelVersion] = []
+        shards: dict[int, list[ShardRecord]] = {}
         for version, step in relearn(con, config, model, chain[first:]):
             if not step.rows_learned:
                 continue
@@ -195,6 +198,8 @@ def _rebuild(
                 version=number,
             )
             new.append(row)
+            if step.shards:
+                shards[row.version] = step.shards
             parent, number = row.version, number + 1
         out.append(
             _Rebuilt(
@@ -203,6 +208,7 @@ def _rebuild(
                 head=parent,
                 new=new,
                 tainted=chain[first:],
+                shards=shards,
             )
         )
     return out
@@ -247,6 +253,8 @@ def erase_subject(
             for r in rebuilt:
                 for row in r.new:
                     registry.record(con, row)
+                for version, parts in r.shards.items():
+                    registry.record_shards(con, name, version, parts)
                 if r.head is not None:
                     status = "champion" if r.candidate == state.champion else "challenger"
                     erasure.set_status(con, name, r.head, status)

@@ -27,8 +27,9 @@ from tasks.aggregate import (
     window_partials,
 )
 from tasks.clean import in_batch_order
+from tasks.distributed import sharded_learner
 from tasks.model import ModelState, parameters_sha256
-from tasks.online import Step, prequential_step
+from tasks.online import Step, learn_here, prequential_step
 from tidemill.config import PipelineConfig
 from warehouse import history, registry
 
@@ -112,6 +113,7 @@ def relearn(
     its step on the batch's clean rows as they are now, with the windows and lags the
     batch read. A step that learned nothing (its rows are gone) leaves the model as it was,
     like a live batch without labels."""
+    shards = registry.shard_counts(con, config.name, [v.version for v in versions])
     for version in versions:
         clean = in_batch_order(history.batch_clean_rows(con, config, version.batch_id), config)
         features, _ = batch_features(
@@ -120,7 +122,11 @@ def relearn(
             _windows(con, config, clean, version.batch_id),
             _histories(con, config, clean, version.batch_id),
         )
-        step = prequential_step(model, features, config.target)
+        # a version learned in shards is rebuilt in as many (here, one after the other)
+        learner = (
+            sharded_learner(shards[version.version]) if version.version in shards else learn_here
+        )
+        step = prequential_step(model, features, config.target, learner)
         if step.rows_learned:
             model = step.learned
         yield version, step

@@ -15,25 +15,32 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
+import threadpoolctl
 
 from tasks.aggregate import aggregate_feature_names
+from tasks.distributed import dask_map, sharded_learner, should_distribute
 from tasks.drift import Adwin, FeatureShift, PageHinkley
 from tasks.encode import FeatureEncoder
 from tasks.lags import lag_feature_names
 from tasks.landing import column_values, header_of
 from tasks.metrics import DEFAULT_METRIC
 from tasks.model import ModelState, make_estimator
+from tasks.online import Learner, learn_here
 from tasks.promotion import ScoreWindow
 from tasks.validate import class_labels
-from tidemill.config import FilesSource, ModelSpec, PipelineConfig, TidemillConfig
+from tidemill.config import DistributedSpec, FilesSource, ModelSpec, PipelineConfig, TidemillConfig
 from tidemill.settings import Settings, get_settings
 from warehouse import registry
 from warehouse.compact import Compacted, compact
 from warehouse.connection import STORAGE_VERSION, database_path, open_warehouse
 from warehouse.pipeline_tables import ensure_pipeline_tables, stored_schema
 from warehouse.snapshot import SnapshotPublisher, publish_snapshot, snapshot_path
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger("tidemill")
 
@@ -126,6 +133,7 @@ class Runtime:
     cycles_since_checkpoint: int = 0
     unpublished: bool = False
     publisher: SnapshotPublisher = field(init=False)
+    _clients: dict[str, Client] = field(default_factory=dict)  # Dask, by address
     _readers: set[duckdb.DuckDBPyConnection] = field(default_factory=set)
     _idle: threading.Condition = field(init=False)
 
@@ -139,6 +147,8 @@ class Runtime:
     def open(cls, config: TidemillConfig, settings: Settings | None = None) -> Runtime:
         """Open the warehouse of `config` for writing (fails if another process owns it)."""
         settings = settings or get_settings()
+        # for the whole process: scikit-learn's BLAS threads fight over the cores
+        threadpoolctl.threadpool_limits(limits=settings.learn_threads)
         config.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             con = open_warehouse(database_path(config.state_dir))
@@ -331,6 +341,39 @@ class Runtime:
             self.publish_now()
         return done
 
+    def learner(self, config: PipelineConfig, candidate: str, rows: int) -> Learner:
+        """How `candidate` learns a batch of `rows` rows: in this process, or in shards on
+        the pipeline's Dask cluster when `distributed` says so (tasks/distributed.py)."""
+        spec = config.distributed
+        specs = {s.name: s for s in config.candidates}
+        if spec is None or candidate not in specs:
+            return learn_here
+        if spec.mode == "auto" and not should_distribute(
+            specs[candidate].estimator, rows, spec.workers
+        ):
+            return learn_here
+        return sharded_learner(spec.workers, dask_map(self._dask(spec)))
+
+    def _dask(self, spec: DistributedSpec) -> Client:
+        """The Dask client of `spec`, started once per process (a local cluster takes a
+        second or two to start; never one per batch)."""
+        key = spec.address or f"local:{spec.workers}"
+        if key not in self._clients:
+            from distributed import Client, LocalCluster
+
+            if spec.address:
+                self._clients[key] = Client(spec.address)
+            else:
+                cluster = LocalCluster(
+                    n_workers=spec.workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    host="127.0.0.1",
+                )
+                self._clients[key] = Client(cluster)
+        return self._clients[key]
+
     def close(self) -> None:
         """Checkpoint, publish a last snapshot and close the file."""
         with self.lock:
@@ -339,6 +382,12 @@ class Runtime:
             except (duckdb.Error, OSError) as error:
                 log.warning("final checkpoint or snapshot failed: %s", error)
             self.con.close()
+        for client in self._clients.values():
+            cluster = client.cluster
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        self._clients.clear()
 
 
 class OwnedElsewhere(RuntimeError):

@@ -37,7 +37,7 @@ from sklearn.neural_network import MLPClassifier, MLPRegressor
 
 from tasks.encode import FeatureEncoder, RunningMoments
 from tasks.model import ModelState, Scores, learn, parameters_sha256, predict
-from tasks.online import labelled_rows
+from tasks.online import Learned, Learner, labelled_rows
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -247,6 +247,18 @@ def sharded_step(
             for i, ((a, b), r) in enumerate(zip(bounds, results, strict=True))
         ],
     )
+
+
+def sharded_learner(shards: int, run: ShardMap = sequential_map) -> Learner:
+    """A `tasks.online.Learner` that learns each batch in `shards` shards through `run`
+    and merges them (`sharded_step`). With `sequential_map` it gives bit for bit the model
+    `dask_map` gives: what `replay-model` rebuilds a sharded version with."""
+
+    def learner(state: ModelState, features: pl.DataFrame, target: str | None) -> Learned:
+        step = sharded_step(state, features, target, shards, run)
+        return Learned(step.scores, step.learned, step.shards)
+
+    return learner
 
 
 def concat_scores(parts: Sequence[Scores | None]) -> Scores | None:

@@ -9,13 +9,18 @@ version bit for bit.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from tasks.metrics import prequential_metrics, row_errors
 from tasks.model import ModelState, Scores, learn, predict
+
+if TYPE_CHECKING:
+    from tasks.distributed import ShardRecord
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class Step:
     drift_at: list[int] = field(default_factory=list)  # positions in the scored rows
     drift_error: float = 0.0  # mean error of the scored rows from the first drift on
     shift: list[dict[str, float]] = field(default_factory=list)  # PSI per completed window
+    shards: list[ShardRecord] = field(default_factory=list)  # empty: learned in one piece
 
 
 def labelled_rows(features: pl.DataFrame, task: str, target: str | None) -> np.ndarray:
@@ -39,22 +45,56 @@ def labelled_rows(features: pl.DataFrame, task: str, target: str | None) -> np.n
     return features[target].is_not_null().to_numpy()
 
 
-def prequential_step(state: ModelState, features: pl.DataFrame, target: str | None) -> Step:
-    """Score `features` with `state`, then learn them; `state` itself is left as it was.
+@dataclass(frozen=True)
+class Learned:
+    """A batch scored, then learned, by one learner (see `Learner`)."""
 
-    The encoder first folds in the batch's feature statistics (no labels), every row is
-    scored, the labelled ones give the metrics and feed the drift detector, and then
-    the model learns them."""
+    scores: Scores | None  # every row, by the model before the batch
+    model: ModelState  # encoder updated with the batch, estimator after learning it
+    shards: list[ShardRecord] = field(default_factory=list)  # empty: learned in one piece
+
+
+Learner = Callable[[ModelState, pl.DataFrame, str | None], Learned]
+"""Scores a batch with a model, then learns it, leaving the model as it was: `learn_here`
+in this process, or `tasks.distributed.sharded_learner` on a cluster."""
+
+
+def labels(
+    features: pl.DataFrame, task: str, target: str | None, labelled: np.ndarray
+) -> np.ndarray:
+    """The targets of the `labelled` rows (zeros when clustering)."""
+    if target is not None and task != "clustering":
+        return features[target].to_numpy()[labelled]
+    return np.zeros(int(labelled.sum()))
+
+
+def learn_here(state: ModelState, features: pl.DataFrame, target: str | None) -> Learned:
+    """The encoder folds in the batch's feature statistics (no labels), every row is
+    scored, then the model learns the labelled rows, in this process."""
     current = copy.deepcopy(state)
     current.encoder.update(features)
     x = current.encoder.transform(features)
     labelled = labelled_rows(features, state.task, target)
-    y = (
-        features[target].to_numpy()[labelled]
-        if target is not None and state.task != "clustering"
-        else np.zeros(int(labelled.sum()))
-    )
     scores = predict(current, x)
+    y = labels(features, state.task, target, labelled)
+    learned = learn(current, x[labelled], y, in_place=True) if labelled.any() else current
+    return Learned(scores, learned)
+
+
+def prequential_step(
+    state: ModelState,
+    features: pl.DataFrame,
+    target: str | None,
+    learner: Learner = learn_here,
+) -> Step:
+    """Score `features` with `state`, then learn them; `state` itself is left as it was.
+
+    `learner` scores and learns (in this process by default); the labelled rows' scores
+    give the metrics and feed the drift detector, and the features the shift monitor."""
+    done = learner(state, features, target)
+    current, scores = done.model, done.scores
+    labelled = labelled_rows(features, state.task, target)
+    y = labels(features, state.task, target, labelled)
     metrics: dict[str, float] = {}
     drift_at: list[int] = []
     drift_error = 0.0
@@ -73,16 +113,16 @@ def prequential_step(state: ModelState, features: pl.DataFrame, target: str | No
         if current.shift is not None
         else []
     )
-    learned = learn(current, x[labelled], y, in_place=True) if labelled.any() else current
     return Step(
         scores=scores,
         metrics=metrics,
         n_scored=int(y.size) if scores is not None else 0,
-        learned=learned,
+        learned=current,
         rows_learned=int(labelled.sum()),
         drift_at=drift_at,
         drift_error=drift_error,
         shift=shift,
+        shards=done.shards,
     )
 
 

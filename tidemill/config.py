@@ -279,6 +279,24 @@ class AdaptiveBatch(_Strict):
     )
 
 
+class DistributedSpec(_Strict):
+    """Data-parallel learning on a Dask cluster (tasks/distributed.py): each worker learns
+    a shard of the batch from the same model, the owner merges the shard models."""
+
+    workers: int = Field(ge=2, le=256, description="Shards per batch: one per Dask worker.")
+    address: str = Field(
+        default="",
+        description="Dask scheduler address (tcp://host:8786); empty: the owner starts a "
+        "local cluster of `workers` processes.",
+    )
+    mode: Literal["auto", "always"] = Field(
+        default="auto",
+        description="auto: shard a batch only when it pays (tasks/distributed.py "
+        "`should_distribute`: a heavy estimator and large shards; measured on 2 shared "
+        "cores, never); always: every batch of every candidate.",
+    )
+
+
 class AggregateSpec(_Strict):
     """An event-time window aggregate per key: `agg.<pipeline>_<name>`."""
 
@@ -358,6 +376,10 @@ class PipelineConfig(_Strict):
     lags: list[LagSpec] = Field(
         default_factory=list,
         description="Previous labels of a series as features (labels that arrive in order).",
+    )
+    distributed: DistributedSpec | None = Field(
+        default=None,
+        description="Learn each batch in shards on a Dask cluster; off when absent.",
     )
     adaptive_batch: AdaptiveBatch | None = Field(
         default=None,

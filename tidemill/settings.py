@@ -43,6 +43,13 @@ class Settings(BaseSettings):
         "copying allows: each publication copies the file in the background, and the next "
         "waits 10 times as long as that copy took).",
     )
+    learn_threads: int = Field(
+        default=1,
+        ge=1,
+        description="BLAS/OpenMP threads the owner's models may use. 1 is fastest for "
+        "batches of this size: measured on 2 cores, an MLP learned flights at 182k rows/s "
+        "with 1 thread against 86k with 2 (5,000-row batches; benchmarks/distributed.py).",
+    )
     checkpoint_every_cycles: int = Field(
         default=50,
         ge=1,

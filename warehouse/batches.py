@@ -12,13 +12,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import duckdb
 import polars as pl
 
 from tidemill.config import AggregateSpec, LagSpec, PipelineConfig
 from warehouse.pipeline_tables import PipelineTables, lit, q
-from warehouse.registry import ModelVersion, record_event, record_heads
+from warehouse.registry import ModelVersion, record_event, record_heads, record_shards
+
+if TYPE_CHECKING:
+    from tasks.distributed import ShardRecord
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class BatchWrite:
     drift: list[DriftEvent] = field(default_factory=list)
     shift: list[dict[str, float]] = field(default_factory=list)  # feature -> PSI per window
     events: list[Promotion] = field(default_factory=list)
+    shards: dict[int, list[ShardRecord]] = field(default_factory=dict)  # version -> its shards
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -294,6 +299,8 @@ def _insert_ml(
             ),
         )
     record_heads(con, write.versions)
+    for version, shards in write.shards.items():
+        record_shards(con, pipeline, version, shards)
     for change in write.events:
         record_event(
             con,

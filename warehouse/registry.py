@@ -33,10 +33,11 @@ import io
 import json
 import platform
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 import duckdb
 import joblib
@@ -47,6 +48,9 @@ from sklearn.exceptions import InconsistentVersionWarning
 
 from tidemill.durable import write_atomic
 from tidemill.keys import get_key
+
+if TYPE_CHECKING:
+    from tasks.distributed import ShardRecord
 
 ARTIFACTS_DIR = "artifacts"
 SIGNATURE_SCHEME = "tidemill-artifact-v1"
@@ -400,6 +404,42 @@ def record_heads(con: duckdb.DuckDBPyConnection, new: list[ModelVersion]) -> Non
     )
     for version in new:
         record(con, version)
+
+
+def record_shards(
+    con: duckdb.DuckDBPyConnection, pipeline: str, version: int, shards: Sequence[ShardRecord]
+) -> None:
+    """The shards `version` was learned in (caller's transaction)."""
+    con.executemany(
+        "INSERT INTO ml.model_version_shards VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            [
+                pipeline,
+                version,
+                s.index,
+                s.first_row,
+                s.last_row,
+                s.rows_learned,
+                s.sha256,
+                s.cpu_seconds,
+            ]
+            for s in shards
+        ],
+    )
+
+
+def shard_counts(
+    con: duckdb.DuckDBPyConnection, pipeline: str, versions: Sequence[int]
+) -> dict[int, int]:
+    """Version -> how many shards it was learned in (absent: in one piece)."""
+    if not versions:
+        return {}
+    rows = con.execute(
+        "SELECT version, count(*) FROM ml.model_version_shards WHERE pipeline = ? "
+        "AND version IN (SELECT unnest(?::BIGINT[])) GROUP BY version",
+        [pipeline, list(versions)],
+    ).fetchall()
+    return {int(v): int(n) for v, n in rows}
 
 
 def heads(con: duckdb.DuckDBPyConnection, pipeline: str) -> dict[str, ModelVersion]:
