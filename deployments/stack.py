@@ -18,7 +18,8 @@ from pathlib import Path
 from deployments import processes, redis_server, supervisor
 from deployments.prefect_server import start_server, stop_server
 from deployments.replayer import DATASETS, REPLAYABLE, SENSORS
-from deployments.supervisor import command, environment, ready_file
+from deployments.supervisor import command, environment, worker_processes
+from tidemill import layout
 from tidemill.config import FilesSource, RedisStreamSource, TidemillConfig
 
 WORKER = supervisor.WORKER
@@ -55,33 +56,42 @@ class Stack:
     ui_url: str
     server_pid: int
     supervisor_pid: int
-    worker_pid: int
+    worker_pids: dict[str, int]  # worker process name -> pid
     replayer_pids: dict[str, int]  # data set -> pid
     pipelines: list[str]
 
 
-def _wait_ready(config: TidemillConfig, supervisor_pid: int, timeout: float) -> int:
-    """The worker's pid, once it is ready."""
+def _wait_ready(config: TidemillConfig, supervisor_pid: int, timeout: float) -> dict[str, int]:
+    """Every worker's pid, once all are ready."""
     state = config.state_dir
+    workers = worker_processes(config)
     deadline = time.monotonic() + timeout
     while True:
-        pid = processes.running(state, *WORKER)
-        if pid is not None and ready_file(state).exists():
-            return pid
+        pids = {w.name: processes.running(state, w.name, w.marker) for w in workers}
+        if all(pids.values()) and all(w.ready.exists() for w in workers):
+            return {name: pid for name, pid in pids.items() if pid is not None}
         if not processes.alive(supervisor_pid):
-            log = processes.log_file(state, WORKER[0])
-            raise StackError(f"the worker exited during start-up; see {log}")
+            logs = ", ".join(str(processes.log_file(state, w.name)) for w in workers)
+            raise StackError(f"the worker exited during start-up; see {logs}")
         if time.monotonic() > deadline:
             raise StackError(f"the worker was not ready after {timeout:.0f} s")
         time.sleep(0.2)
 
 
-def up(config: TidemillConfig, *, port: int, speed: float | None, timeout: float = 120) -> Stack:
+def up(
+    config: TidemillConfig,
+    *,
+    port: int,
+    speed: float | None,
+    workers: int = 1,
+    timeout: float = 120,
+) -> Stack:
     """Start the server, the supervisor (which starts the worker) and (when `speed` is
     given) one replayer per data set the config has a pipeline for (flights,
     transactions); return once the worker is ready."""
     state = config.state_dir
     state.mkdir(parents=True, exist_ok=True)
+    layout.settle(config, workers)  # LayoutError (a ConfigError) before anything starts
     try:
         server_pid = start_server(state, port)
         if redis_server.needed_by(config):
@@ -91,12 +101,13 @@ def up(config: TidemillConfig, *, port: int, speed: float | None, timeout: float
     env = environment(config, port)
     supervisor_pid = processes.running(state, *SUPERVISOR)
     if supervisor_pid is None:
-        if processes.running(state, *WORKER) is None:
-            ready_file(state).unlink(missing_ok=True)
+        for worker in worker_processes(config):
+            if processes.running(state, worker.name, worker.marker) is None:
+                worker.ready.unlink(missing_ok=True)
         argv = [sys.executable, "-m", supervisor.MARKER[0], "--config", str(config.path.resolve())]
         argv += ["--port", str(port)]
         supervisor_pid = processes.spawn(state, SUPERVISOR[0], argv, env, state)
-    worker_pid = _wait_ready(config, supervisor_pid, timeout)
+    worker_pids = _wait_ready(config, supervisor_pid, timeout)
     replayer_pids = {}
     if speed is not None:
         for dataset in replayed(config):
@@ -110,7 +121,7 @@ def up(config: TidemillConfig, *, port: int, speed: float | None, timeout: float
         ui_url=f"http://127.0.0.1:{port}",
         server_pid=server_pid,
         supervisor_pid=supervisor_pid,
-        worker_pid=worker_pid,
+        worker_pids=worker_pids,
         replayer_pids=replayer_pids,
         pipelines=sorted(config.pipelines),
     )
@@ -120,14 +131,20 @@ def down(config: TidemillConfig) -> list[str]:
     """Stop the supervisor (so it restarts nothing), the replayers, the worker (it
     finishes its batch) and the server; returns what was running."""
     stopped = []
-    for name, marker in [SUPERVISOR, *(replayer(dataset) for dataset in REPLAYABLE), WORKER]:
+    workers = worker_processes(config)
+    for name, marker in [
+        SUPERVISOR,
+        *(replayer(dataset) for dataset in REPLAYABLE),
+        *((w.name, w.marker) for w in workers),
+    ]:
         if processes.stop(config.state_dir, name, marker, timeout=40):
             stopped.append(name)
     if redis_server.stop(config.state_dir):
         stopped.append(redis_server.NAME)
     if stop_server(config.state_dir):
         stopped.append("prefect-server")
-    ready_file(config.state_dir).unlink(missing_ok=True)
+    for worker in workers:
+        worker.ready.unlink(missing_ok=True)
     return stopped
 
 

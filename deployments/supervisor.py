@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from deployments import postgres, processes, redis_server
 from deployments.prefect_server import MARKER as SERVER_MARKER
 from deployments.prefect_server import NAME as SERVER_NAME
 from deployments.prefect_server import server_env, start_server
+from tidemill import layout
 from tidemill.config import TidemillConfig, load_config
 from tidemill.settings import get_settings
 
@@ -43,6 +45,37 @@ log = logging.getLogger("tidemill.supervisor")
 NAME = "supervisor"
 MARKER = ("deployments.supervisor",)
 WORKER = ("worker", ("tidemill", "worker"))
+
+
+@dataclass(frozen=True)
+class WorkerProcess:
+    """One worker of the stack: its process name and command-line markers, the arguments
+    of `tidemill` that start it, and the file it touches once ready."""
+
+    name: str
+    marker: tuple[str, ...]
+    args: tuple[str, ...]
+    ready: Path
+
+
+def worker_processes(config: TidemillConfig) -> list[WorkerProcess]:
+    """The stack's workers: one owning the state folder, or one per worker of its layout
+    (tidemill/layout.py)."""
+    state = config.state_dir
+    workers = layout.read(state)
+    if not workers:
+        return [WorkerProcess(WORKER[0], WORKER[1], ("worker",), ready_file(state))]
+    return [
+        WorkerProcess(
+            f"worker-{w}",
+            ("tidemill", "worker", "--as", w),
+            ("worker", "--as", w),
+            ready_file(layout.worker_dir(state, w)),
+        )
+        for w in workers
+    ]
+
+
 FIRST_DELAY = 0.5
 LONGEST_DELAY = 30.0
 STABLE_SECONDS = 30.0
@@ -112,7 +145,8 @@ class Supervisor:
         self.port = port
         self.interval = interval
         self.env = environment(config, port)
-        self.worker_was_ready = ready_file(self.state_dir).exists()
+        self.workers = {w.name: w for w in worker_processes(config)}
+        self.ready_once = {w.name for w in self.workers.values() if w.ready.exists()}
         self.status: dict[str, Any] = {
             "pid": os.getpid(),
             "started_at": _now(),
@@ -122,7 +156,10 @@ class Supervisor:
         # in the order they depend on each other: a tick restarts the database first
         self.watched = [
             _Watched(SERVER_NAME, self._server_runs, self._start_server),
-            _Watched(WORKER[0], self._worker_runs, self._start_worker),
+            *(
+                _Watched(w.name, partial(self._worker_runs, w), partial(self._start_worker, w))
+                for w in self.workers.values()
+            ),
         ]
         if get_settings().prefect_database == "postgres":
             self.watched.insert(0, _Watched("postgres", self._database_runs, self._start_database))
@@ -149,21 +186,21 @@ class Supervisor:
     def _start_server(self) -> None:
         start_server(self.state_dir, self.port)
 
-    def _worker_runs(self) -> bool:
-        return processes.running(self.state_dir, *WORKER) is not None
+    def _worker_runs(self, worker: WorkerProcess) -> bool:
+        return processes.running(self.state_dir, worker.name, worker.marker) is not None
 
-    def _start_worker(self) -> None:
-        ready_file(self.state_dir).unlink(missing_ok=True)
-        pid = processes.spawn(
-            self.state_dir, WORKER[0], command(self.config, "worker"), self.env, self.state_dir
-        )
-        log.info("worker started (pid %d)", pid)
+    def _start_worker(self, worker: WorkerProcess) -> None:
+        worker.ready.unlink(missing_ok=True)
+        argv = command(self.config, *worker.args)
+        pid = processes.spawn(self.state_dir, worker.name, argv, self.env, self.state_dir)
+        log.info("%s started (pid %d)", worker.name, pid)
 
     def run(self) -> None:
         """Supervise until the process is signalled; raises GaveUp (see the class doc)."""
         self._write_status()
-        if not self._worker_runs():
-            self._start_worker()
+        for worker in self.workers.values():
+            if not self._worker_runs(worker):
+                self._start_worker(worker)
         while True:
             try:
                 self.check()
@@ -175,18 +212,17 @@ class Supervisor:
 
     def check(self) -> None:
         """Restart each watched process that is gone and whose backoff has passed."""
-        if not self.worker_was_ready and ready_file(self.state_dir).exists():
-            self.worker_was_ready = True
+        self.ready_once |= {w.name for w in self.workers.values() if w.ready.exists()}
         now = time.monotonic()
         for proc in self.watched:
             if proc.is_running():
                 proc.down_since = None
                 continue
-            if proc.name == WORKER[0] and not self.worker_was_ready:
+            if proc.name in self.workers and proc.name not in self.ready_once:
                 self._event(proc.name, "exited before it was ready: not restarted")
                 raise GaveUp(
                     f"the worker exited during start-up; see "
-                    f"{processes.log_file(self.state_dir, WORKER[0])}"
+                    f"{processes.log_file(self.state_dir, proc.name)}"
                 )
             if proc.down_since is None:
                 proc.down_since = now

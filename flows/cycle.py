@@ -172,8 +172,9 @@ def _ingest_stream(runtime: Runtime, state: PipelineState, source: RedisStreamSo
     url = source.url
     if url == LOCAL_BROKER:
         from deployments import redis_server
+        from tidemill import layout
 
-        url = redis_server.url(runtime.state_dir)
+        url = redis_server.url(layout.shared_dir(runtime.state_dir))
     with StreamReader(url, source.stream, source.group, source.consumer) as reader:
         read = reader.read(limit, columns, config.event_time, committed=at.keys_at_last)
         if read.records.height == 0:

@@ -82,6 +82,13 @@ def _config() -> TidemillConfig:
     return config
 
 
+def _owner(pipeline: str) -> TidemillConfig:
+    """The config of the worker that owns `pipeline` (tidemill/layout.py)."""
+    from tidemill import layout
+
+    return layout.owner_config(_config(), pipeline)
+
+
 # ---------------------------------------------------------------- run
 
 
@@ -106,7 +113,7 @@ def run(
     from flows.cycle import BatchFailed, run_cycle
     from flows.runtime import Runtime
 
-    config = _config()
+    config = _owner(pipeline)
     spec = config.pipeline(pipeline)
     runtime = Runtime.open(config)
     service = owner.serve(runtime)
@@ -258,6 +265,14 @@ def query(
         bool,
         typer.Option("--snapshot", help="Read the published snapshot, not the live warehouse."),
     ] = False,
+    pipeline: Annotated[
+        str | None,
+        typer.Option(
+            "--pipeline",
+            "-p",
+            help="Ask the worker that owns this pipeline (needed with `up --workers N`).",
+        ),
+    ] = None,
 ) -> None:
     """Run read-only SQL on the warehouse, also while the platform is writing it.
 
@@ -265,10 +280,22 @@ def query(
     `tidemill run`), else on the file itself, else on the published snapshot.
     Tables: raw.P, raw.P_quarantine, clean.P, agg.P_*, ml.P_predictions,
     ml.model_versions, ml.batch_metrics, _batches, _watermarks, _files.
+    With several workers each owns its pipelines' warehouse: name one with --pipeline,
+    or open every snapshot at once with `duckdb -init .tidemill/catalog.sql`.
     """
+    from tidemill import layout
     from tidemill.access import read_sql
 
-    result, _ = read_sql(_config().state_dir, sql, snapshot=snapshot)
+    config = _config()
+    workers = layout.read(config.state_dir)
+    if pipeline is None and workers:
+        owners = "; ".join(f"{w}: {', '.join(names)}" for w, names in workers.items())
+        raise UserError(
+            f"{len(workers)} workers share {config.state_dir} ({owners}): add --pipeline P "
+            f"to ask the one that owns P, or run duckdb -init {layout.catalog_file(config.state_dir)}"
+        )
+    owner = _owner(pipeline) if pipeline else config
+    result, _ = read_sql(owner.state_dir, sql, snapshot=snapshot)
     _print_result(result.columns, result.rows, fmt)
 
 
@@ -280,20 +307,39 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Pipelines, their last batch, rows, quarantine counts, backlog and lag."""
-    from tidemill.access import read_sql
+    from tidemill.access import NothingToRead, read_sql
     from warehouse.reports import known_pipelines_sql, status_sql
 
     config = _config()
-    known, _ = read_sql(config.state_dir, known_pipelines_sql())
-    names = [r[0] for r in known.rows if r[0] in config.pipelines]
-    if not names:
+    owners: dict[Path, TidemillConfig] = {}
+    for name in config.pipelines:
+        owner = _owner(name)
+        owners.setdefault(owner.state_dir, owner)
+    columns: list[str] = []
+    rows: list[Any] = []
+    sources = set()
+    missing: list[NothingToRead] = []
+    for owner in owners.values():
+        try:
+            known, _ = read_sql(owner.state_dir, known_pipelines_sql())
+        except NothingToRead as error:
+            missing.append(error)
+            continue
+        names = [r[0] for r in known.rows if r[0] in owner.pipelines]
+        if names:
+            result, source = read_sql(owner.state_dir, status_sql(names))
+            columns, rows = result.columns, [*rows, *result.rows]
+            sources.add(source)
+    if len(missing) == len(owners):
+        raise missing[0]
+    if not rows:
         raise UserError(
             "no pipeline has run yet: try `tidemill run PIPELINE --drain` or `make run`"
         )
-    result, source = read_sql(config.state_dir, status_sql(names))
+    source = ", ".join(sorted(sources))
     _print_result(
-        result.columns,
-        result.rows,
+        columns,
+        rows,
         Format.json if as_json else Format.table,
         title=f"tidemill status (read via {source})",
     )
@@ -309,8 +355,7 @@ def models_list(
     from tidemill.access import read_sql
     from warehouse.reports import models_sql
 
-    _config().pipeline(pipeline)
-    result, _ = read_sql(_config().state_dir, models_sql(pipeline))
+    result, _ = read_sql(_owner(pipeline).state_dir, models_sql(pipeline))
     rows = result.rows[:limit]
     if as_json:
         _print_result(result.columns, rows, Format.json)
@@ -359,8 +404,7 @@ def models_show(
     from tidemill.access import read_sql
     from warehouse.reports import models_sql
 
-    _config().pipeline(pipeline)
-    result, _ = read_sql(_config().state_dir, models_sql(pipeline, version))
+    result, _ = read_sql(_owner(pipeline).state_dir, models_sql(pipeline, version))
     rows = result.rows
     if version is None:
         rows = [r for r in rows if r[result.columns.index("status")] == "champion"]
@@ -393,8 +437,7 @@ def _actor() -> str:
 def _change_champion(pipeline: str, version: int | None, action: str, reason: str) -> None:
     from tidemill.access import command
 
-    config = _config()
-    config.pipeline(pipeline)
+    config = _owner(pipeline)
     done = command(
         config,
         "champion",
@@ -453,8 +496,7 @@ def replay_model(
     """
     from tidemill.access import command
 
-    config = _config()
-    config.pipeline(pipeline)
+    config = _owner(pipeline)
     report = command(config, "replay_model", pipeline=pipeline, version=to)
     if as_json:
         sys.stdout.write(json.dumps(report) + "\n")
@@ -488,8 +530,7 @@ def models_sign(
     """
     from tidemill.access import command
 
-    config = _config()
-    config.pipeline(pipeline)
+    config = _owner(pipeline)
     done = command(config, "sign", pipeline=pipeline, resign=resign)
     out.print(f"{pipeline}: signed {len(done['signed'])} versions")
     for version, why in done["refused"].items():
@@ -530,7 +571,7 @@ def erase(
     from tidemill.access import command
     from tidemill.keys import get_key
 
-    config = _config()
+    config = _owner(pipeline)
     declared = config.pipeline(pipeline)
     if declared.subject is None:
         raise UserError(
@@ -567,8 +608,7 @@ def maintain(
     """
     from tidemill.access import command
 
-    config = _config()
-    config.pipeline(pipeline)
+    config = _owner(pipeline)
     done = command(config, "maintain", pipeline=pipeline, actor=_actor())
     out.print(
         f"{pipeline}: pruned {done['artifacts_pruned']} artifacts, kept {done['artifacts_kept']}, "
@@ -615,8 +655,7 @@ def backfill(
     """
     from deployments.query_service import OwnerUnavailable, call_owner
 
-    config = _config()
-    config.pipeline(pipeline)
+    config = _owner(pipeline)
     first, last = _moment(start, "--start"), _moment(end, "--end")
     if first >= last:
         raise UserError(f"--start {start} must be before --end {end}")
@@ -721,10 +760,10 @@ quarantine_app = typer.Typer(
 app.add_typer(quarantine_app, name="quarantine")
 
 
-def _read(sql: str) -> list[dict[str, Any]]:
+def _read(state_dir: Path, sql: str) -> list[dict[str, Any]]:
     from tidemill.access import read_sql
 
-    result, _ = read_sql(_config().state_dir, sql)
+    result, _ = read_sql(state_dir, sql)
     return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
 
 
@@ -749,10 +788,10 @@ def quarantine_list(
     recent records with their ids (for `show` and `readmit`)."""
     from warehouse.quarantine import groups_sql, recent_sql, totals_sql
 
-    _config().pipeline(pipeline)
-    totals = _read(totals_sql(pipeline))[0]
-    groups = _read(groups_sql(pipeline, reason, include_readmitted))
-    recent = _read(recent_sql(pipeline, reason, limit, include_readmitted))
+    state_dir = _owner(pipeline).state_dir
+    totals = _read(state_dir, totals_sql(pipeline))[0]
+    groups = _read(state_dir, groups_sql(pipeline, reason, include_readmitted))
+    recent = _read(state_dir, recent_sql(pipeline, reason, limit, include_readmitted))
     if as_json:
         report = {"pipeline": pipeline, **totals, "groups": groups, "recent": recent}
         sys.stdout.write(json.dumps(report, default=_cell) + "\n")
@@ -801,8 +840,9 @@ def quarantine_show(
     from tidemill.config import FilesSource
     from warehouse.quarantine import record_sql
 
-    spec = _config().pipeline(pipeline)
-    rows = _read(record_sql(pipeline, quarantine_id))
+    owner = _owner(pipeline)
+    spec = owner.pipeline(pipeline)
+    rows = _read(owner.state_dir, record_sql(pipeline, quarantine_id))
     if not rows:
         raise UserError(
             f"{pipeline} has no quarantined record {quarantine_id} "
@@ -916,8 +956,7 @@ def quarantine_readmit(
     """
     from tidemill.access import command
 
-    config = _config()
-    config.pipeline(pipeline)
+    config = _owner(pipeline)
     if fixed is not None and ids:
         raise UserError("give quarantine ids or --file, not both")
     if fixed is not None:
@@ -967,6 +1006,16 @@ def up(
     detach: Annotated[
         bool, typer.Option("--detach", help="Return once started; stop later with `tidemill down`.")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="Spread the pipelines over N worker processes, each owning its own "
+            "warehouse file (kept for this state folder once chosen).",
+        ),
+    ] = 1,
 ) -> None:
     """Start the platform: Prefect server + UI, the worker, and the flights replayer.
 
@@ -975,23 +1024,33 @@ def up(
     foreground until Ctrl-C, then stops everything it started.
     """
     from deployments import stack
+    from tidemill import layout
 
     config = _config()
     err.print("starting the Prefect server, the worker and the replayer …")
     try:
-        started = stack.up(config, port=port, speed=None if no_replay else speed)
+        started = stack.up(config, port=port, speed=None if no_replay else speed, workers=workers)
     except stack.StackError as error:
         stack.down(config)
         raise UserError(str(error)) from None
     first = started.pipelines[0] if started.pipelines else "PIPELINE"
+    duckdb_cli = Path(sys.executable).with_name("duckdb")
+    catalog = layout.write_catalog(config)
+    owner = layout.owner_config(config, first) if started.pipelines else config
+    routed = f" -p {first}" if catalog else ""
     out.print(
-        f"\n[bold green]tidemill is running[/bold green] (state in {config.state_dir})\n"
+        f"\n[bold green]tidemill is running[/bold green] (state in {config.state_dir}; "
+        f"workers: {', '.join(started.worker_pids)})\n"
         f"  Prefect UI    {started.ui_url}  (Deployments → micro-batch/{first.replace('_', '-')})\n"
-        f'  SQL           tidemill query "SELECT count(*) AS rows, max(ts) FROM raw.{first}"\n'
+        f'  SQL           tidemill query{routed} "SELECT count(*) AS rows, max(ts) FROM raw.{first}"\n'
         f"  models        tidemill models list {first}\n"
         f"  status        tidemill status\n"
-        f"  snapshot      {Path(sys.executable).with_name('duckdb')} -readonly {config.state_dir / 'snapshot.duckdb'}\n"
-        f"  logs          {stack.logs_dir(config.state_dir)}/\n"
+        + (
+            f"  snapshots     {duckdb_cli} -init {catalog}  (every worker's, as w1, w2, ...)\n"
+            if catalog
+            else f"  snapshot      {duckdb_cli} -readonly {owner.state_dir / 'snapshot.duckdb'}\n"
+        )
+        + f"  logs          {stack.logs_dir(config.state_dir)}/\n"
     )
     if detach:
         return
@@ -1030,6 +1089,12 @@ def worker(
         list[str] | None,
         typer.Option("--pipeline", "-p", help="Serve only these pipelines (repeatable)."),
     ] = None,
+    as_worker: Annotated[
+        str | None,
+        typer.Option(
+            "--as", help="Be worker W of the state folder's layout (`tidemill up --workers N`)."
+        ),
+    ] = None,
 ) -> None:
     """Run the long-lived worker (what `tidemill up` starts): own the warehouse, register
     the deployments, execute their scheduled runs in this process until SIGTERM."""
@@ -1037,10 +1102,12 @@ def worker(
     import os
 
     from deployments.prefect_server import server_env
+    from tidemill import layout
 
-    config = _config()
+    main = _config()
     if "PREFECT_API_URL" not in os.environ:
-        os.environ.update(server_env(config.state_dir, get_settings().prefect_port))
+        os.environ.update(server_env(main.state_dir, get_settings().prefect_port))
+    config = layout.worker_config(main, as_worker) if as_worker else main
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

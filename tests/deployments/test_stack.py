@@ -13,49 +13,79 @@ import polars as pl
 import pytest
 
 from deployments import processes, stack
+from deployments.supervisor import worker_processes
+from tidemill import layout
 from tidemill.access import read_sql
-from tidemill.config import TidemillConfig
+from tidemill.config import TidemillConfig, load_config
 
 pytestmark = pytest.mark.slow
 
 
-def test_up_runs_scheduled_batches_in_the_worker_and_sql_works_meanwhile(
+def test_up_runs_scheduled_batches_in_two_workers_and_sql_works_meanwhile(
     elec_config: Callable[..., TidemillConfig],
     elec_csv: Callable[..., pl.DataFrame],
     free_port: int,
     prefect_api: Callable[[int], Any],
 ) -> None:
-    config = elec_config(batch_rows=40)
+    """Two pipelines on two workers (`up --workers 2`), each owning its warehouse file."""
+    base = elec_config(batch_rows=40)
+    text = base.path.read_text()
+    base.path.write_text(text + text[text.index("[pipelines.elec]") :].replace("elec", "grid"))
+    config = load_config(base.path)
     landing = Path(config.pipeline("elec").source.path).parent
     elec_csv(landing / "a.csv", 0, 200)
+    elec_csv(Path(config.pipeline("grid").source.path).parent / "a.csv", 0, 80)
     port = free_port
     api = prefect_api(port)
-    started = stack.up(config, port=port, speed=None)
+    started = stack.up(config, port=port, speed=None, workers=2)
+    elec, grid = layout.owner_config(config, "elec"), layout.owner_config(config, "grid")
     try:
-        assert (
-            stack.up(config, port=port, speed=None).worker_pid == started.worker_pid
-        )  # idempotent
+        assert sorted(started.worker_pids) == ["worker-w1", "worker-w2"]
+        assert (elec.state_dir.name, grid.state_dir.name) == ("w1", "w2")
+        again = stack.up(config, port=port, speed=None, workers=2)
+        assert again.worker_pids == started.worker_pids  # idempotent
+        with pytest.raises(layout.LayoutError, match="laid out for 2 workers"):
+            stack.up(config, port=port, speed=None, workers=1)
         deadline = time.monotonic() + 90
         rows = 0
         while time.monotonic() < deadline and rows < 200:
             time.sleep(1)
-            result, where = read_sql(config.state_dir, "SELECT count(*) FROM raw.elec")
+            result, where = read_sql(elec.state_dir, "SELECT count(*) FROM raw.elec")
             rows = result.rows[0][0]
         assert where == "owner"  # routed into the worker while it writes
         assert rows == 200
+        # the other worker stored the other pipeline, in its own file
+        deadline = time.monotonic() + 30
+        while (
+            time.monotonic() < deadline
+            and read_sql(grid.state_dir, "SELECT count(*) FROM raw.grid")[0].rows[0][0] < 80
+        ):
+            time.sleep(1)
+        assert read_sql(grid.state_dir, "SELECT count(*) FROM raw.grid")[0].rows[0][0] == 80
+        tables = "SELECT count(*) FROM duckdb_tables() WHERE table_name = '{}'"
+        assert read_sql(grid.state_dir, tables.format("elec"))[0].rows == [(0,)]
         # any DuckDB client can open the published snapshot while the worker holds the file
         deadline = time.monotonic() + 15
         published = 0
         while time.monotonic() < deadline and published < 200:
             time.sleep(1)
-            with duckdb.connect(str(config.state_dir / "snapshot.duckdb"), read_only=True) as snap:
+            with duckdb.connect(str(elec.state_dir / "snapshot.duckdb"), read_only=True) as snap:
                 published = snap.sql("SELECT count(*) FROM raw.elec").fetchall()[0][0]
         assert published == 200
+        # ... and every worker's snapshot at once through the catalog
+        catalog = layout.write_catalog(config)
+        assert catalog is not None
+        with duckdb.connect() as con:
+            con.execute(catalog.read_text())
+            counts = con.sql(
+                "SELECT (SELECT count(*) FROM w1.raw.elec), (SELECT count(*) FROM w2.raw.grid)"
+            ).fetchall()
+        assert counts == [(200, 80)]
         elec_csv(landing / "b.csv", 200, 40)  # new data arrives while it runs
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and rows < 240:
             time.sleep(1)
-            rows = read_sql(config.state_dir, "SELECT count(*) FROM raw.elec")[0].rows[0][0]
+            rows = read_sql(elec.state_dir, "SELECT count(*) FROM raw.elec")[0].rows[0][0]
         assert rows == 240
         # a file of bad rows: quarantined, and the spike is a Prefect event automations can use
         (landing / "c.csv").write_text(
@@ -65,30 +95,34 @@ def test_up_runs_scheduled_batches_in_the_worker_and_sql_works_meanwhile(
         quarantined = 0
         while time.monotonic() < deadline and quarantined < 10:
             time.sleep(1)
-            quarantined = read_sql(config.state_dir, "SELECT count(*) FROM raw.elec_quarantine")[
+            quarantined = read_sql(elec.state_dir, "SELECT count(*) FROM raw.elec_quarantine")[
                 0
             ].rows[0][0]
         assert quarantined == 10
         assert api.events("tidemill.quarantine.spike")[0]["payload"]["rows_quarantined"] == 10
-        assert {"elec-batch", "elec-metrics"} <= api.artifact_keys()
+        assert {"elec-batch", "elec-metrics", "grid-batch"} <= api.artifact_keys()
         runs = api.flow_runs("elec")
         states = [state for _, state in runs]
         # 7 batches (6 of 40 rows, 1 of bad ones); a run takes every full batch waiting
         assert states.count("COMPLETED") >= 3
         assert "FAILED" not in states and "CRASHED" not in states
         assert any(name.startswith("elec-batch-") for name, _ in runs)
+        assert "COMPLETED" in [state for _, state in api.flow_runs("grid")]
         versions = read_sql(
-            config.state_dir, "SELECT count(*), max(rows_seen) FROM ml.model_versions"
+            elec.state_dir, "SELECT count(*), max(rows_seen) FROM ml.model_versions"
         )[0]
         assert versions.rows[0] == (6, 240)  # one version per batch of 40, every row learned once
     finally:
         stopped = stack.down(config)
-    assert {"worker", "prefect-server"} <= set(stopped)
-    assert processes.running(config.state_dir, *stack.WORKER) is None
+    assert {"worker-w1", "worker-w2", "prefect-server"} <= set(stopped)
+    assert all(
+        processes.running(config.state_dir, w.name, w.marker) is None
+        for w in worker_processes(config)
+    )
     assert stack.down(config) == []  # idempotent
     # with the owner gone, SQL reads the file itself
-    assert read_sql(config.state_dir, "SELECT count(*) FROM raw.elec") == (
-        read_sql(config.state_dir, "SELECT count(*) FROM raw.elec")[0],
+    assert read_sql(elec.state_dir, "SELECT count(*) FROM raw.elec") == (
+        read_sql(elec.state_dir, "SELECT count(*) FROM raw.elec")[0],
         "file",
     )
 

@@ -1,0 +1,124 @@
+"""How a state folder is split between workers (`tidemill up --workers N`).
+
+DuckDB allows one writing process per file, so several workers means several warehouse
+files. With N > 1 workers, `up` assigns the pipelines round-robin (in name order) and
+records the assignment in `<state>/layout.json`; worker `wK` owns the state folder
+`<state>/workers/wK/` — its warehouse, snapshot, artifacts, keys and query socket — and
+serves only its pipelines' deployments. The Prefect server, the broker, the landing
+folders and the logs stay in `<state>/`. The layout is sticky: a pipeline's data lives in
+its worker's folder, so another N is refused until the folder is cleared.
+
+`owner_config(config, pipeline)` is the config every command about a pipeline uses: the
+worker's, whose `state_dir` is that worker's folder (the main one without a layout).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tidemill.config import ConfigError, TidemillConfig
+from tidemill.durable import write_atomic
+
+LAYOUT_FILE = "layout.json"
+CATALOG_FILE = "catalog.sql"
+
+
+class LayoutError(ConfigError):
+    """The requested layout contradicts the recorded one; the message says what to do."""
+
+
+def assign(pipelines: list[str], workers: int) -> dict[str, list[str]]:
+    """Worker name (w1, w2, ...) -> its pipelines, round-robin in name order."""
+    names = sorted(pipelines)
+    count = max(1, min(workers, len(names)))
+    return {f"w{k + 1}": names[k::count] for k in range(count)}
+
+
+def read(state_dir: Path) -> dict[str, list[str]]:
+    """The recorded assignment; empty without one (one worker owns the state folder)."""
+    try:
+        data = json.loads((state_dir / LAYOUT_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+    return {str(w): [str(p) for p in names] for w, names in data["workers"].items()}
+
+
+def settle(config: TidemillConfig, workers: int) -> dict[str, list[str]]:
+    """The layout for `workers` workers: recorded on first use, then the same every time
+    (LayoutError when `workers` or the pipelines differ from the recorded one)."""
+    recorded = read(config.state_dir)
+    wanted = assign(list(config.pipelines), workers) if workers > 1 else {}
+    if recorded == wanted:
+        return recorded
+    if recorded or (wanted and (config.state_dir / "warehouse.duckdb").exists()):
+        have = f"{len(recorded)} workers" if recorded else "one worker"
+        raise LayoutError(
+            f"{config.state_dir} is laid out for {have}"
+            + (f" ({', '.join(f'{w}: {p}' for w, p in recorded.items())})" if recorded else "")
+            + f"; start it that way, or clear the state folder to use --workers {workers}"
+        )
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    text = (json.dumps({"workers": wanted}, indent=1) + "\n").encode()
+    write_atomic(config.state_dir / LAYOUT_FILE, lambda handle: handle.write(text))
+    return wanted
+
+
+def worker_dir(state_dir: Path, worker: str) -> Path:
+    """The state folder worker `worker` owns."""
+    return state_dir / "workers" / worker
+
+
+def shared_dir(state_dir: Path) -> Path:
+    """The folder of the servers every worker shares (Prefect, the broker): `state_dir`
+    itself, or the folder above `workers/wK/` for a worker's."""
+    if state_dir.parent.name == "workers" and (state_dir.parent.parent / LAYOUT_FILE).exists():
+        return state_dir.parent.parent
+    return state_dir
+
+
+def worker_config(config: TidemillConfig, worker: str) -> TidemillConfig:
+    """`config` as worker `worker` sees it: its pipelines, its state folder."""
+    layout = read(config.state_dir)
+    if worker not in layout:
+        known = ", ".join(layout) or "none: one worker owns the state folder"
+        raise LayoutError(f"no worker named '{worker}' in {config.state_dir} (workers: {known})")
+    state = config.state.model_copy(update={"dir": worker_dir(config.state_dir, worker)})
+    pipelines = {n: p for n, p in config.pipelines.items() if n in layout[worker]}
+    return config.model_copy(update={"state": state, "pipelines": pipelines})
+
+
+def owner_config(config: TidemillConfig, pipeline: str) -> TidemillConfig:
+    """The config of the worker that owns `pipeline` (`config` itself without a layout)."""
+    config.pipeline(pipeline)  # an unknown name fails here, naming the declared ones
+    for worker, names in read(config.state_dir).items():
+        if pipeline in names:
+            return worker_config(config, worker)
+    return config
+
+
+def catalog_file(state_dir: Path) -> Path:
+    """The SQL catalog of a state folder with several workers (`write_catalog`)."""
+    return state_dir / CATALOG_FILE
+
+
+def write_catalog(config: TidemillConfig) -> Path | None:
+    """Write `<state>/catalog.sql`, which ATTACHes every worker's published snapshot
+    read-only under the worker's name: `duckdb -init .tidemill/catalog.sql` then sees
+    `w1.raw.flights`, `w2.raw.sensors`, ... in one session (run it again to see newer
+    snapshots: an attached file stays the version it was). None without a layout."""
+    workers = read(config.state_dir)
+    if not workers:
+        return None
+    lines = ["-- tidemill catalog: every worker's snapshot, read-only (tidemill/layout.py)"]
+    for worker, names in workers.items():
+        snapshot = worker_dir(config.state_dir, worker) / "snapshot.duckdb"
+        quoted = str(snapshot.resolve()).replace("'", "''")
+        lines += [
+            f"-- {worker}: {', '.join(names)}",
+            f"ATTACH IF NOT EXISTS '{quoted}' AS {worker} (READ_ONLY);",
+        ]
+    path = catalog_file(config.state_dir)
+    text = ("\n".join(lines) + "\n").encode()
+    write_atomic(path, lambda handle: handle.write(text))
+    return path
