@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+WORKERS ?= 1
 
 .DEFAULT_GOAL := help
 .PHONY: help install run up down test test-fast chaos lint format bench bench-accuracy clean
@@ -20,8 +21,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install tidemill with its pinned dependencies
 
-run: $(STAMP) ## Start Prefect, the worker and the flights replayer; Ctrl-C stops everything
-	$(BIN)/tidemill up
+run: $(STAMP) ## Start Prefect, the worker(s) and the replayers (WORKERS=2 for two workers); Ctrl-C stops everything
+	$(BIN)/tidemill up --workers $(WORKERS)
 
 down: $(STAMP) ## Stop whatever `make run` / `tidemill up --detach` left running
 	$(BIN)/tidemill down
