@@ -132,6 +132,7 @@ class Runtime:
     checkpoint_every_cycles: int = 50
     cycles_since_checkpoint: int = 0
     unpublished: bool = False
+    memory_limit: str | None = None  # DuckDB's, kept to reopen the file after a rewrite
     publisher: SnapshotPublisher = field(init=False)
     _clients: dict[str, Client] = field(default_factory=dict)  # Dask, by address
     _readers: set[duckdb.DuckDBPyConnection] = field(default_factory=set)
@@ -151,7 +152,7 @@ class Runtime:
         threadpoolctl.threadpool_limits(limits=settings.learn_threads)
         config.state_dir.mkdir(parents=True, exist_ok=True)
         try:
-            con = open_warehouse(database_path(config.state_dir))
+            con = open_warehouse(database_path(config.state_dir), settings.duckdb_memory_limit)
         except duckdb.IOException as error:
             raise OwnedElsewhere(
                 f"{database_path(config.state_dir)} is open in another process "
@@ -162,6 +163,7 @@ class Runtime:
             con=con,
             snapshot_every_seconds=settings.snapshot_every_seconds,
             checkpoint_every_cycles=settings.checkpoint_every_cycles,
+            memory_limit=settings.duckdb_memory_limit,
         )
 
     @property
@@ -337,7 +339,7 @@ class Runtime:
             try:
                 done = compact(path, STORAGE_VERSION)
             finally:
-                self.con = open_warehouse(path)
+                self.con = open_warehouse(path, self.memory_limit)
             self.publish_now()
         return done
 

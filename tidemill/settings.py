@@ -50,6 +50,13 @@ class Settings(BaseSettings):
         "batches of this size: measured on 2 cores, an MLP learned flights at 182k rows/s "
         "with 1 thread against 86k with 2 (5,000-row batches; benchmarks/distributed.py).",
     )
+    duckdb_memory_limit: str = Field(
+        default="2GB",
+        pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="Most memory the owner's DuckDB may keep (its buffer pool caches every "
+        "block it touched otherwise, up to 80 % of RAM): the worker's memory stays below "
+        "about this plus 0.5 GB of Python and models.",
+    )
     checkpoint_every_cycles: int = Field(
         default=50,
         ge=1,

@@ -60,12 +60,15 @@ def _frozen(con: duckdb.DuckDBPyConnection) -> bool:
     return bool(con.sql("SELECT current_setting('lock_configuration')").fetchall()[0][0])
 
 
-def open_warehouse(path: Path) -> duckdb.DuckDBPyConnection:
+def open_warehouse(path: Path, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
     """Open (creating if needed) the warehouse for writing and bring its schema up to date.
 
     Automatic checkpoints are pushed far out (1 GB of WAL): they cause 40-100 ms spikes
     after a few hundred small inserts, so the owner runs CHECKPOINT at quiet moments.
     The connection is locked down (see LOCKED_DOWN) and its configuration frozen.
+    `memory_limit` (e.g. "2GB") bounds DuckDB's buffer pool, which otherwise keeps every
+    block it wrote or read cached up to 80 % of RAM: a soak of 10,000 batches grew a
+    worker by 330 MB, most of it cached table blocks.
     Raises duckdb.IOException when another process holds the file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +77,7 @@ def open_warehouse(path: Path) -> duckdb.DuckDBPyConnection:
         config={
             "storage_compatibility_version": STORAGE_VERSION,
             "checkpoint_threshold": "1GB",
+            **({"memory_limit": memory_limit} if memory_limit else {}),
             **LOCKED_DOWN,
         },
     )
