@@ -26,7 +26,6 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -284,7 +283,7 @@ def _start_postmaster(state_dir: Path, timeout: float) -> None:
         # refuse to start. A dead pid is left to PostgreSQL, which then also checks
         # that no orphaned backend still uses the old shared memory.
         (data / "postmaster.pid").unlink(missing_ok=True)
-    port = _port(state_dir)
+    port = processes.remembered_port(home(state_dir) / "port", HOST, wait=10)
     args = ["-D", str(data), "-w", "-t", str(round(timeout))]
     args += ["-o", f"-h {HOST} -p {port} -k ''", "-l", str(log), "start"]
     deadline = time.monotonic() + timeout
@@ -319,37 +318,6 @@ def _wait_ready(state_dir: Path, pid: int, timeout: float) -> None:
                 f"see {log_file(state_dir)}"
             )
         time.sleep(0.1)
-
-
-def _port(state_dir: Path) -> int:
-    """The remembered port, or a new free one (remembered) when there is none or it is taken."""
-    path = home(state_dir) / "port"
-    with contextlib.suppress(OSError, ValueError):
-        port = int(path.read_text())
-        # after a SIGKILL the old server's last processes can hold the port for a moment:
-        # wait a little for it rather than move (the URL in clients' settings would change)
-        deadline = time.monotonic() + 10
-        while _port_in_use(port) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not _port_in_use(port):
-            return port
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port = int(sock.getsockname()[1])
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(f"{port}\n")
-    temporary.rename(path)
-    return port
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return True
-    return False
 
 
 def _psql(state_dir: Path, database: str, sql: str) -> str:

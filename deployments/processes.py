@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -117,3 +118,37 @@ def stop(state_dir: Path, name: str, marker: Sequence[str], timeout: float = 20.
         _children.pop(pid, None)
     pid_file(state_dir, name).unlink(missing_ok=True)
     return pid is not None
+
+
+def remembered_port(path: Path, host: str, *, wait: float, fresh: bool = False) -> int:
+    """The port kept in `path` while it is free, else a new free one (kept in `path`).
+
+    A server killed a moment ago can still hold its port, so a taken port is waited for
+    up to `wait` seconds before a new one is chosen: clients keep the URL they have.
+    `fresh` skips the kept port (it was taken by another program meanwhile)."""
+    if not fresh:
+        with contextlib.suppress(OSError, ValueError):
+            port = int(path.read_text())
+            deadline = time.monotonic() + wait
+            while port_in_use(host, port) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not port_in_use(host, port):
+                return port
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port = int(sock.getsockname()[1])
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(f"{port}\n")
+    temporary.rename(path)
+    return port
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on (or holds) `host:port`."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False

@@ -19,11 +19,9 @@ most a second only on a power cut). Redis runs as any user, root included.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import secrets
-import socket
 import time
 from pathlib import Path
 
@@ -102,7 +100,9 @@ def start(state_dir: Path, timeout: float = 10.0) -> str:
     if pid is not None and _ready(state, pid, timeout):
         return url(state)
     for attempt in range(3):
-        _write_config(state, _port(base, fresh=attempt > 0))
+        _write_config(
+            state, processes.remembered_port(base / "port", HOST, wait=5, fresh=attempt > 0)
+        )
         failure = _spawn(state, timeout)
         if failure is None:
             return url(state)
@@ -147,36 +147,6 @@ def _password(base: Path) -> str:
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(16) + "\n")
     return path.read_text().strip()
-
-
-def _port(base: Path, *, fresh: bool) -> int:
-    """The remembered port while it is free, else a new free one (remembered)."""
-    path = base / "port"
-    if not fresh:
-        with contextlib.suppress(OSError, ValueError):
-            port = int(path.read_text())
-            deadline = time.monotonic() + 5  # a killed server's socket may linger a moment
-            while _port_in_use(port) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if not _port_in_use(port):
-                return port
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port = int(sock.getsockname()[1])
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(f"{port}\n")
-    temporary.rename(path)
-    return port
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return True
-    return False
 
 
 def _write_config(state: Path, port: int) -> None:
