@@ -66,12 +66,16 @@ def test_up_runs_scheduled_batches_in_two_workers_and_sql_works_meanwhile(
         assert read_sql(grid.state_dir, tables.format("elec"))[0].rows == [(0,)]
         # any DuckDB client can open the published snapshot while the worker holds the file
         deadline = time.monotonic() + 15
-        published = 0
-        while time.monotonic() < deadline and published < 200:
+        published = (0, 0)
+        while time.monotonic() < deadline and published != (200, 80):
             time.sleep(1)
+            if not all((o.state_dir / "snapshot.duckdb").exists() for o in (elec, grid)):
+                continue  # the first copy is still being written
             with duckdb.connect(str(elec.state_dir / "snapshot.duckdb"), read_only=True) as snap:
-                published = snap.sql("SELECT count(*) FROM raw.elec").fetchall()[0][0]
-        assert published == 200
+                in_elec = snap.sql("SELECT count(*) FROM raw.elec").fetchall()[0][0]
+            with duckdb.connect(str(grid.state_dir / "snapshot.duckdb"), read_only=True) as snap:
+                published = (in_elec, snap.sql("SELECT count(*) FROM raw.grid").fetchall()[0][0])
+        assert published == (200, 80)  # each worker publishes its own, in the background
         # ... and every worker's snapshot at once through the catalog
         catalog = layout.write_catalog(config)
         assert catalog is not None
