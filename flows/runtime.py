@@ -273,13 +273,18 @@ class Runtime:
                 self.unpublished = False
                 self.publisher.start()
 
-    def publish_now(self) -> None:
+    def publish_now(self, *, keep_previous: bool = True) -> None:
         """Checkpoint and publish the snapshot before returning (after an erasure, at
-        close): nothing else runs meanwhile."""
+        close): nothing else runs meanwhile. Without `keep_previous`, every older copy is
+        deleted (after an erasure: they hold what was erased)."""
         with self.lock:
             self.publisher.wait()
             self.con.execute("CHECKPOINT")
-            publish_snapshot(database_path(self.state_dir), snapshot_path(self.state_dir))
+            publish_snapshot(
+                database_path(self.state_dir),
+                snapshot_path(self.state_dir),
+                keep_previous=keep_previous,
+            )
             self.unpublished = False
 
     def change_champion(
@@ -340,7 +345,7 @@ class Runtime:
                 done = compact(path, STORAGE_VERSION)
             finally:
                 self.con = open_warehouse(path, self.memory_limit)
-            self.publish_now()
+            self.publish_now(keep_previous=False)
         return done
 
     def learner(self, config: PipelineConfig, candidate: str, rows: int) -> Learner:

@@ -28,7 +28,7 @@ from deployments.query_service import (
 from tidemill.config import TidemillConfig
 from warehouse.connection import database_path, open_readonly
 from warehouse.readonly import QueryLimitExceeded, QueryResult, run_readonly
-from warehouse.snapshot import snapshot_path
+from warehouse.snapshot import open_snapshot, snapshot_path
 
 
 class NothingToRead(FileNotFoundError):
@@ -65,7 +65,7 @@ def read_sql(state_dir: Path, sql: str, *, snapshot: bool = False) -> tuple[Quer
         raise NothingToRead(
             f"no warehouse in {state_dir} yet: run `tidemill run PIPELINE --drain` or `make run`"
         )
-    with open_readonly(published) as con:
+    with open_snapshot(published) as con:
         return run_readonly(con, sql), "snapshot"
 
 

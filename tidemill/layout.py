@@ -113,7 +113,7 @@ def write_catalog(config: TidemillConfig) -> Path | None:
     lines = ["-- tidemill catalog: every worker's snapshot, read-only (tidemill/layout.py)"]
     for worker, names in workers.items():
         snapshot = worker_dir(config.state_dir, worker) / "snapshot.duckdb"
-        quoted = str(snapshot.resolve()).replace("'", "''")
+        quoted = str(snapshot.absolute()).replace("'", "''")
         lines += [
             f"-- {worker}: {', '.join(names)}",
             f"ATTACH IF NOT EXISTS '{quoted}' AS {worker} (READ_ONLY);",

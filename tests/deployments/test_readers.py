@@ -57,8 +57,8 @@ def test_four_readers_during_thirty_scheduled_runs(
             if not snapshot.exists():
                 time.sleep(0.1)
                 continue
-            try:
-                with duckdb.connect(str(snapshot), read_only=True) as con:
+            try:  # by its resolved name, as docs/operations.md tells programs to
+                with duckdb.connect(str(snapshot.resolve()), read_only=True) as con:
                     con.sql(
                         "SELECT count(*) FROM raw.elec JOIN _batches USING (batch_id)"
                     ).fetchall()

@@ -239,7 +239,7 @@ def scan_state(state_dir: Path, found: dict[str, list[str]]) -> list[Place]:
         data = path.read_bytes()
         if path.name.startswith("warehouse.duckdb"):
             places["warehouse file + WAL (bytes)"].search(data, found)
-        elif path.name.startswith("snapshot.duckdb"):
+        elif path.name.startswith("snapshot.duckdb"):  # the link and snapshots/N/
             places["snapshot file (bytes)"].search(data, found)
         elif relative[0] == "artifacts":
             places["model artifacts"].search(data, found, ENCODINGS)
