@@ -345,6 +345,23 @@ def status(
     )
 
 
+@app.command()
+def report(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
+    out_path: Annotated[
+        Path, typer.Option("--out", help="Where to write the page.", dir_okay=False)
+    ] = Path("report.html"),
+) -> None:
+    """Write one self-contained HTML page of PIPELINE: prequential metrics per candidate
+    with drift events, rows and quarantine rate per batch, latency by step, the model
+    registry and the quarantine reasons. It opens in any browser, without a server."""
+    from tidemill.report import build_report
+
+    page = build_report(_owner(pipeline).state_dir, pipeline)
+    out_path.write_text(page, encoding="utf-8")
+    out.print(f"wrote {out_path} ({len(page.encode()) / 1024:.0f} KiB)")
+
+
 @models_app.command("list")
 def models_list(
     pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],

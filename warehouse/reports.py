@@ -73,3 +73,24 @@ def drift_sql(pipeline: str, limit: int = 10) -> str:
     return f"""SELECT batch_id, detected_at, candidate, detector, feature, round(value, 4) AS value,
   action FROM ml.drift_events WHERE pipeline = {lit(pipeline)}
 ORDER BY batch_id DESC, detector LIMIT {int(limit)}"""
+
+
+def batch_series_sql(pipeline: str) -> str:
+    """Every batch of `pipeline` in order: when, its rows, and its step timings (JSON)."""
+    return f"""SELECT batch_id, status, finished_at, rows_in, rows_accepted, rows_quarantined,
+  rows_learned, timings_json
+FROM _batches WHERE pipeline = {lit(pipeline)} ORDER BY batch_id"""
+
+
+def metric_series_sql(pipeline: str) -> str:
+    """Every prequential metric of `pipeline`, per batch and candidate, in batch order."""
+    return f"""SELECT batch_id, candidate, model_version, metric, value, n_scored
+FROM ml.batch_metrics WHERE pipeline = {lit(pipeline)} ORDER BY batch_id, candidate, metric"""
+
+
+def quarantine_reasons_sql(pipeline: str, limit: int = 20) -> str:
+    """The most frequent quarantine reasons of `pipeline`, with their counts."""
+    t = PipelineTables(pipeline)
+    return f"""SELECT reason, count(*) AS records, min(batch_id) AS first_batch,
+  max(batch_id) AS last_batch
+FROM {t.quarantine} GROUP BY reason ORDER BY records DESC, reason LIMIT {int(limit)}"""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
+from html.parser import HTMLParser
 from pathlib import Path
 
 import polars as pl
@@ -144,6 +147,7 @@ def test_replay_model_proves_a_version_equal(
         ),
         (["query", "SELEC 1"], "syntax error"),
         (["models", "show", "elec", "99"], "elec has no version 99 yet"),
+        (["report", "nope"], "no pipeline named 'nope' (declared: elec)"),
         (
             ["replay", "trains"],
             "unknown data set 'trains' (available: flights, transactions, sensors)",
@@ -184,6 +188,7 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         ["down"],
         ["worker"],
         ["replay"],
+        ["report"],
     ):
         code, out, _ = _run(capsys, *command, "--help")
         assert code == 0 and "Usage:" in out and len(out.splitlines()) > 4, command
@@ -208,3 +213,54 @@ def test_the_published_snapshot_opens_in_the_duckdb_shell(drained: Path) -> None
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["n", "120"]
+
+
+class _Page(HTMLParser):
+    """The images (decoded) and table rows of a report page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[bytes] = []
+        self.rows: dict[str, int] = {}
+        self.heading = ""
+        self._in_h2 = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "img":
+            src = found["src"] or ""
+            assert src.startswith("data:image/png;base64,"), src[:40]
+            self.images.append(base64.b64decode(src.split(",", 1)[1]))
+        elif tag == "h2":
+            self._in_h2, self.heading = True, ""
+        elif tag == "tr":
+            self.rows[self.heading] = self.rows.get(self.heading, 0) + 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "h2":
+            self._in_h2 = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_h2:
+            self.heading += data
+
+
+def test_report_is_one_self_contained_page_with_charts_registry_and_quality(
+    drained: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    page_path = tmp_path / "elec.html"
+    code, out, _ = _run(capsys, "-c", str(drained), "report", "elec", "--out", str(page_path))
+    assert code == 0 and f"wrote {page_path}" in out
+    text = page_path.read_text(encoding="utf-8")
+    assert "<script" not in text and "http://" not in text and "https://" not in text
+    page = _Page()
+    page.feed(text)
+    # accuracy and log_loss per candidate, rows per batch, latency by step
+    assert len(page.images) == 4
+    for png in page.images:
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = struct.unpack(">II", png[16:24])
+        assert width > 400 and height > 150
+    assert page.rows["Model registry (newest 50)"] == 1 + 3  # header + three versions
+    assert page.rows.get("Data quality: quarantine reasons", 0) == 0  # a sentence instead
+    assert "Nothing was quarantined." in text

@@ -1,0 +1,99 @@
+"""Charts of a pipeline's history, as PNG bytes: pure functions of Polars frames.
+
+matplotlib's object API on the Agg canvas (no pyplot and its global figures), so charts
+can be drawn from any thread of a worker. Inputs are the frames of warehouse/reports.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import polars as pl
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+STEPS = ("ingest", "read", "validate", "clean", "aggregate", "learn", "artifact", "write")
+"""The cycle's steps, in order, as CycleReport times them."""
+
+
+def _png(figure: Figure) -> bytes:
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _figure() -> Figure:
+    figure = Figure(figsize=(8, 3.2))
+    figure.set_layout_engine("constrained")
+    return figure
+
+
+def metric_chart(metrics: pl.DataFrame, metric: str, drift_batches: list[int]) -> bytes:
+    """Prequential `metric` per batch, one line per candidate; drift events as dashed
+    vertical lines."""
+    figure = _figure()
+    axes = figure.add_subplot()
+    rows = metrics.filter(pl.col("metric") == metric)
+    for (candidate,), part in rows.group_by("candidate", maintain_order=True):
+        axes.plot(part["batch_id"], part["value"], label=str(candidate), linewidth=1.2)
+    for batch in drift_batches:
+        axes.axvline(batch, color="tab:red", linestyle="--", linewidth=0.8, alpha=0.6)
+    axes.set(xlabel="batch", ylabel=metric, title=f"prequential {metric} (test, then train)")
+    if rows.height:
+        axes.legend(loc="best", fontsize="small")
+    axes.grid(alpha=0.3)
+    return _png(figure)
+
+
+def rows_chart(batches: pl.DataFrame) -> bytes:
+    """Rows accepted and quarantined per batch (stacked bars) and the quarantine rate."""
+    figure = _figure()
+    axes = figure.add_subplot()
+    ids = batches["batch_id"].to_list()
+    accepted = batches["rows_accepted"].to_list()
+    axes.bar(ids, accepted, label="accepted", color="tab:blue", width=0.9)
+    axes.bar(
+        ids,
+        batches["rows_quarantined"].to_list(),
+        bottom=accepted,
+        label="quarantined",
+        color="tab:orange",
+        width=0.9,
+    )
+    axes.set(xlabel="batch", ylabel="rows", title="rows per batch")
+    rate = axes.twinx()
+    share: list[float] = (
+        batches.select(pl.col("rows_quarantined") / pl.max_horizontal(pl.col("rows_in"), 1) * 100)
+        .to_series()
+        .to_list()
+    )
+    rate.plot(ids, share, color="black", linewidth=1, label="quarantined %")
+    rate.set_ylabel("quarantined %")
+    rate.set_ylim(0, max([1.0, *share]) * 1.1)
+    axes.legend(loc="upper left", fontsize="small")
+    return _png(figure)
+
+
+def step_times(batches: pl.DataFrame) -> pl.DataFrame:
+    """One column per step (ms) of each batch's `timings_json`; 0 where a step did not run."""
+    timings = [json.loads(text or "{}") for text in batches["timings_json"].to_list()]
+    return pl.DataFrame(
+        {"batch_id": batches["batch_id"]}
+        | {step: [float(t.get(step, 0.0)) for t in timings] for step in STEPS}
+    )
+
+
+def latency_chart(batches: pl.DataFrame) -> bytes:
+    """Batch latency split by step (stacked areas, ms)."""
+    times = step_times(batches)
+    figure = _figure()
+    axes = figure.add_subplot()
+    axes.stackplot(
+        times["batch_id"].to_list(), *[times[s].to_list() for s in STEPS], labels=list(STEPS)
+    )
+    axes.set(xlabel="batch", ylabel="ms", title="batch latency by step")
+    axes.legend(loc="upper left", fontsize="x-small", ncol=4)
+    axes.grid(alpha=0.3)
+    return _png(figure)

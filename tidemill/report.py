@@ -1,0 +1,121 @@
+"""`tidemill report`: one self-contained HTML page of a pipeline (charts, model registry,
+data quality) that opens in a browser without a server: the charts are PNGs inlined as
+data: URLs, and the page has no script and no external link."""
+
+from __future__ import annotations
+
+import base64
+import html
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+from tasks.plots import latency_chart, metric_chart, rows_chart
+from tidemill.access import read_sql
+from warehouse import reports
+from warehouse.readonly import QueryResult
+
+REGISTRY_ROWS = 50
+"""Newest registry rows shown (every version stays in ml.model_versions)."""
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }
+h1 { margin-bottom: 0; } .meta { color: #666; margin-top: 0.2em; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f3f3f3; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
+"""
+
+
+def _frame(result: QueryResult) -> pl.DataFrame:
+    return pl.DataFrame(result.rows, schema=result.columns, orient="row", infer_schema_length=None)
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(frame: pl.DataFrame, empty: str) -> str:
+    if frame.height == 0:
+        return f"<p>{html.escape(empty)}</p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
+    body = []
+    for row in frame.iter_rows():
+        cells = "".join(
+            f'<td class="n">{v}</td>'
+            if isinstance(v, int | float)
+            else f"<td>{html.escape('' if v is None else str(v))}</td>"
+            for v in row
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def build_report(state_dir: Path, pipeline: str) -> str:
+    """The HTML page of `pipeline`, read through whatever serves `state_dir` (the owner, the
+    file or the snapshot: see tidemill/access.py)."""
+    batches_result, source = read_sql(state_dir, reports.batch_series_sql(pipeline))
+    batches = _frame(batches_result).filter(pl.col("status") == "committed")
+    metrics = _frame(read_sql(state_dir, reports.metric_series_sql(pipeline))[0])
+    drift = _frame(read_sql(state_dir, reports.drift_sql(pipeline, limit=1000))[0])
+    registry = _frame(read_sql(state_dir, reports.models_sql(pipeline))[0])
+    reasons = _frame(read_sql(state_dir, reports.quarantine_reasons_sql(pipeline))[0])
+    drift_batches = sorted(set(drift["batch_id"].to_list())) if drift.height else []
+    charts = [
+        _img(metric_chart(metrics, metric, drift_batches), f"prequential {metric}")
+        for metric in (sorted(set(metrics["metric"].to_list())) if metrics.height else [])
+    ]
+    if batches.height:
+        charts += [
+            _img(rows_chart(batches), "rows per batch"),
+            _img(latency_chart(batches), "batch latency by step"),
+        ]
+    rows_in = int(batches["rows_in"].sum()) if batches.height else 0
+    quarantined = int(batches["rows_quarantined"].sum()) if batches.height else 0
+    shown = (
+        registry.head(REGISTRY_ROWS).select(
+            "version",
+            "candidate",
+            "status",
+            "batch_id",
+            "batches_seen",
+            "rows_seen",
+            "created_at",
+            pl.col("sha256").str.slice(0, 12).alias("sha256"),
+            "estimator",
+        )
+        if registry.height
+        else registry
+    )
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    summary = pl.DataFrame(
+        {
+            "batches": [batches.height],
+            "rows in": [rows_in],
+            "quarantined": [quarantined],
+            "quarantined %": [round(100 * quarantined / rows_in, 2) if rows_in else 0.0],
+            "model versions": [registry.height],
+            "drift events": [drift.height],
+        }
+    )
+    name = html.escape(pipeline)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>tidemill report: {name}</title><style>{_STYLE}</style></head>
+<body>
+<h1>tidemill report: {name}</h1>
+<p class="meta">generated {now}, read via {html.escape(source)}</p>
+{_table(summary, "")}
+<h2>Charts</h2>
+{"".join(charts) or "<p>No committed batch yet.</p>"}
+<h2>Model registry (newest {REGISTRY_ROWS})</h2>
+{_table(shown, "No model version yet.")}
+<h2>Data quality: quarantine reasons</h2>
+{_table(reasons, "Nothing was quarantined.")}
+<h2>Drift events</h2>
+{_table(drift.head(20), "No drift detected.")}
+</body></html>
+"""
