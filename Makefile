@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 WORKERS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install run up down test test-fast chaos lint format bench bench-accuracy clean
+.PHONY: help install chromium run up down test test-fast chaos lint format bench bench-accuracy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,7 +27,14 @@ run: $(STAMP) ## Start Prefect, the worker(s) and the replayers (WORKERS=2 for t
 down: $(STAMP) ## Stop whatever `make run` / `tidemill up --detach` left running
 	$(BIN)/tidemill down
 
-test: $(STAMP) ## Lint, then the whole test suite (real Prefect server, real DuckDB files)
+chromium: ## Install Debian's chromium (apt) for the report's browser test, unless there is one
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; } || \
+	  echo "warning: chromium could not be installed; the browser test will be skipped"; }
+
+test: $(STAMP) chromium ## Lint, then the whole test suite (real Prefect server, real DuckDB files)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -10,8 +10,10 @@ import io
 import json
 
 import polars as pl
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 STEPS = ("ingest", "read", "validate", "clean", "aggregate", "learn", "artifact", "write")
 """The cycle's steps, in order, as CycleReport times them."""
@@ -30,6 +32,12 @@ def _figure() -> Figure:
     return figure
 
 
+def _batch_axis(axes: Axes) -> None:
+    """Batches are whole numbers: no tick at batch 2.5."""
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("batch")
+
+
 def metric_chart(metrics: pl.DataFrame, metric: str, drift_batches: list[int]) -> bytes:
     """Prequential `metric` per batch, one line per candidate; drift events as dashed
     vertical lines."""
@@ -40,7 +48,8 @@ def metric_chart(metrics: pl.DataFrame, metric: str, drift_batches: list[int]) -
         axes.plot(part["batch_id"], part["value"], label=str(candidate), linewidth=1.2)
     for batch in drift_batches:
         axes.axvline(batch, color="tab:red", linestyle="--", linewidth=0.8, alpha=0.6)
-    axes.set(xlabel="batch", ylabel=metric, title=f"prequential {metric} (test, then train)")
+    axes.set(ylabel=metric, title=f"prequential {metric} (test, then train)")
+    _batch_axis(axes)
     if rows.height:
         axes.legend(loc="best", fontsize="small")
     axes.grid(alpha=0.3)
@@ -62,7 +71,8 @@ def rows_chart(batches: pl.DataFrame) -> bytes:
         color="tab:orange",
         width=0.9,
     )
-    axes.set(xlabel="batch", ylabel="rows", title="rows per batch")
+    axes.set(ylabel="rows", title="rows per batch")
+    _batch_axis(axes)
     rate = axes.twinx()
     share: list[float] = (
         batches.select(pl.col("rows_quarantined") / pl.max_horizontal(pl.col("rows_in"), 1) * 100)
@@ -93,7 +103,8 @@ def latency_chart(batches: pl.DataFrame) -> bytes:
     axes.stackplot(
         times["batch_id"].to_list(), *[times[s].to_list() for s in STEPS], labels=list(STEPS)
     )
-    axes.set(xlabel="batch", ylabel="ms", title="batch latency by step")
+    axes.set(ylabel="ms", title="batch latency by step")
+    _batch_axis(axes)
     axes.legend(loc="upper left", fontsize="x-small", ncol=4)
     axes.grid(alpha=0.3)
     return _png(figure)
