@@ -3,12 +3,14 @@ every `maintenance_every_seconds`).
 
 Thin: it runs :func:`warehouse.retention.run_maintenance` on the process's resident
 Runtime under its lock (so micro-batches interleave with the pruning chunks), logs what
-was removed and publishes it as a markdown artifact.
+was removed and publishes it as a markdown artifact, with the pipeline's charts (see
+`tidemill report`) inlined; the whole report page is written to `<state>/reports/P.html`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from dataclasses import asdict
 from datetime import timedelta
 from typing import Annotated, Any
@@ -19,7 +21,10 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.resident import resident_runtime
+from flows.runtime import Runtime
 from tasks.retention import RetentionPolicy
+from tidemill.durable import write_atomic
+from tidemill.report import build_report, charts
 from warehouse.retention import GRACE, MaintenanceReport, run_maintenance
 
 DEFAULTS = RetentionPolicy()
@@ -42,6 +47,20 @@ def _markdown(report: MaintenanceReport, policy: RetentionPolicy) -> str:
         + f'\nHistory: `tidemill query "SELECT * FROM _maintenance_runs WHERE pipeline = '
         f"'{report.pipeline}' ORDER BY run_id DESC\"`\n"
     )
+
+
+def _charts_markdown(runtime: Runtime, pipeline: str) -> str:
+    """The charts of `pipeline` as markdown images, and the report page written beside the
+    warehouse (its path ends the section)."""
+    page = runtime.state_dir / "reports" / f"{pipeline}.html"
+    page.parent.mkdir(exist_ok=True)
+    text = build_report(runtime.read, pipeline).encode()
+    write_atomic(page, lambda handle: handle.write(text))
+    images = "".join(
+        f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})\n\n"
+        for title, png in charts(runtime.read, pipeline)
+    )
+    return f"\n## Charts\n\n{images}Full report: `{page}` (`tidemill report {pipeline}`)\n"
 
 
 @flow(name="maintenance", persist_result=False, log_prints=False)
@@ -78,8 +97,9 @@ async def maintenance(
         lock=runtime.lock,
         grace=timedelta(minutes=grace_minutes),
     )
+    charts_markdown = await asyncio.to_thread(_charts_markdown, runtime, pipeline)
     await acreate_markdown_artifact(
-        markdown=_markdown(report, policy),
+        markdown=_markdown(report, policy) + charts_markdown,
         key=f"{pipeline.replace('_', '-')}-maintenance",
         description=f"Artifact maintenance of {pipeline}",
     )

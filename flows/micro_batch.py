@@ -30,7 +30,6 @@ from pydantic import Field
 from flows.cycle import BatchFailed, CycleReport, run_cycle
 from flows.resident import resident_runtime
 from flows.runtime import Runtime
-from warehouse.readonly import run_readonly
 from warehouse.reports import candidates_sql, drift_sql, recent_metrics_sql
 
 
@@ -61,8 +60,7 @@ QUARANTINE_SPIKE = 0.2  # share of a batch's rows; above it the flow emits an ev
 
 def _markdown_table(runtime: Runtime, sql: str) -> tuple[str, int]:
     """A markdown table of read-only `sql` (on a cursor of its own) and its row count."""
-    with runtime.reader() as cursor:
-        result = run_readonly(cursor, sql)
+    result = runtime.read(sql)
     head = "| " + " | ".join(result.columns) + " |\n|" + "---|" * len(result.columns) + "\n"
     body = "".join(
         "| " + " | ".join("" if v is None else str(v) for v in row) + " |\n" for row in result.rows

@@ -37,6 +37,7 @@ from warehouse import registry
 from warehouse.compact import Compacted, compact
 from warehouse.connection import STORAGE_VERSION, database_path, open_warehouse
 from warehouse.pipeline_tables import ensure_pipeline_tables, stored_schema
+from warehouse.readonly import QueryResult, run_readonly
 from warehouse.snapshot import SnapshotPublisher, publish_snapshot, snapshot_path
 
 if TYPE_CHECKING:
@@ -327,6 +328,11 @@ class Runtime:
                 self._readers.discard(cursor)
                 cursor.close()
                 self._idle.notify_all()
+
+    def read(self, sql: str) -> QueryResult:
+        """Run read-only `sql` on a cursor of its own (see warehouse/readonly.py)."""
+        with self.reader() as cursor:
+            return run_readonly(cursor, sql)
 
     def rewrite_file(self, *, wait_seconds: float = 30.0) -> Compacted:
         """Rewrite the warehouse file so the bytes of deleted rows are gone (after an

@@ -355,9 +355,9 @@ def report(
     """Write one self-contained HTML page of PIPELINE: prequential metrics per candidate
     with drift events, rows and quarantine rate per batch, latency by step, the model
     registry and the quarantine reasons. It opens in any browser, without a server."""
-    from tidemill.report import build_report
+    from tidemill.report import report_page
 
-    page = build_report(_owner(pipeline).state_dir, pipeline)
+    page = report_page(_owner(pipeline).state_dir, pipeline)
     out_path.write_text(page, encoding="utf-8")
     out.print(f"wrote {out_path} ({len(page.encode()) / 1024:.0f} KiB)")
 

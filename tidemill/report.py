@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -54,25 +55,51 @@ def _table(frame: pl.DataFrame, empty: str) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def build_report(state_dir: Path, pipeline: str) -> str:
-    """The HTML page of `pipeline`, read through whatever serves `state_dir` (the owner, the
-    file or the snapshot: see tidemill/access.py)."""
-    batches_result, source = read_sql(state_dir, reports.batch_series_sql(pipeline))
-    batches = _frame(batches_result).filter(pl.col("status") == "committed")
-    metrics = _frame(read_sql(state_dir, reports.metric_series_sql(pipeline))[0])
-    drift = _frame(read_sql(state_dir, reports.drift_sql(pipeline, limit=1000))[0])
-    registry = _frame(read_sql(state_dir, reports.models_sql(pipeline))[0])
-    reasons = _frame(read_sql(state_dir, reports.quarantine_reasons_sql(pipeline))[0])
+Read = Callable[[str], QueryResult]
+"""Runs read-only SQL on the warehouse: through tidemill/access.py, or on an owner's cursor."""
+
+
+def charts(read: Read, pipeline: str) -> list[tuple[str, bytes]]:
+    """The charts of `pipeline` as (title, PNG): the prequential metrics per candidate with
+    drift events, then, once a batch committed, rows per batch and latency by step."""
+    batches = _frame(read(reports.batch_series_sql(pipeline)))
+    batches = batches.filter(pl.col("status") == "committed") if batches.height else batches
+    metrics = _frame(read(reports.metric_series_sql(pipeline)))
+    drift = _frame(read(reports.drift_sql(pipeline, limit=1000)))
     drift_batches = sorted(set(drift["batch_id"].to_list())) if drift.height else []
-    charts = [
-        _img(metric_chart(metrics, metric, drift_batches), f"prequential {metric}")
+    drawn = [
+        (f"prequential {metric}", metric_chart(metrics, metric, drift_batches))
         for metric in (sorted(set(metrics["metric"].to_list())) if metrics.height else [])
     ]
     if batches.height:
-        charts += [
-            _img(rows_chart(batches), "rows per batch"),
-            _img(latency_chart(batches), "batch latency by step"),
+        drawn += [
+            ("rows per batch", rows_chart(batches)),
+            ("batch latency by step", latency_chart(batches)),
         ]
+    return drawn
+
+
+def report_page(state_dir: Path, pipeline: str) -> str:
+    """The page of `pipeline`, read through whatever serves `state_dir` (the owner, the
+    file or the snapshot: see tidemill/access.py)."""
+    where: list[str] = []
+
+    def read(sql: str) -> QueryResult:
+        result, source = read_sql(state_dir, sql)
+        where.append(source)
+        return result
+
+    return build_report(read, pipeline, lambda: where[0])
+
+
+def build_report(read: Read, pipeline: str, source: Callable[[], str] = lambda: "owner") -> str:
+    """The HTML page of `pipeline`; `source()` names where `read` read it."""
+    drawn = [_img(png, title) for title, png in charts(read, pipeline)]
+    batches = _frame(read(reports.batch_series_sql(pipeline)))
+    batches = batches.filter(pl.col("status") == "committed") if batches.height else batches
+    drift = _frame(read(reports.drift_sql(pipeline, limit=1000)))
+    registry = _frame(read(reports.models_sql(pipeline)))
+    reasons = _frame(read(reports.quarantine_reasons_sql(pipeline)))
     rows_in = int(batches["rows_in"].sum()) if batches.height else 0
     quarantined = int(batches["rows_quarantined"].sum()) if batches.height else 0
     shown = (
@@ -107,10 +134,10 @@ def build_report(state_dir: Path, pipeline: str) -> str:
 <title>tidemill report: {name}</title><style>{_STYLE}</style></head>
 <body>
 <h1>tidemill report: {name}</h1>
-<p class="meta">generated {now}, read via {html.escape(source)}</p>
+<p class="meta">generated {now}, read via {html.escape(source())}</p>
 {_table(summary, "")}
 <h2>Charts</h2>
-{"".join(charts) or "<p>No committed batch yet.</p>"}
+{"".join(drawn) or "<p>No committed batch yet.</p>"}
 <h2>Model registry (newest {REGISTRY_ROWS})</h2>
 {_table(shown, "No model version yet.")}
 <h2>Data quality: quarantine reasons</h2>

@@ -119,6 +119,11 @@ def test_the_flow_prunes_sweeps_and_publishes_what_it_did(harness: None, runtime
     ).fetchall() == [(3,), (4,)]
     markdown = asyncio.run(_artifact("elec-maintenance"))
     assert "| artifacts pruned | 2 |" in markdown and "| orphans removed | 1 |" in markdown
+    # the charts, inlined (accuracy, log_loss, rows, latency), and the whole page beside them
+    assert markdown.count("](data:image/png;base64,iVBORw0KGgo") == 4
+    page = runtime.state_dir / "reports" / "elec.html"
+    assert f"Full report: `{page}`" in markdown
+    assert page.read_text().count('src="data:image/png;base64,') == 4
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from tidemill.config import TidemillConfig
-from tidemill.report import build_report
+from tidemill.report import report_page
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -109,7 +109,7 @@ def test_the_report_loads_without_console_errors_and_shows_every_chart(
     finally:
         runtime.close()
     page = tmp_path / "report.html"
-    page.write_text(build_report(config.state_dir, "elec"), encoding="utf-8")
+    page.write_text(report_page(config.state_dir, "elec"), encoding="utf-8")
 
     for domain in ("Page", "Runtime", "Log"):
         browser.call(f"{domain}.enable")
