@@ -10,7 +10,6 @@ was removed and publishes it as a markdown artifact, with the pipeline's charts 
 from __future__ import annotations
 
 import asyncio
-import base64
 from dataclasses import asdict
 from datetime import timedelta
 from typing import Annotated, Any
@@ -24,7 +23,7 @@ from flows.resident import resident_runtime
 from flows.runtime import Runtime
 from tasks.retention import RetentionPolicy
 from tidemill.durable import write_atomic
-from tidemill.report import build_report, charts
+from tidemill.report import charts, data_url, load, render_page
 from warehouse.retention import GRACE, MaintenanceReport, run_maintenance
 
 DEFAULTS = RetentionPolicy()
@@ -51,15 +50,14 @@ def _markdown(report: MaintenanceReport, policy: RetentionPolicy) -> str:
 
 def _charts_markdown(runtime: Runtime, pipeline: str) -> str:
     """The charts of `pipeline` as markdown images, and the report page written beside the
-    warehouse (its path ends the section)."""
+    warehouse (its path ends the section): read once, drawn once."""
+    data = load(runtime.read, pipeline)
+    drawn = charts(data)
     page = runtime.state_dir / "reports" / f"{pipeline}.html"
     page.parent.mkdir(exist_ok=True)
-    text = build_report(runtime.read, pipeline).encode()
+    text = render_page(pipeline, data, drawn, source="owner").encode()
     write_atomic(page, lambda handle: handle.write(text))
-    images = "".join(
-        f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})\n\n"
-        for title, png in charts(runtime.read, pipeline)
-    )
+    images = "".join(f"![{title}]({data_url(png)})\n\n" for title, png in drawn)
     return f"\n## Charts\n\n{images}Full report: `{page}` (`tidemill report {pipeline}`)\n"
 
 

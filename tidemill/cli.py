@@ -357,8 +357,13 @@ def report(
     registry and the quarantine reasons. It opens in any browser, without a server."""
     from tidemill.report import report_page
 
+    if not out_path.parent.is_dir():  # before minutes of drawing, not after
+        raise UserError(f"cannot write {out_path}: folder {out_path.parent} does not exist")
     page = report_page(_owner(pipeline).state_dir, pipeline)
-    out_path.write_text(page, encoding="utf-8")
+    try:
+        out_path.write_text(page, encoding="utf-8")
+    except OSError as error:
+        raise UserError(f"cannot write {out_path}: {error.strerror}") from None
     out.print(f"wrote {out_path} ({len(page.encode()) / 1024:.0f} KiB)")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,9 +35,9 @@ def _frame(result: QueryResult) -> pl.DataFrame:
     return pl.DataFrame(result.rows, schema=result.columns, orient="row", infer_schema_length=None)
 
 
-def _img(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+def data_url(png: bytes) -> str:
+    """A PNG as a `data:` URL, for a page or a markdown artifact that holds its images."""
+    return f"data:image/png;base64,{base64.b64encode(png).decode()}"
 
 
 def _table(frame: pl.DataFrame, empty: str) -> str:
@@ -59,22 +60,42 @@ Read = Callable[[str], QueryResult]
 """Runs read-only SQL on the warehouse: through tidemill/access.py, or on an owner's cursor."""
 
 
-def charts(read: Read, pipeline: str) -> list[tuple[str, bytes]]:
-    """The charts of `pipeline` as (title, PNG): the prequential metrics per candidate with
-    drift events, then, once a batch committed, rows per batch and latency by step."""
+@dataclass(frozen=True)
+class ReportData:
+    """What a report shows, read once."""
+
+    batches: pl.DataFrame  # committed batches, in order
+    metrics: pl.DataFrame
+    drift: pl.DataFrame
+    registry: pl.DataFrame
+    reasons: pl.DataFrame
+
+
+def load(read: Read, pipeline: str) -> ReportData:
+    """Read everything the report of `pipeline` shows (five queries)."""
     batches = _frame(read(reports.batch_series_sql(pipeline)))
-    batches = batches.filter(pl.col("status") == "committed") if batches.height else batches
-    metrics = _frame(read(reports.metric_series_sql(pipeline)))
-    drift = _frame(read(reports.drift_sql(pipeline, limit=1000)))
+    return ReportData(
+        batches=batches.filter(pl.col("status") == "committed") if batches.height else batches,
+        metrics=_frame(read(reports.metric_series_sql(pipeline))),
+        drift=_frame(read(reports.drift_sql(pipeline, limit=1000))),
+        registry=_frame(read(reports.models_sql(pipeline))),
+        reasons=_frame(read(reports.quarantine_reasons_sql(pipeline))),
+    )
+
+
+def charts(data: ReportData) -> list[tuple[str, bytes]]:
+    """The charts as (title, PNG): the prequential metrics per candidate with drift
+    events, then, once a batch committed, rows per batch and latency by step."""
+    metrics, drift = data.metrics, data.drift
     drift_batches = sorted(set(drift["batch_id"].to_list())) if drift.height else []
     drawn = [
         (f"prequential {metric}", metric_chart(metrics, metric, drift_batches))
         for metric in (sorted(set(metrics["metric"].to_list())) if metrics.height else [])
     ]
-    if batches.height:
+    if data.batches.height:
         drawn += [
-            ("rows per batch", rows_chart(batches)),
-            ("batch latency by step", latency_chart(batches)),
+            ("rows per batch", rows_chart(data.batches)),
+            ("batch latency by step", latency_chart(data.batches)),
         ]
     return drawn
 
@@ -89,17 +110,19 @@ def report_page(state_dir: Path, pipeline: str) -> str:
         where.append(source)
         return result
 
-    return build_report(read, pipeline, lambda: where[0])
+    data = load(read, pipeline)
+    return render_page(pipeline, data, charts(data), source=where[0])
 
 
-def build_report(read: Read, pipeline: str, source: Callable[[], str] = lambda: "owner") -> str:
-    """The HTML page of `pipeline`; `source()` names where `read` read it."""
-    drawn = [_img(png, title) for title, png in charts(read, pipeline)]
-    batches = _frame(read(reports.batch_series_sql(pipeline)))
-    batches = batches.filter(pl.col("status") == "committed") if batches.height else batches
-    drift = _frame(read(reports.drift_sql(pipeline, limit=1000)))
-    registry = _frame(read(reports.models_sql(pipeline)))
-    reasons = _frame(read(reports.quarantine_reasons_sql(pipeline)))
+def render_page(
+    pipeline: str, data: ReportData, drawn: list[tuple[str, bytes]], *, source: str
+) -> str:
+    """The HTML page of `pipeline` with the charts `drawn`; `source` names where `data`
+    was read (owner, file or snapshot)."""
+    batches, drift, registry = data.batches, data.drift, data.registry
+    images = "".join(
+        f'<img alt="{html.escape(title)}" src="{data_url(png)}">' for title, png in drawn
+    )
     rows_in = int(batches["rows_in"].sum()) if batches.height else 0
     quarantined = int(batches["rows_quarantined"].sum()) if batches.height else 0
     shown = (
@@ -134,14 +157,14 @@ def build_report(read: Read, pipeline: str, source: Callable[[], str] = lambda: 
 <title>tidemill report: {name}</title><style>{_STYLE}</style></head>
 <body>
 <h1>tidemill report: {name}</h1>
-<p class="meta">generated {now}, read via {html.escape(source())}</p>
+<p class="meta">generated {now}, read via {html.escape(source)}</p>
 {_table(summary, "")}
 <h2>Charts</h2>
-{"".join(drawn) or "<p>No committed batch yet.</p>"}
+{images or "<p>No committed batch yet.</p>"}
 <h2>Model registry (newest {REGISTRY_ROWS})</h2>
 {_table(shown, "No model version yet.")}
 <h2>Data quality: quarantine reasons</h2>
-{_table(reasons, "Nothing was quarantined.")}
+{_table(data.reasons, "Nothing was quarantined.")}
 <h2>Drift events</h2>
 {_table(drift.head(20), "No drift detected.")}
 </body></html>

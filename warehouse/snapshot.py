@@ -4,8 +4,8 @@ DuckDB lets no second process open a file another process is writing, not even
 read-only. So after a CHECKPOINT (the main file then holds every committed batch and
 the WAL is empty) the owner copies the file to a new, numbered file that never changes
 again (`snapshots/000042/snapshot.duckdb`: same file name, so SQL still sees the catalog
-`snapshot`) and points the symlink `snapshot.duckdb` at it atomically: `duckdb -readonly .tidemill/snapshot.duckdb` always opens a complete,
-consistent database.
+`snapshot`) and points the symlink `snapshot.duckdb` at it atomically:
+`duckdb -readonly .tidemill/snapshot.duckdb` always opens a complete, consistent database.
 
 Why not rename each copy over `snapshot.duckdb`: DuckDB opens a database file three
 times while connecting (magic bytes, headers, then the handle it reads blocks through;
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import threading
 import time
@@ -48,7 +47,6 @@ COPY_DUTY = 10
 
 SNAPSHOT_FILE = "snapshot.duckdb"
 SNAPSHOT_DIR = "snapshots"
-_NUMBERED = re.compile(r"^\d+$")
 
 
 def snapshot_path(state_dir: Path) -> Path:
@@ -60,7 +58,7 @@ def _numbered(folder: Path) -> list[tuple[int, Path]]:
     """The numbered folders of published copies in `folder`, oldest first."""
     if not folder.is_dir():
         return []
-    return sorted((int(p.name), p) for p in folder.iterdir() if _NUMBERED.match(p.name))
+    return sorted((int(p.name), p) for p in folder.iterdir() if p.name.isdigit())
 
 
 def publish_snapshot(database: Path, snapshot: Path, *, keep_previous: bool = True) -> Path:

@@ -149,6 +149,10 @@ def test_replay_model_proves_a_version_equal(
         (["models", "show", "elec", "99"], "elec has no version 99 yet"),
         (["report", "nope"], "no pipeline named 'nope' (declared: elec)"),
         (
+            ["report", "elec", "--out", "/nonexistent/r.html"],
+            "cannot write /nonexistent/r.html: folder /nonexistent does not exist",
+        ),
+        (
             ["replay", "trains"],
             "unknown data set 'trains' (available: flights, transactions, sensors)",
         ),

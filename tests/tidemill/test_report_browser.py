@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -78,8 +80,6 @@ def browser(tmp_path: Path) -> Iterator[DevTools]:
             assert time.monotonic() < deadline, "chromium did not open its DevTools port"
             time.sleep(0.1)
         port = port_file.read_text().split()[0]
-        import urllib.request
-
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as answer:
             pages = [t for t in json.load(answer) if t["type"] == "page"]
         with connect(pages[0]["webSocketDebuggerUrl"], max_size=None) as socket:
@@ -142,4 +142,4 @@ def test_the_report_loads_without_console_errors_and_shows_every_chart(
     ]
     assert problems == []
     shot = browser.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-    (tmp_path / "report.png").write_bytes(__import__("base64").b64decode(shot["data"]))
+    (tmp_path / "report.png").write_bytes(base64.b64decode(shot["data"]))
