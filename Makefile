@@ -38,13 +38,13 @@ test: $(STAMP) chromium ## Lint, then the whole test suite (real Prefect server,
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/pytest
 
 test-fast: $(STAMP) ## The quick tests only (no Prefect server, no worker processes)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/pytest -m "not slow" -q
 
 chaos: $(STAMP) ## The chaos test at 2000 batches (~12 min; `make test` runs 200); summary in tests/chaos/results.txt
-	CHAOS_BATCHES=$${CHAOS_BATCHES:-2000} CHAOS_RESULTS=tests/chaos/results.txt $(BIN)/python -m pytest -m chaos -s tests/chaos
+	CHAOS_BATCHES=$${CHAOS_BATCHES:-2000} CHAOS_RESULTS=tests/chaos/results.txt $(BIN)/pytest -m chaos -s tests/chaos
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .

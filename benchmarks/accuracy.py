@@ -49,11 +49,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from streams import Stream, drift_stream, flights_stream, phishing_stream  # noqa: E402
 
-from flows.cycle import run_cycle  # noqa: E402
-from flows.runtime import Runtime, fresh_model  # noqa: E402
-from tasks.clean import clean_rows  # noqa: E402
-from tasks.online import prequential_step  # noqa: E402
 from tidemill.config import PipelineConfig, TidemillConfig, parse_config  # noqa: E402
+from tidemill.flows.cycle import run_cycle  # noqa: E402
+from tidemill.flows.runtime import Runtime, fresh_model  # noqa: E402
+from tidemill.tasks.clean import clean_rows  # noqa: E402
+from tidemill.tasks.online import prequential_step  # noqa: E402
 
 BATCHES = (1, 10, 50, 500)
 GOAL_BATCHES = (50, 500)  # the goals are stated for batches of 50 rows and more

@@ -31,13 +31,13 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from deployments.replayer import load_flights  # noqa: E402
-from flows.cycle import run_cycle  # noqa: E402
-from flows.runtime import Runtime, fresh_model  # noqa: E402
-from tasks.clean import clean_rows  # noqa: E402
-from tasks.model import learn, predict  # noqa: E402
-from tasks.replay import flight_events, landing_rows  # noqa: E402
 from tidemill.config import load_config  # noqa: E402
+from tidemill.deployments.replayer import load_flights  # noqa: E402
+from tidemill.flows.cycle import run_cycle  # noqa: E402
+from tidemill.flows.runtime import Runtime, fresh_model  # noqa: E402
+from tidemill.tasks.clean import clean_rows  # noqa: E402
+from tidemill.tasks.model import learn, predict  # noqa: E402
+from tidemill.tasks.replay import flight_events, landing_rows  # noqa: E402
 
 
 def _tidemill(rows: pl.DataFrame, batch_rows: int, workdir: Path) -> list[float]:

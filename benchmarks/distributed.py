@@ -51,8 +51,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(REPO))
 
-from deployments.replayer import load_flights  # noqa: E402
-from tasks.distributed import (  # noqa: E402
+from tidemill.deployments.replayer import load_flights  # noqa: E402
+from tidemill.tasks.distributed import (  # noqa: E402
     HEAVY_ESTIMATORS,
     MIN_SHARD_ROWS,
     ShardMap,
@@ -62,10 +62,10 @@ from tasks.distributed import (  # noqa: E402
     should_distribute,
     split_frame,
 )
-from tasks.encode import FeatureEncoder  # noqa: E402
-from tasks.model import ModelState, Scores, make_estimator  # noqa: E402
-from tasks.online import prequential_step  # noqa: E402
-from tasks.replay import flight_events  # noqa: E402
+from tidemill.tasks.encode import FeatureEncoder  # noqa: E402
+from tidemill.tasks.model import ModelState, Scores, make_estimator  # noqa: E402
+from tidemill.tasks.online import prequential_step  # noqa: E402
+from tidemill.tasks.replay import flight_events  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "distributed.txt"
 WORKERS = (1, 2, 4)

@@ -57,14 +57,14 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from deployments import stack  # noqa: E402
-from deployments.replayer import load_flights  # noqa: E402
-from deployments.worker import ready_file  # noqa: E402
-from tasks.replay import flight_events, landing_rows  # noqa: E402
 from tidemill.access import read_sql  # noqa: E402
 from tidemill.config import TidemillConfig, load_config  # noqa: E402
+from tidemill.deployments import stack  # noqa: E402
+from tidemill.deployments.replayer import load_flights  # noqa: E402
+from tidemill.deployments.worker import ready_file  # noqa: E402
 from tidemill.settings import get_settings  # noqa: E402
-from warehouse.snapshot import snapshot_path  # noqa: E402
+from tidemill.tasks.replay import flight_events, landing_rows  # noqa: E402
+from tidemill.warehouse.snapshot import snapshot_path  # noqa: E402
 
 CADENCE = 5
 ROWS_PER_SECOND = 19.0  # what `make run` replays (1800x real time)

@@ -32,11 +32,11 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flows.cycle import run_cycle  # noqa: E402
-from flows.runtime import Runtime  # noqa: E402
 from tidemill.config import load_config  # noqa: E402
-from warehouse.connection import database_path  # noqa: E402
-from warehouse.snapshot import publish_snapshot, snapshot_path  # noqa: E402
+from tidemill.flows.cycle import run_cycle  # noqa: E402
+from tidemill.flows.runtime import Runtime  # noqa: E402
+from tidemill.warehouse.connection import database_path  # noqa: E402
+from tidemill.warehouse.snapshot import publish_snapshot, snapshot_path  # noqa: E402
 
 BATCH_ROWS = 500
 SENSORS = 200

@@ -47,10 +47,10 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from deployments import stack  # noqa: E402
-from deployments.worker import ready_file  # noqa: E402
 from tidemill.access import read_sql  # noqa: E402
 from tidemill.config import TidemillConfig, load_config  # noqa: E402
+from tidemill.deployments import stack  # noqa: E402
+from tidemill.deployments.worker import ready_file  # noqa: E402
 from tidemill.settings import get_settings  # noqa: E402
 
 MIB = 1024 * 1024

@@ -32,12 +32,12 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from history import CONFIG, batch_file  # noqa: E402
 
-from flows.cycle import run_cycle  # noqa: E402
-from flows.runtime import Runtime  # noqa: E402
-from tasks.retention import RetentionPolicy  # noqa: E402
 from tidemill.config import load_config  # noqa: E402
-from warehouse.connection import database_path  # noqa: E402
-from warehouse.retention import run_maintenance  # noqa: E402
+from tidemill.flows.cycle import run_cycle  # noqa: E402
+from tidemill.flows.runtime import Runtime  # noqa: E402
+from tidemill.tasks.retention import RetentionPolicy  # noqa: E402
+from tidemill.warehouse.connection import database_path  # noqa: E402
+from tidemill.warehouse.retention import run_maintenance  # noqa: E402
 
 BLOCK = 500
 

@@ -99,8 +99,8 @@ class Stream:
 
 def flights_stream(rows: int | None = None) -> Stream:
     """tidemill's default data as the flights pipeline sees it, in scheduled-time order."""
-    from deployments.replayer import load_flights
-    from tasks.replay import flight_events
+    from tidemill.deployments.replayer import load_flights
+    from tidemill.tasks.replay import flight_events
 
     events = flight_events(load_flights()).select(
         "id", "ts", "carrier", "origin", "dest", "distance", "late"

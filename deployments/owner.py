@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from deployments.query_service import Command, QueryService, Refused
-from flows.runtime import Runtime
-from warehouse import backfills, registry
-from warehouse.registry import ArtifactIntegrityError, RegistryError
+from tidemill.deployments.query_service import Command, QueryService, Refused
+from tidemill.flows.runtime import Runtime
+from tidemill.warehouse import backfills, registry
+from tidemill.warehouse.registry import ArtifactIntegrityError, RegistryError
 
 
 def deployment_name(pipeline: str) -> str:
@@ -70,7 +70,7 @@ def _replay_model(runtime: Runtime) -> Command:
     live batches go on meanwhile (it takes no lock)."""
 
     def replay(request: dict[str, Any]) -> dict[str, Any]:
-        from flows.replay_model import ReplayError, replay_model
+        from tidemill.flows.replay_model import ReplayError, replay_model
 
         pipeline = str(request["pipeline"])
         state = runtime.pipeline(pipeline)
@@ -92,7 +92,7 @@ def _maintain(runtime: Runtime) -> Command:
     """Prune artifacts by the retention policy and sweep orphans, now."""
 
     def maintain(request: dict[str, Any]) -> dict[str, Any]:
-        from warehouse.retention import run_maintenance
+        from tidemill.warehouse.retention import run_maintenance
 
         pipeline = str(request["pipeline"])
         if runtime.pipeline(pipeline) is None:
@@ -120,11 +120,11 @@ def _readmit(runtime: Runtime) -> Command:
     def readmit(request: dict[str, Any]) -> dict[str, Any]:
         from datetime import UTC, datetime
 
-        from tasks.pii import protected_changes
         from tidemill.config import FilesSource
         from tidemill.keys import get_key
-        from warehouse.quarantine import Fix, ReadmitRefused
-        from warehouse.quarantine import readmit as put_back
+        from tidemill.tasks.pii import protected_changes
+        from tidemill.warehouse.quarantine import Fix, ReadmitRefused
+        from tidemill.warehouse.quarantine import readmit as put_back
 
         pipeline = str(request["pipeline"])
         state = runtime.pipeline(pipeline)
@@ -159,7 +159,7 @@ def _erase(runtime: Runtime) -> Command:
     """Erase a data subject (the CLI sends the value's stored form, never logged)."""
 
     def erase(request: dict[str, Any]) -> dict[str, Any]:
-        from flows.erasure import ErasureError, erase_subject
+        from tidemill.flows.erasure import ErasureError, erase_subject
 
         pipeline = str(request["pipeline"])
         state = runtime.pipeline(pipeline)

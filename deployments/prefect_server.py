@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Literal
 
-from deployments import postgres, processes
+from tidemill.deployments import postgres, processes
 from tidemill.settings import get_settings
 
 HOST = "127.0.0.1"

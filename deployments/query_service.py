@@ -28,7 +28,12 @@ from typing import Any
 
 import duckdb
 
-from warehouse.readonly import QueryLimitExceeded, QueryResult, ReadOnlyViolation, run_readonly
+from tidemill.warehouse.readonly import (
+    QueryLimitExceeded,
+    QueryResult,
+    ReadOnlyViolation,
+    run_readonly,
+)
 
 MAX_REQUEST_BYTES = 1 << 20
 # Below ask_owner's 60 s socket timeout, so the caller hears why its query stopped.

@@ -25,8 +25,8 @@ import secrets
 import time
 from pathlib import Path
 
-from deployments import processes
 from tidemill.config import LOCAL_BROKER, RedisStreamSource, TidemillConfig
+from tidemill.deployments import processes
 
 HOST = "127.0.0.1"
 NAME = "redis"  # the process name in run/ and logs/

@@ -31,11 +31,6 @@ from typing import cast
 
 import polars as pl
 
-from deployments import redis_server
-from tasks.replay import EVENT_COLUMNS, events_between, flight_events, landing_rows, sim_time
-from tasks.sensors import Published, replay_readings, sensor_readings
-from tasks.transactions import EVENT_COLUMNS as TRANSACTION_COLUMNS
-from tasks.transactions import transaction_events
 from tidemill.config import (
     LOCAL_BROKER,
     ConfigError,
@@ -43,7 +38,18 @@ from tidemill.config import (
     RedisStreamSource,
     TidemillConfig,
 )
+from tidemill.deployments import redis_server
 from tidemill.durable import write_atomic
+from tidemill.tasks.replay import (
+    EVENT_COLUMNS,
+    events_between,
+    flight_events,
+    landing_rows,
+    sim_time,
+)
+from tidemill.tasks.sensors import Published, replay_readings, sensor_readings
+from tidemill.tasks.transactions import EVENT_COLUMNS as TRANSACTION_COLUMNS
+from tidemill.tasks.transactions import transaction_events
 
 FILE_PREFIX = "flights-"
 _NAME_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"  # sorts lexicographically in time order

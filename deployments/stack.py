@@ -15,12 +15,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployments import processes, redis_server, supervisor
-from deployments.prefect_server import start_server, stop_server
-from deployments.replayer import DATASETS, REPLAYABLE, SENSORS
-from deployments.supervisor import command, environment, worker_processes
 from tidemill import layout
 from tidemill.config import FilesSource, RedisStreamSource, TidemillConfig
+from tidemill.deployments import processes, redis_server, supervisor
+from tidemill.deployments.prefect_server import start_server, stop_server
+from tidemill.deployments.replayer import DATASETS, REPLAYABLE, SENSORS
+from tidemill.deployments.supervisor import command, environment, worker_processes
 
 WORKER = supervisor.WORKER
 SUPERVISOR = (supervisor.NAME, supervisor.MARKER)

@@ -32,18 +32,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from deployments import postgres, processes, redis_server
-from deployments.prefect_server import MARKER as SERVER_MARKER
-from deployments.prefect_server import NAME as SERVER_NAME
-from deployments.prefect_server import server_env, start_server
 from tidemill import layout
 from tidemill.config import TidemillConfig, load_config
+from tidemill.deployments import postgres, processes, redis_server
+from tidemill.deployments.prefect_server import MARKER as SERVER_MARKER
+from tidemill.deployments.prefect_server import NAME as SERVER_NAME
+from tidemill.deployments.prefect_server import server_env, start_server
 from tidemill.settings import get_settings
 
 log = logging.getLogger("tidemill.supervisor")
 
 NAME = "supervisor"
-MARKER = ("deployments.supervisor",)
+MARKER = ("tidemill.deployments.supervisor",)
 WORKER = ("worker", ("tidemill", "worker"))
 
 

@@ -19,20 +19,20 @@ from uuid import UUID
 import httpx
 from prefect import Flow
 
-from deployments import owner
-from deployments.executor import InProcessExecutor, ensure_deployment
-from deployments.owner import deployment_name
-from deployments.supervisor import ready_file
-from flows.backfill import backfill
-from flows.erasure import erasure_flow
-from flows.maintenance import maintenance
-from flows.micro_batch import micro_batch
-from flows.resident import install
-from flows.runtime import Runtime
 from tidemill.config import TidemillConfig
+from tidemill.deployments import owner
+from tidemill.deployments.executor import InProcessExecutor, ensure_deployment
+from tidemill.deployments.owner import deployment_name
+from tidemill.deployments.supervisor import ready_file
+from tidemill.flows.backfill import backfill
+from tidemill.flows.erasure import erasure_flow
+from tidemill.flows.maintenance import maintenance
+from tidemill.flows.micro_batch import micro_batch
+from tidemill.flows.resident import install
+from tidemill.flows.runtime import Runtime
 from tidemill.settings import get_settings
-from warehouse import backfills
-from warehouse.registry import ArtifactIntegrityError
+from tidemill.warehouse import backfills
+from tidemill.warehouse.registry import ArtifactIntegrityError
 
 log = logging.getLogger("tidemill.worker")
 

@@ -22,8 +22,8 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from flows.backfill_window import run_backfill
-from flows.resident import resident_runtime
+from tidemill.flows.backfill_window import run_backfill
+from tidemill.flows.resident import resident_runtime
 
 
 def _naive_utc(moment: datetime) -> datetime:

@@ -19,27 +19,27 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 from polars.exceptions import PanicException
 
-from flows.cycle import batch_features, drop_erased, pii_key, raw_format
-from flows.runtime import PipelineState, Runtime, fresh_model
-from tasks.aggregate import (
+from tidemill.config import PostgresSource, RedisStreamSource
+from tidemill.flows.cycle import batch_features, drop_erased, pii_key, raw_format
+from tidemill.flows.runtime import PipelineState, Runtime, fresh_model
+from tidemill.tasks.aggregate import (
     previous_window_keys,
     target_value,
     window_partials,
     window_start,
 )
-from tasks.clean import clean_rows
-from tasks.lags import lag_history
-from tasks.landing import Arrival, read_arrival
-from tasks.model import parameters_sha256
-from tasks.online import prequential_step
-from tasks.pii import protected_records
-from tasks.postgres_source import read_window
-from tasks.validate import content_hashes, validate_records
-from tidemill.config import PostgresSource, RedisStreamSource
-from warehouse import backfills, erasure, registry
-from warehouse.batches import BatchRecord, next_batch_id, window_stats
-from warehouse.batches import lag_history as stored_lag_history
-from warehouse.pipeline_tables import declared_columns
+from tidemill.tasks.clean import clean_rows
+from tidemill.tasks.lags import lag_history
+from tidemill.tasks.landing import Arrival, read_arrival
+from tidemill.tasks.model import parameters_sha256
+from tidemill.tasks.online import prequential_step
+from tidemill.tasks.pii import protected_records
+from tidemill.tasks.postgres_source import read_window
+from tidemill.tasks.validate import content_hashes, validate_records
+from tidemill.warehouse import backfills, erasure, registry
+from tidemill.warehouse.batches import BatchRecord, next_batch_id, window_stats
+from tidemill.warehouse.batches import lag_history as stored_lag_history
+from tidemill.warehouse.pipeline_tables import declared_columns
 
 Progress = Callable[[int, int], None]
 

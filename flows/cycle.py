@@ -21,25 +21,6 @@ from typing import Literal
 import polars as pl
 from polars.exceptions import PanicException
 
-from flows.runtime import PipelineState, Runtime, fresh_model, log
-from tasks.aggregate import (
-    merge_window_stats,
-    previous_window_keys,
-    target_value,
-    window_partials,
-    with_window_features,
-)
-from tasks.clean import clean_rows
-from tasks.drift import PSI_ALERT
-from tasks.lags import lag_history, with_target_lags
-from tasks.landing import Known, discover, landing_paths, read_arrival
-from tasks.model import ModelState, parameters_sha256
-from tasks.online import Step, next_batch_rows, prequential_step
-from tasks.pii import protected_header, protected_records, without_erased
-from tasks.postgres_source import read_since
-from tasks.promotion import ScoreWindow, decide
-from tasks.redis_stream import StreamReader
-from tasks.validate import content_hashes, validate_records
 from tidemill.config import (
     LOCAL_BROKER,
     FilesSource,
@@ -47,9 +28,28 @@ from tidemill.config import (
     PostgresSource,
     RedisStreamSource,
 )
+from tidemill.flows.runtime import PipelineState, Runtime, fresh_model, log
 from tidemill.keys import get_key
-from warehouse import cursors, erasure, inbox, registry
-from warehouse.batches import (
+from tidemill.tasks.aggregate import (
+    merge_window_stats,
+    previous_window_keys,
+    target_value,
+    window_partials,
+    with_window_features,
+)
+from tidemill.tasks.clean import clean_rows
+from tidemill.tasks.drift import PSI_ALERT
+from tidemill.tasks.lags import lag_history, with_target_lags
+from tidemill.tasks.landing import Known, discover, landing_paths, read_arrival
+from tidemill.tasks.model import ModelState, parameters_sha256
+from tidemill.tasks.online import Step, next_batch_rows, prequential_step
+from tidemill.tasks.pii import protected_header, protected_records, without_erased
+from tidemill.tasks.postgres_source import read_since
+from tidemill.tasks.promotion import ScoreWindow, decide
+from tidemill.tasks.redis_stream import StreamReader
+from tidemill.tasks.validate import content_hashes, validate_records
+from tidemill.warehouse import cursors, erasure, inbox, registry
+from tidemill.warehouse.batches import (
     BatchRecord,
     BatchWrite,
     DriftEvent,
@@ -62,8 +62,8 @@ from warehouse.batches import (
     record_failure,
     window_stats,
 )
-from warehouse.batches import lag_history as stored_lag_history
-from warehouse.pipeline_tables import declared_columns
+from tidemill.warehouse.batches import lag_history as stored_lag_history
+from tidemill.warehouse.pipeline_tables import declared_columns
 
 
 @dataclass(frozen=True)
@@ -171,8 +171,8 @@ def _ingest_stream(runtime: Runtime, state: PipelineState, source: RedisStreamSo
     columns, limit = declared_columns(config), source.read_rows or 10 * config.batch_rows
     url = source.url
     if url == LOCAL_BROKER:
-        from deployments import redis_server
         from tidemill import layout
+        from tidemill.deployments import redis_server
 
         url = redis_server.url(layout.shared_dir(runtime.state_dir))
     with StreamReader(url, source.stream, source.group, source.consumer) as reader:

@@ -37,20 +37,20 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from flows.replay_model import fresh_candidate, lineage, relearn, replay_version
-from flows.resident import resident_runtime
-from flows.runtime import PipelineState, Runtime
-from tasks.aggregate import target_value, window_partials, window_start
-from tasks.distributed import ShardRecord
-from tasks.model import ModelState, parameters_sha256
-from tasks.pii import subject_digest
-from tasks.promotion import ScoreWindow
 from tidemill.config import PipelineConfig
+from tidemill.flows.replay_model import fresh_candidate, lineage, relearn, replay_version
+from tidemill.flows.resident import resident_runtime
+from tidemill.flows.runtime import PipelineState, Runtime
 from tidemill.keys import get_key
-from warehouse import erasure, history, registry
-from warehouse.backfills import replace_windows
-from warehouse.batches import replace_lag_history
-from warehouse.pipeline_tables import PipelineTables
+from tidemill.tasks.aggregate import target_value, window_partials, window_start
+from tidemill.tasks.distributed import ShardRecord
+from tidemill.tasks.model import ModelState, parameters_sha256
+from tidemill.tasks.pii import subject_digest
+from tidemill.tasks.promotion import ScoreWindow
+from tidemill.warehouse import erasure, history, registry
+from tidemill.warehouse.backfills import replace_windows
+from tidemill.warehouse.batches import replace_lag_history
+from tidemill.warehouse.pipeline_tables import PipelineTables
 
 NO_BATCH = 1 << 62  # "before no batch": every stored row counts
 

@@ -19,12 +19,12 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from flows.resident import resident_runtime
-from flows.runtime import Runtime
-from tasks.retention import RetentionPolicy
 from tidemill.durable import write_atomic
+from tidemill.flows.resident import resident_runtime
+from tidemill.flows.runtime import Runtime
 from tidemill.report import charts, data_url, load, render_page
-from warehouse.retention import GRACE, MaintenanceReport, run_maintenance
+from tidemill.tasks.retention import RetentionPolicy
+from tidemill.warehouse.retention import GRACE, MaintenanceReport, run_maintenance
 
 DEFAULTS = RetentionPolicy()
 

@@ -27,10 +27,10 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from flows.cycle import BatchFailed, CycleReport, run_cycle
-from flows.resident import resident_runtime
-from flows.runtime import Runtime
-from warehouse.reports import candidates_sql, drift_sql, recent_metrics_sql
+from tidemill.flows.cycle import BatchFailed, CycleReport, run_cycle
+from tidemill.flows.resident import resident_runtime
+from tidemill.flows.runtime import Runtime
+from tidemill.warehouse.reports import candidates_sql, drift_sql, recent_metrics_sql
 
 
 def _artifact_rows(report: CycleReport) -> list[dict[str, Any]]:

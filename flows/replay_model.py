@@ -18,20 +18,20 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from flows.cycle import batch_features
-from flows.runtime import fresh_model
-from tasks.aggregate import (
+from tidemill.config import PipelineConfig
+from tidemill.flows.cycle import batch_features
+from tidemill.flows.runtime import fresh_model
+from tidemill.tasks.aggregate import (
     merge_window_stats,
     previous_window_keys,
     target_value,
     window_partials,
 )
-from tasks.clean import in_batch_order
-from tasks.distributed import sharded_learner
-from tasks.model import ModelState, parameters_sha256
-from tasks.online import Step, learn_here, prequential_step
-from tidemill.config import PipelineConfig
-from warehouse import history, registry
+from tidemill.tasks.clean import in_batch_order
+from tidemill.tasks.distributed import sharded_learner
+from tidemill.tasks.model import ModelState, parameters_sha256
+from tidemill.tasks.online import Step, learn_here, prequential_step
+from tidemill.warehouse import history, registry
 
 Progress = Callable[[int, int], None]
 

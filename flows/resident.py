@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import threading
 
-from flows.runtime import Runtime
 from tidemill.config import load_config
+from tidemill.flows.runtime import Runtime
 from tidemill.settings import get_settings
 
 _lock = threading.Lock()

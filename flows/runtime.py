@@ -20,25 +20,25 @@ from typing import TYPE_CHECKING
 import duckdb
 import threadpoolctl
 
-from tasks.aggregate import aggregate_feature_names
-from tasks.distributed import dask_map, sharded_learner, should_distribute
-from tasks.drift import Adwin, FeatureShift, PageHinkley
-from tasks.encode import FeatureEncoder
-from tasks.lags import lag_feature_names
-from tasks.landing import column_values, header_of
-from tasks.metrics import DEFAULT_METRIC
-from tasks.model import ModelState, make_estimator
-from tasks.online import Learner, learn_here
-from tasks.promotion import ScoreWindow
-from tasks.validate import class_labels
 from tidemill.config import DistributedSpec, FilesSource, ModelSpec, PipelineConfig, TidemillConfig
 from tidemill.settings import Settings, get_settings
-from warehouse import registry
-from warehouse.compact import Compacted, compact
-from warehouse.connection import STORAGE_VERSION, database_path, open_warehouse
-from warehouse.pipeline_tables import ensure_pipeline_tables, stored_schema
-from warehouse.readonly import QueryResult, run_readonly
-from warehouse.snapshot import SnapshotPublisher, publish_snapshot, snapshot_path
+from tidemill.tasks.aggregate import aggregate_feature_names
+from tidemill.tasks.distributed import dask_map, sharded_learner, should_distribute
+from tidemill.tasks.drift import Adwin, FeatureShift, PageHinkley
+from tidemill.tasks.encode import FeatureEncoder
+from tidemill.tasks.lags import lag_feature_names
+from tidemill.tasks.landing import column_values, header_of
+from tidemill.tasks.metrics import DEFAULT_METRIC
+from tidemill.tasks.model import ModelState, make_estimator
+from tidemill.tasks.online import Learner, learn_here
+from tidemill.tasks.promotion import ScoreWindow
+from tidemill.tasks.validate import class_labels
+from tidemill.warehouse import registry
+from tidemill.warehouse.compact import Compacted, compact
+from tidemill.warehouse.connection import STORAGE_VERSION, database_path, open_warehouse
+from tidemill.warehouse.pipeline_tables import ensure_pipeline_tables, stored_schema
+from tidemill.warehouse.readonly import QueryResult, run_readonly
+from tidemill.warehouse.snapshot import SnapshotPublisher, publish_snapshot, snapshot_path
 
 if TYPE_CHECKING:
     from distributed import Client

@@ -35,9 +35,9 @@ from sklearn.linear_model import (
 from sklearn.naive_bayes import BernoulliNB, ComplementNB, GaussianNB, MultinomialNB
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 
-from tasks.encode import FeatureEncoder, RunningMoments
-from tasks.model import ModelState, Scores, learn, parameters_sha256, predict
-from tasks.online import Learned, Learner, labelled_rows
+from tidemill.tasks.encode import FeatureEncoder, RunningMoments
+from tidemill.tasks.model import ModelState, Scores, learn, parameters_sha256, predict
+from tidemill.tasks.online import Learned, Learner, labelled_rows
 
 if TYPE_CHECKING:
     from distributed import Client

@@ -32,8 +32,8 @@ from typing import BinaryIO
 import polars as pl
 from polars.exceptions import PanicException
 
-from tasks.parse import parse_records
-from tasks.validate import parse_timestamp
+from tidemill.tasks.parse import parse_records
+from tidemill.tasks.validate import parse_timestamp
 
 log = logging.getLogger("tidemill")
 

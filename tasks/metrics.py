@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from tasks.model import Scores
+from tidemill.tasks.model import Scores
 
 
 def prequential_metrics(task: str, scores: Scores, y: np.ndarray) -> dict[str, float]:

@@ -25,8 +25,8 @@ import sklearn
 from sklearn.base import BaseEstimator
 from sklearn.utils import get_tags
 
-from tasks.drift import Adwin, FeatureShift, PageHinkley
-from tasks.encode import FeatureEncoder
+from tidemill.tasks.drift import Adwin, FeatureShift, PageHinkley
+from tidemill.tasks.encode import FeatureEncoder
 
 # name -> (module, class, defaults, task it serves). passive_aggressive is SGD with the PA-I
 # step: scikit-learn 1.8 deprecated PassiveAggressiveClassifier for exactly this.

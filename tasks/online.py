@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from tasks.metrics import prequential_metrics, row_errors
-from tasks.model import ModelState, Scores, learn, predict
+from tidemill.tasks.metrics import prequential_metrics, row_errors
+from tidemill.tasks.model import ModelState, Scores, learn, predict
 
 if TYPE_CHECKING:
-    from tasks.distributed import ShardRecord
+    from tidemill.tasks.distributed import ShardRecord
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from uuid import UUID
 
 import polars as pl
 
-from tasks.validate import parse_timestamp
+from tidemill.tasks.validate import parse_timestamp
 
 CONNECT_TIMEOUT_SECONDS = 5
 _TIMESTAMP_OIDS = {1082, 1114, 1184}  # date, timestamp, timestamptz

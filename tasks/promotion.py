@@ -17,7 +17,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from tasks.metrics import LOWER_IS_BETTER
+from tidemill.tasks.metrics import LOWER_IS_BETTER
 
 Z = 2.0  # standard errors the lead must clear (about 95 % one-sided... and then some)
 MIN_BATCHES = 3  # fewer paired batches give no usable standard error

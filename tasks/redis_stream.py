@@ -47,9 +47,9 @@ from typing import Any
 
 import polars as pl
 
-from tasks.parse import MAX_FIELD_BYTES, PREVIEW_BYTES
-from tasks.postgres_source import CursorPosition, Read, row_line
-from tasks.validate import parse_timestamp
+from tidemill.tasks.parse import MAX_FIELD_BYTES, PREVIEW_BYTES
+from tidemill.tasks.postgres_source import CursorPosition, Read, row_line
+from tidemill.tasks.validate import parse_timestamp
 
 TIMEOUT_SECONDS = 5
 _SEQ_BITS = 20  # entry id ms-seq -> ms << 20 | seq: fits 63 bits until the year 2248

@@ -27,8 +27,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import polars as pl
 
-from tasks.redis_stream import entry_fields, last_entry, publish
-from tasks.replay import events_between, sim_time
+from tidemill.tasks.redis_stream import entry_fields, last_entry, publish
+from tidemill.tasks.replay import events_between, sim_time
 
 EVENT_COLUMNS = ("id", "ts", "sensor", "temperature", "vibration", "rssi", "fault")
 """Columns of a readings frame and of every stream entry, in this order."""

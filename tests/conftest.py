@@ -12,9 +12,9 @@ from typing import Any
 import polars as pl
 import pytest
 
-from deployments.replayer import load_flights
-from tasks.replay import flight_events, landing_rows
 from tidemill.config import TidemillConfig, load_config
+from tidemill.deployments.replayer import load_flights
+from tidemill.tasks.replay import flight_events, landing_rows
 
 ELEC_TOML = """
 [state]
@@ -153,7 +153,7 @@ def prefect_api() -> Callable[[int], PrefectApi]:
 def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throwaway PostgreSQL for the session, started like the stack's (deployments/
     postgres.py: free 127.0.0.1 port, unprivileged as root); a libpq URL of its database."""
-    from deployments import postgres
+    from tidemill.deployments import postgres
 
     state_dir = tmp_path_factory.mktemp("postgres-source")
     url = postgres.start(state_dir)

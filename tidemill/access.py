@@ -17,7 +17,8 @@ from typing import Any
 
 import duckdb
 
-from deployments.query_service import (
+from tidemill.config import TidemillConfig
+from tidemill.deployments.query_service import (
     QUERY_TIMEOUT_SECONDS,
     OwnerUnavailable,
     QueryRefused,
@@ -25,10 +26,9 @@ from deployments.query_service import (
     ask_owner,
     call_owner,
 )
-from tidemill.config import TidemillConfig
-from warehouse.connection import database_path, open_readonly
-from warehouse.readonly import QueryLimitExceeded, QueryResult, run_readonly
-from warehouse.snapshot import open_snapshot, snapshot_path
+from tidemill.warehouse.connection import database_path, open_readonly
+from tidemill.warehouse.readonly import QueryLimitExceeded, QueryResult, run_readonly
+from tidemill.warehouse.snapshot import open_snapshot, snapshot_path
 
 
 class NothingToRead(FileNotFoundError):
@@ -76,8 +76,8 @@ def command(config: TidemillConfig, op: str, **payload: Any) -> dict[str, Any]:
         return call_owner(config.state_dir, request)
     except OwnerUnavailable:
         pass
-    from deployments.owner import commands
-    from flows.runtime import Runtime
+    from tidemill.deployments.owner import commands
+    from tidemill.flows.runtime import Runtime
 
     runtime = Runtime.open(config)
     try:

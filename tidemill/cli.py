@@ -109,9 +109,9 @@ def run(
     Without --drain it runs one batch every `every_seconds` until Ctrl-C. While it runs,
     `tidemill query` reaches the warehouse through this process.
     """
-    from deployments import owner
-    from flows.cycle import BatchFailed, run_cycle
-    from flows.runtime import Runtime
+    from tidemill.deployments import owner
+    from tidemill.flows.cycle import BatchFailed, run_cycle
+    from tidemill.flows.runtime import Runtime
 
     config = _owner(pipeline)
     spec = config.pipeline(pipeline)
@@ -150,7 +150,7 @@ def run(
 
 
 def _drain(runtime: Any, pipeline: str, max_batches: int | None) -> list[Any]:
-    from flows.cycle import BatchFailed, run_cycle
+    from tidemill.flows.cycle import BatchFailed, run_cycle
 
     reports = []
     failures = 0
@@ -308,7 +308,7 @@ def status(
 ) -> None:
     """Pipelines, their last batch, rows, quarantine counts, backlog and lag."""
     from tidemill.access import NothingToRead, read_sql
-    from warehouse.reports import known_pipelines_sql, status_sql
+    from tidemill.warehouse.reports import known_pipelines_sql, status_sql
 
     config = _config()
     owners: dict[Path, TidemillConfig] = {}
@@ -375,7 +375,7 @@ def models_list(
 ) -> None:
     """Model versions of PIPELINE, newest first: lineage, rows seen, hash, metrics."""
     from tidemill.access import read_sql
-    from warehouse.reports import models_sql
+    from tidemill.warehouse.reports import models_sql
 
     result, _ = read_sql(_owner(pipeline).state_dir, models_sql(pipeline))
     rows = result.rows[:limit]
@@ -424,7 +424,7 @@ def models_show(
 ) -> None:
     """Everything recorded about one model version (default: the champion)."""
     from tidemill.access import read_sql
-    from warehouse.reports import models_sql
+    from tidemill.warehouse.reports import models_sql
 
     result, _ = read_sql(_owner(pipeline).state_dir, models_sql(pipeline, version))
     rows = result.rows
@@ -589,9 +589,9 @@ def erase(
     in _erasures keeps only an HMAC of the value. The value is sent to the owning process,
     never logged or stored.
     """
-    from tasks.pii import subject_digest, subject_value
     from tidemill.access import command
     from tidemill.keys import get_key
+    from tidemill.tasks.pii import subject_digest, subject_value
 
     config = _owner(pipeline)
     declared = config.pipeline(pipeline)
@@ -675,7 +675,7 @@ def backfill(
     in the Prefect UI) executed by the worker between live batches; otherwise it runs here.
     Running it twice changes nothing. A second backfill of a pipeline waits for the first.
     """
-    from deployments.query_service import OwnerUnavailable, call_owner
+    from tidemill.deployments.query_service import OwnerUnavailable, call_owner
 
     config = _owner(pipeline)
     first, last = _moment(start, "--start"), _moment(end, "--end")
@@ -714,8 +714,8 @@ def _backfill_progress() -> Progress:
 def _backfill_here(
     config: TidemillConfig, pipeline: str, start: datetime, end: datetime, retrain: bool
 ) -> None:
-    from flows.backfill_window import run_backfill
-    from flows.runtime import Runtime
+    from tidemill.flows.backfill_window import run_backfill
+    from tidemill.flows.runtime import Runtime
 
     runtime = Runtime.open(config)
     try:
@@ -808,7 +808,7 @@ def quarantine_list(
 ) -> None:
     """Quarantined records of PIPELINE: counts by kind of reason and file, then the most
     recent records with their ids (for `show` and `readmit`)."""
-    from warehouse.quarantine import groups_sql, recent_sql, totals_sql
+    from tidemill.warehouse.quarantine import groups_sql, recent_sql, totals_sql
 
     state_dir = _owner(pipeline).state_dir
     totals = _read(state_dir, totals_sql(pipeline))[0]
@@ -858,9 +858,9 @@ def quarantine_show(
 ) -> None:
     """One quarantined record: its file and line, every reason, its raw text, the fields
     it splits into, and whether it was re-admitted."""
-    from tasks.parse import record_fields
     from tidemill.config import FilesSource
-    from warehouse.quarantine import record_sql
+    from tidemill.tasks.parse import record_fields
+    from tidemill.warehouse.quarantine import record_sql
 
     owner = _owner(pipeline)
     spec = owner.pipeline(pipeline)
@@ -1045,8 +1045,8 @@ def up(
     `every_seconds`, concurrency 1) and runs their flow runs in-process. Stays in the
     foreground until Ctrl-C, then stops everything it started.
     """
-    from deployments import stack
     from tidemill import layout
+    from tidemill.deployments import stack
 
     config = _config()
     err.print("starting the Prefect server, the worker and the replayer …")
@@ -1099,7 +1099,7 @@ def _interrupt(signum: int, _frame: object) -> None:
 @app.command()
 def down() -> None:
     """Stop the replayer, the worker and the Prefect server of this state folder."""
-    from deployments import stack
+    from tidemill.deployments import stack
 
     stopped = stack.down(_config())
     err.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
@@ -1123,8 +1123,8 @@ def worker(
     import logging
     import os
 
-    from deployments.prefect_server import server_env
     from tidemill import layout
+    from tidemill.deployments.prefect_server import server_env
 
     main = _config()
     if "PREFECT_API_URL" not in os.environ:
@@ -1133,7 +1133,7 @@ def worker(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from deployments.worker import run_worker
+    from tidemill.deployments.worker import run_worker
 
     run_worker(config, pipeline)
 
@@ -1155,7 +1155,7 @@ def replay(
     transactions) into its pipeline's landing folder as small CSV files, at SPEED times
     their event times; or publish machine-sensor readings (12 sensors, 4 faulty) to the
     `sensors` pipeline's Redis stream, about 50 a second. Resumes where it stopped."""
-    from deployments.replayer import serve_replay
+    from tidemill.deployments.replayer import serve_replay
 
     serve_replay(_config(), dataset, speed, tick_seconds=tick, max_files=max_files, say=err.print)
 
@@ -1164,14 +1164,14 @@ def replay(
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from deployments.query_service import QueryRefused
-    from deployments.replayer import UnknownDataSet
-    from flows.runtime import OwnedElsewhere
-    from tasks.model import ModelSpecError
     from tidemill.access import NothingToRead
-    from warehouse.pipeline_tables import SchemaMismatch
-    from warehouse.readonly import ReadOnlyViolation
-    from warehouse.registry import ArtifactIntegrityError
+    from tidemill.deployments.query_service import QueryRefused
+    from tidemill.deployments.replayer import UnknownDataSet
+    from tidemill.flows.runtime import OwnedElsewhere
+    from tidemill.tasks.model import ModelSpecError
+    from tidemill.warehouse.pipeline_tables import SchemaMismatch
+    from tidemill.warehouse.readonly import ReadOnlyViolation
+    from tidemill.warehouse.registry import ArtifactIntegrityError
 
     return (
         ConfigError,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import polars as pl
 
-from tasks.plots import latency_chart, metric_chart, rows_chart
 from tidemill.access import read_sql
-from warehouse import reports
-from warehouse.readonly import QueryResult
+from tidemill.tasks.plots import latency_chart, metric_chart, rows_chart
+from tidemill.warehouse import reports
+from tidemill.warehouse.readonly import QueryResult
 
 REGISTRY_ROWS = 50
 """Newest registry rows shown (every version stays in ml.model_versions)."""

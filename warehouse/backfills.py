@@ -10,8 +10,8 @@ import duckdb
 import polars as pl
 
 from tidemill.config import AggregateSpec, PipelineConfig
-from warehouse.batches import BatchRecord, insert_frame, record_batch, replace_lag_history
-from warehouse.pipeline_tables import PipelineTables, q
+from tidemill.warehouse.batches import BatchRecord, insert_frame, record_batch, replace_lag_history
+from tidemill.warehouse.pipeline_tables import PipelineTables, q
 
 
 class BackfillRefused(RuntimeError):

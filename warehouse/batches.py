@@ -18,11 +18,11 @@ import duckdb
 import polars as pl
 
 from tidemill.config import AggregateSpec, LagSpec, PipelineConfig
-from warehouse.pipeline_tables import PipelineTables, lit, q
-from warehouse.registry import ModelVersion, record_event, record_heads, record_shards
+from tidemill.warehouse.pipeline_tables import PipelineTables, lit, q
+from tidemill.warehouse.registry import ModelVersion, record_event, record_heads, record_shards
 
 if TYPE_CHECKING:
-    from tasks.distributed import ShardRecord
+    from tidemill.tasks.distributed import ShardRecord
 
 
 @dataclass(frozen=True)

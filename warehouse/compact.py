@@ -19,7 +19,7 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse.pipeline_tables import lit, q
+from tidemill.warehouse.pipeline_tables import lit, q
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse.migrate import migrate
+from tidemill.warehouse.migrate import migrate
 
 DATABASE_FILE = "warehouse.duckdb"
 # New files are written in the 1.5 storage format so SQL tools built on DuckDB 1.5 (the

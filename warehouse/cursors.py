@@ -11,8 +11,8 @@ from __future__ import annotations
 import duckdb
 import polars as pl
 
-from tasks.postgres_source import CursorPosition
-from warehouse.pipeline_tables import PipelineTables, q
+from tidemill.tasks.postgres_source import CursorPosition
+from tidemill.warehouse.pipeline_tables import PipelineTables, q
 
 
 def position(

@@ -15,7 +15,7 @@ import duckdb
 import polars as pl
 
 from tidemill.config import PipelineConfig
-from warehouse.pipeline_tables import PipelineTables, q
+from tidemill.warehouse.pipeline_tables import PipelineTables, q
 
 
 @dataclass(frozen=True)

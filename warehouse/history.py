@@ -13,7 +13,7 @@ import duckdb
 import polars as pl
 
 from tidemill.config import AggregateSpec, LagSpec, PipelineConfig
-from warehouse.pipeline_tables import PipelineTables, q
+from tidemill.warehouse.pipeline_tables import PipelineTables, q
 
 
 def batch_clean_rows(

@@ -14,8 +14,8 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from tasks.landing import Arrival
-from warehouse.pipeline_tables import PipelineTables, q
+from tidemill.tasks.landing import Arrival
+from tidemill.warehouse.pipeline_tables import PipelineTables, q
 
 
 @dataclass(frozen=True)

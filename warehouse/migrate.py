@@ -13,7 +13,7 @@ _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 def available_migrations() -> list[tuple[int, str, str]]:
     """(version, file name, SQL) of every migration shipped with the package, in order."""
     found = []
-    for entry in resources.files("warehouse").joinpath("migrations").iterdir():
+    for entry in resources.files(__package__).joinpath("migrations").iterdir():
         match = _NAME.match(entry.name)
         if match:
             found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))

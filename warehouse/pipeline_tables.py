@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import duckdb
 
-from tasks.clean import time_feature_column
 from tidemill.config import PipelineConfig
+from tidemill.tasks.clean import time_feature_column
 
 
 def q(name: str) -> str:

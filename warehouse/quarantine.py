@@ -16,12 +16,12 @@ from datetime import datetime
 import duckdb
 import polars as pl
 
-from tasks.parse import amend_record
-from tasks.validate import parse_timestamp, validate_records
 from tidemill.config import PipelineConfig
-from warehouse.batches import known_keys
-from warehouse.inbox import headers
-from warehouse.pipeline_tables import PipelineTables, declared_columns, lit, q
+from tidemill.tasks.parse import amend_record
+from tidemill.tasks.validate import parse_timestamp, validate_records
+from tidemill.warehouse.batches import known_keys
+from tidemill.warehouse.inbox import headers
+from tidemill.warehouse.pipeline_tables import PipelineTables, declared_columns, lit, q
 
 # Reasons name the offending values ("x 'abc' is not a finite number"); grouping by
 # reason groups by the check instead, with values and the moving time horizon elided.

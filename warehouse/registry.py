@@ -50,7 +50,7 @@ from tidemill.durable import write_atomic
 from tidemill.keys import get_key
 
 if TYPE_CHECKING:
-    from tasks.distributed import ShardRecord
+    from tidemill.tasks.distributed import ShardRecord
 
 ARTIFACTS_DIR = "artifacts"
 SIGNATURE_SCHEME = "tidemill-artifact-v1"

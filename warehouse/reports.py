@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from warehouse.pipeline_tables import PipelineTables, lit
+from tidemill.warehouse.pipeline_tables import PipelineTables, lit
 
 
 def status_sql(pipelines: list[str]) -> str:

@@ -36,8 +36,13 @@ from typing import Any, NamedTuple
 import duckdb
 import polars as pl
 
-from tasks.retention import HEAD_STATUSES, VERSION_SCHEMA, RetentionPolicy, prunable_versions
-from warehouse.registry import ARTIFACTS_DIR
+from tidemill.tasks.retention import (
+    HEAD_STATUSES,
+    VERSION_SCHEMA,
+    RetentionPolicy,
+    prunable_versions,
+)
+from tidemill.warehouse.registry import ARTIFACTS_DIR
 
 log = logging.getLogger("tidemill")
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse.connection import open_readonly
+from tidemill.warehouse.connection import open_readonly
 
 log = logging.getLogger("tidemill")
 COPY_DUTY = 10

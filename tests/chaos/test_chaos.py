@@ -53,19 +53,19 @@ import httpx
 import polars as pl
 import pytest
 
-from deployments import processes, stack
-from deployments.prefect_server import MARKER as SERVER_MARKER
-from deployments.prefect_server import NAME as SERVER_NAME
-from deployments.prefect_server import is_healthy
-from deployments.query_service import OwnerUnavailable, QueryRefused, ask_owner
-from deployments.replayer import load_flights
-from deployments.supervisor import read_status
-from tasks.replay import flight_events, landing_rows
 from tidemill.config import TidemillConfig, load_config
+from tidemill.deployments import processes, stack
+from tidemill.deployments.prefect_server import MARKER as SERVER_MARKER
+from tidemill.deployments.prefect_server import NAME as SERVER_NAME
+from tidemill.deployments.prefect_server import is_healthy
+from tidemill.deployments.query_service import OwnerUnavailable, QueryRefused, ask_owner
+from tidemill.deployments.replayer import load_flights
+from tidemill.deployments.supervisor import read_status
 from tidemill.settings import get_settings
-from warehouse.connection import open_readonly
-from warehouse.registry import sha256_of
-from warehouse.retention import sweep_artifacts
+from tidemill.tasks.replay import flight_events, landing_rows
+from tidemill.warehouse.connection import open_readonly
+from tidemill.warehouse.registry import sha256_of
+from tidemill.warehouse.retention import sweep_artifacts
 
 REPO = Path(__file__).parents[2]
 BATCHES = int(os.environ.get("CHAOS_BATCHES", "200"))

@@ -25,11 +25,11 @@ from typing import Any
 import polars as pl
 import pytest
 
-import flows.cycle
-import tasks.landing
-from flows.cycle import BatchFailed, run_cycle
-from flows.runtime import Runtime
+import tidemill.flows.cycle as cycle_module
+import tidemill.tasks.landing as landing_module
 from tidemill.config import load_config
+from tidemill.flows.cycle import BatchFailed, run_cycle
+from tidemill.flows.runtime import Runtime
 from tidemill.settings import Settings
 
 HERE = Path(__file__).parent
@@ -259,7 +259,7 @@ def _rewritten_while_read(
         "data.csv",
         lambda p: p.write_bytes((HERE / "cases" / "rewritten_v1.csv").read_bytes()),
     )
-    real = tasks.landing._chunks
+    real = landing_module._chunks
 
     def chunks_then_rewrite(handle: Any) -> Iterator[bytes]:
         for number, chunk in enumerate(real(handle)):
@@ -267,8 +267,8 @@ def _rewritten_while_read(
             if number == 0:
                 path.write_bytes((HERE / "cases" / "rewritten_v2.csv").read_bytes())
 
-    monkeypatch.setattr(tasks.landing, "CHUNK_BYTES", 16)
-    monkeypatch.setattr(tasks.landing, "_chunks", chunks_then_rewrite)
+    monkeypatch.setattr(landing_module, "CHUNK_BYTES", 16)
+    monkeypatch.setattr(landing_module, "_chunks", chunks_then_rewrite)
     assert _drain(runtime, case["kind"]) == 0
     assert _count(runtime, f"SELECT count(*) FROM _files WHERE pipeline = '{case['kind']}'") == 0
     monkeypatch.undo()
@@ -286,7 +286,7 @@ def _replaced_while_streamed(
         "data.csv",
         lambda p: p.write_bytes((HERE / "cases" / "rewritten_v1.csv").read_bytes()),
     )
-    real = flows.cycle.read_arrival
+    real = cycle_module.read_arrival
     calls = []
 
     def replace_then_read(arrival: Any, *args: Any) -> Any:
@@ -300,8 +300,8 @@ def _replaced_while_streamed(
         calls.append(arrival.path)
         return real(arrival, *args)
 
-    monkeypatch.setattr(tasks.landing, "IN_MEMORY_BYTES", 16)
-    monkeypatch.setattr(flows.cycle, "read_arrival", replace_then_read)
+    monkeypatch.setattr(landing_module, "IN_MEMORY_BYTES", 16)
+    monkeypatch.setattr(cycle_module, "read_arrival", replace_then_read)
     _drain(runtime, case["kind"])
     assert calls == [str(path), str(path)]
     monkeypatch.undo()

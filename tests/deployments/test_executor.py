@@ -31,8 +31,8 @@ from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 from prefect.states import Cancelling, Pending, Running
 from prefect.utilities.engine import propose_state
 
-from deployments.executor import InProcessExecutor, ensure_deployment
-from deployments.prefect_server import is_healthy, start_server, stop_server
+from tidemill.deployments.executor import InProcessExecutor, ensure_deployment
+from tidemill.deployments.prefect_server import is_healthy, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,8 @@ import pytest
 from prefect import flow
 from prefect.client.orchestration import PrefectClient
 
-from deployments import postgres
-from deployments.prefect_server import is_healthy, server_env, start_server, stop_server
+from tidemill.deployments import postgres
+from tidemill.deployments.prefect_server import is_healthy, server_env, start_server, stop_server
 from tidemill.settings import get_settings
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,9 @@ import duckdb
 import polars as pl
 import pytest
 
-from deployments import stack
 from tidemill.access import read_sql
 from tidemill.config import TidemillConfig, load_config
+from tidemill.deployments import stack
 
 pytestmark = pytest.mark.slow
 RUNS = 30

@@ -9,10 +9,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from deployments import stack
-from deployments.replayer import UnknownDataSet, dataset, replay_dataset, serve_replay
-from tasks.transactions import EVENT_COLUMNS
 from tidemill.config import ConfigError, TidemillConfig, load_config
+from tidemill.deployments import stack
+from tidemill.deployments.replayer import UnknownDataSet, dataset, replay_dataset, serve_replay
+from tidemill.tasks.transactions import EVENT_COLUMNS
 
 REPO = Path(__file__).parents[2]
 

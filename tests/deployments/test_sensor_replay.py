@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from deployments import redis_server, stack
-from deployments.replayer import SENSORS, replay_sensors
-from flows.cycle import run_cycle
-from flows.runtime import Runtime
 from tidemill.config import load_config
+from tidemill.deployments import redis_server, stack
+from tidemill.deployments.replayer import SENSORS, replay_sensors
+from tidemill.flows.cycle import run_cycle
+from tidemill.flows.runtime import Runtime
 
 REPO = Path(__file__).parents[2]
 

@@ -12,11 +12,11 @@ import duckdb
 import polars as pl
 import pytest
 
-from deployments import processes, stack
-from deployments.supervisor import worker_processes
 from tidemill import layout
 from tidemill.access import read_sql
 from tidemill.config import TidemillConfig, load_config
+from tidemill.deployments import processes, stack
+from tidemill.deployments.supervisor import worker_processes
 
 pytestmark = pytest.mark.slow
 

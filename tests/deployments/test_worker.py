@@ -8,11 +8,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from deployments.worker import open_pipelines
-from flows.cycle import run_cycle
-from flows.runtime import Runtime
 from tidemill.config import TidemillConfig, load_config
-from warehouse.registry import ArtifactIntegrityError
+from tidemill.deployments.worker import open_pipelines
+from tidemill.flows.cycle import run_cycle
+from tidemill.flows.runtime import Runtime
+from tidemill.warehouse.registry import ArtifactIntegrityError
 
 
 def test_a_refused_artifact_stops_its_pipeline_only(

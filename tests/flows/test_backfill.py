@@ -8,12 +8,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.backfill_window import BackfillError, run_backfill
-from flows.cycle import run_cycle
-from flows.runtime import Runtime
-from tasks.aggregate import window_partials
 from tidemill.config import load_config
-from warehouse import backfills
+from tidemill.flows.backfill_window import BackfillError, run_backfill
+from tidemill.flows.cycle import run_cycle
+from tidemill.flows.runtime import Runtime
+from tidemill.tasks.aggregate import window_partials
+from tidemill.warehouse import backfills
 
 REPO = Path(__file__).parents[2]
 START, END = datetime(2013, 1, 1, 14), datetime(2013, 1, 1, 18)

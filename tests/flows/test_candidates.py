@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from flows.cycle import run_cycle
-from flows.runtime import Runtime
 from tidemill.config import load_config
+from tidemill.flows.cycle import run_cycle
+from tidemill.flows.runtime import Runtime
 
 TOML = """
 [pipelines.s]
@@ -193,7 +193,7 @@ def test_lag_features_keep_the_latest_labels_per_series(tmp_path: Path) -> None:
 
 
 def test_the_prefect_artifact_shows_champion_challengers_and_drift(tmp_path: Path) -> None:
-    from flows.micro_batch import _markdown_metrics
+    from tidemill.flows.micro_batch import _markdown_metrics
 
     runtime = _runtime(tmp_path, 'challengers = [{ name = "nb", estimator = "gaussian_nb" }]')
     _stream(tmp_path / "landing" / "a.csv", 200)
@@ -256,7 +256,7 @@ def test_a_clustering_pipeline_learns_every_row_and_reports_inertia(tmp_path: Pa
     assert {c for (c,) in clusters} <= {"0", "1", "2"}
     drift = con.sql("SELECT min(batch_id) FROM ml.drift_events WHERE detector = 'page_hinkley'")
     assert drift.fetchall()[0][0] == 10  # rows 900.. are batch 10
-    from flows.replay_model import replay_model
+    from tidemill.flows.replay_model import replay_model
 
     config = runtime.pipelines["sensors"].config
     assert replay_model(con, config, 12, runtime.state_dir).equal

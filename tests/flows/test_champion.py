@@ -8,10 +8,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.cycle import run_cycle
-from flows.runtime import Runtime
 from tidemill.config import TidemillConfig
-from warehouse.registry import ArtifactIntegrityError, RegistryError
+from tidemill.flows.cycle import run_cycle
+from tidemill.flows.runtime import Runtime
+from tidemill.warehouse.registry import ArtifactIntegrityError, RegistryError
 
 
 def _drain(runtime: Runtime) -> None:

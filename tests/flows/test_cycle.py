@@ -9,9 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.cycle import BatchFailed, run_cycle
-from flows.runtime import Runtime
 from tidemill.config import TidemillConfig, load_config
+from tidemill.flows.cycle import BatchFailed, run_cycle
+from tidemill.flows.runtime import Runtime
 
 REPO = Path(__file__).parents[2]
 
@@ -132,7 +132,7 @@ def test_a_batch_that_fails_before_commit_writes_nothing_and_is_retried(
     flights: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_cycle(flights, "flights", drain=True)
-    import warehouse.batches as batches
+    import tidemill.warehouse.batches as batches
 
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full (injected)")

@@ -9,10 +9,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.cycle import run_cycle
-from flows.replay_model import replay_model
-from flows.runtime import Runtime
 from tidemill.config import ConfigError, TidemillConfig, load_config
+from tidemill.flows.cycle import run_cycle
+from tidemill.flows.replay_model import replay_model
+from tidemill.flows.runtime import Runtime
 
 
 def _config(elec_config: Callable[..., TidemillConfig], distributed: str) -> TidemillConfig:

@@ -12,14 +12,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from flows.backfill_window import run_backfill
-from flows.cycle import run_cycle
-from flows.erasure import erase_subject
-from flows.replay_model import replay_model
-from flows.runtime import Runtime
 from tidemill.config import load_config
-from warehouse.connection import database_path
-from warehouse.snapshot import snapshot_path
+from tidemill.flows.backfill_window import run_backfill
+from tidemill.flows.cycle import run_cycle
+from tidemill.flows.erasure import erase_subject
+from tidemill.flows.replay_model import replay_model
+from tidemill.flows.runtime import Runtime
+from tidemill.warehouse.connection import database_path
+from tidemill.warehouse.snapshot import snapshot_path
 
 SUBJECT = "cust-0007@shop.example"
 TOML = """

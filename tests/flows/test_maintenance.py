@@ -17,13 +17,13 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.exceptions import ParameterTypeError
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.cycle import run_cycle
-from flows.maintenance import maintenance
-from flows.resident import install
-from flows.runtime import Runtime
-from tasks.retention import RetentionPolicy
 from tidemill.config import ConfigError, TidemillConfig
-from warehouse.retention import run_maintenance
+from tidemill.flows.cycle import run_cycle
+from tidemill.flows.maintenance import maintenance
+from tidemill.flows.resident import install
+from tidemill.flows.runtime import Runtime
+from tidemill.tasks.retention import RetentionPolicy
+from tidemill.warehouse.retention import run_maintenance
 
 
 @pytest.fixture
@@ -138,7 +138,7 @@ def test_an_unknown_pipeline_fails_the_run_naming_the_known_ones(
 def test_the_worker_registers_a_maintenance_deployment_per_pipeline(
     harness: None, runtime: Runtime
 ) -> None:
-    from deployments.worker import register
+    from tidemill.deployments.worker import register
 
     flows = asyncio.run(register(runtime.config, ["elec"]))
     assert sorted(f.name for f in flows.values()) == ["backfill", "maintenance", "micro-batch"]

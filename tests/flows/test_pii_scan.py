@@ -35,15 +35,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from deployments.owner import commands
-from flows.backfill_window import run_backfill
-from flows.cycle import run_cycle
-from flows.runtime import Runtime
-from tasks.pii import pseudonym
-from tasks.replay import landing_rows
-from tasks.transactions import EVENT_COLUMNS, transaction_events
 from tidemill.config import TidemillConfig, load_config
+from tidemill.deployments.owner import commands
+from tidemill.flows.backfill_window import run_backfill
+from tidemill.flows.cycle import run_cycle
+from tidemill.flows.runtime import Runtime
 from tidemill.keys import get_key
+from tidemill.tasks.pii import pseudonym
+from tidemill.tasks.replay import landing_rows
+from tidemill.tasks.transactions import EVENT_COLUMNS, transaction_events
 
 REPO = Path(__file__).parents[2]
 PIPELINE = "transactions"
@@ -462,11 +462,11 @@ def test_prefect_runs_leave_no_plaintext_in_artifacts_logs_events_or_database(
     from prefect import flow, get_run_logger
     from prefect.artifacts import create_markdown_artifact
 
-    from flows.backfill import backfill
-    from flows.erasure import erasure_flow
-    from flows.micro_batch import micro_batch
-    from flows.resident import install
-    from tasks.pii import subject_digest, subject_value
+    from tidemill.flows.backfill import backfill
+    from tidemill.flows.erasure import erasure_flow
+    from tidemill.flows.micro_batch import micro_batch
+    from tidemill.flows.resident import install
+    from tidemill.tasks.pii import subject_digest, subject_value
 
     def flow_batches() -> int:
         """Scheduled-like runs until one finds nothing to do; how many committed."""

@@ -14,11 +14,11 @@ import numpy as np
 import psycopg
 import pytest
 
-from flows.backfill_window import run_backfill
-from flows.cycle import CycleReport, run_cycle
-from flows.runtime import Runtime
-from tasks.postgres_source import SourceError, row_line
 from tidemill.config import load_config
+from tidemill.flows.backfill_window import run_backfill
+from tidemill.flows.cycle import CycleReport, run_cycle
+from tidemill.flows.runtime import Runtime
+from tidemill.tasks.postgres_source import SourceError, row_line
 
 pytestmark = pytest.mark.slow
 

@@ -18,12 +18,12 @@ import polars as pl
 import pytest
 import redis
 
-from deployments import redis_server
-from flows.cycle import CycleReport, run_cycle
-from flows.runtime import Runtime
-from tasks.redis_stream import StreamError, entry_line
-from tasks.sensors import publish_readings, replay_readings, sensor_readings
 from tidemill.config import load_config
+from tidemill.deployments import redis_server
+from tidemill.flows.cycle import CycleReport, run_cycle
+from tidemill.flows.runtime import Runtime
+from tidemill.tasks.redis_stream import StreamError, entry_line
+from tidemill.tasks.sensors import publish_readings, replay_readings, sensor_readings
 
 pytestmark = pytest.mark.slow
 

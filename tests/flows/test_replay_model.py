@@ -7,10 +7,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.cycle import run_cycle
-from flows.replay_model import ReplayError, replay_model
-from flows.runtime import Runtime
 from tidemill.config import load_config
+from tidemill.flows.cycle import run_cycle
+from tidemill.flows.replay_model import ReplayError, replay_model
+from tidemill.flows.runtime import Runtime
 
 REPO = Path(__file__).parents[2]
 

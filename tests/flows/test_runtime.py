@@ -9,10 +9,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from flows.runtime import Runtime
 from tidemill.config import load_config
-from warehouse import snapshot
-from warehouse.connection import database_path
+from tidemill.flows.runtime import Runtime
+from tidemill.warehouse import snapshot
+from tidemill.warehouse.connection import database_path
 
 
 def _runtime(tmp_path: Path) -> Runtime:

@@ -12,9 +12,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from deployments.query_service import OwnerUnavailable, QueryRefused, ask_owner
-from warehouse.connection import open_readonly
-from warehouse.registry import sha256_of
+from tidemill.deployments.query_service import OwnerUnavailable, QueryRefused, ask_owner
+from tidemill.warehouse.connection import open_readonly
+from tidemill.warehouse.registry import sha256_of
 
 REPO = Path(__file__).parents[2]
 pytestmark = pytest.mark.slow

@@ -3,14 +3,14 @@ from pathlib import Path
 
 import polars as pl
 
-from tasks.aggregate import (
+from tidemill.config import parse_config
+from tidemill.tasks.aggregate import (
     merge_window_stats,
     previous_window_keys,
     window_partials,
     with_window_features,
 )
-from tasks.clean import clean_rows
-from tidemill.config import parse_config
+from tidemill.tasks.clean import clean_rows
 
 CONFIG = parse_config(
     {

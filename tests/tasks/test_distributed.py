@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.distributed import (
+from tidemill.tasks.distributed import (
     HEAVY_ESTIMATORS,
     MIN_SHARD_ROWS,
     UnmergeableModel,
@@ -21,9 +21,9 @@ from tasks.distributed import (
     should_distribute,
     split_batch,
 )
-from tasks.encode import FeatureEncoder
-from tasks.model import ModelState, learn, make_estimator, parameters_sha256
-from tasks.online import prequential_step
+from tidemill.tasks.encode import FeatureEncoder
+from tidemill.tasks.model import ModelState, learn, make_estimator, parameters_sha256
+from tidemill.tasks.online import prequential_step
 
 
 def _state(name: str, params: dict[str, object] | None = None, task: str = "classification"):

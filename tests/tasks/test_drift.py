@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.drift import PSI_ALERT, PSI_FLOOR, Adwin, FeatureShift, PageHinkley
+from tidemill.tasks.drift import PSI_ALERT, PSI_FLOOR, Adwin, FeatureShift, PageHinkley
 
 CHANGE = 10_000
 

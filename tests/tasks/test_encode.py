@@ -3,7 +3,7 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.encode import FeatureEncoder, RunningMoments
+from tidemill.tasks.encode import FeatureEncoder, RunningMoments
 
 
 @settings(max_examples=50, deadline=None)

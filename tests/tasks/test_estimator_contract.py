@@ -9,9 +9,16 @@ import joblib
 import numpy as np
 import pytest
 
-from tasks.encode import FeatureEncoder
-from tasks.metrics import prequential_metrics
-from tasks.model import ESTIMATORS, ModelState, learn, make_estimator, parameters_sha256, predict
+from tidemill.tasks.encode import FeatureEncoder
+from tidemill.tasks.metrics import prequential_metrics
+from tidemill.tasks.model import (
+    ESTIMATORS,
+    ModelState,
+    learn,
+    make_estimator,
+    parameters_sha256,
+    predict,
+)
 
 # every registry name, plus estimators given by dotted path (one needs non-negative input)
 DOTTED = {

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.lags import lag_feature_names, lag_history, with_target_lags
+from tidemill.tasks.lags import lag_feature_names, lag_history, with_target_lags
 
 T0 = datetime(2024, 1, 1)
 HISTORY_SCHEMA = {"tail": pl.String, "event_at": pl.Datetime("us"), "value": pl.Float64}

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from tasks.encode import FeatureEncoder
-from tasks.metrics import prequential_metrics
-from tasks.model import ModelSpecError, ModelState, Scores, learn, make_estimator, predict
+from tidemill.tasks.encode import FeatureEncoder
+from tidemill.tasks.metrics import prequential_metrics
+from tidemill.tasks.model import ModelSpecError, ModelState, Scores, learn, make_estimator, predict
 
 
 def _state(task: str = "classification", name: str = "sgd_classifier") -> ModelState:

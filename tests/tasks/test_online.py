@@ -1,10 +1,10 @@
 import numpy as np
 import polars as pl
 
-from tasks.drift import Adwin
-from tasks.encode import FeatureEncoder
-from tasks.model import ModelState, make_estimator
-from tasks.online import next_batch_rows, prequential_step
+from tidemill.tasks.drift import Adwin
+from tidemill.tasks.encode import FeatureEncoder
+from tidemill.tasks.model import ModelState, make_estimator
+from tidemill.tasks.online import next_batch_rows, prequential_step
 
 
 def _state() -> ModelState:

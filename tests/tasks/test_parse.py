@@ -3,7 +3,7 @@ import json
 import polars as pl
 import pytest
 
-from tasks.parse import parse_csv, parse_ndjson, parse_parquet
+from tidemill.tasks.parse import parse_csv, parse_ndjson, parse_parquet
 
 REQUIRED = ["id", "ts", "x"]
 

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.parse import MAX_LINE_BYTES, parse_csv, parse_ndjson, parse_parquet
-from tasks.pii import (
+from tidemill.config import PipelineConfig, parse_config
+from tidemill.tasks.parse import MAX_LINE_BYTES, parse_csv, parse_ndjson, parse_parquet
+from tidemill.tasks.pii import (
     masked_last4,
     protected_header,
     protected_records,
@@ -23,7 +24,6 @@ from tasks.pii import (
     shape_masked,
     subject_value,
 )
-from tidemill.config import PipelineConfig, parse_config
 
 KEY = b"k" * 32
 RULES = {"email": "hash", "card_number": "mask_last4", "name": "drop"}

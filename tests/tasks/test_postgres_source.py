@@ -11,7 +11,8 @@ from uuid import UUID
 import polars as pl
 import pytest
 
-from tasks.postgres_source import (
+from tidemill.config import ConfigError, PostgresSource, parse_config
+from tidemill.tasks.postgres_source import (
     CursorPosition,
     SourceError,
     Unreadable,
@@ -21,7 +22,6 @@ from tasks.postgres_source import (
     row_line,
     value_text,
 )
-from tidemill.config import ConfigError, PostgresSource, parse_config
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-from tasks.promotion import ScoreWindow, decide
+from tidemill.tasks.promotion import ScoreWindow, decide
 
 
 def _windows(

@@ -9,9 +9,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.parse import MAX_FIELD_BYTES
-from tasks.postgres_source import CursorPosition
-from tasks.redis_stream import (
+from tidemill.config import ConfigError, RedisStreamSource, parse_config
+from tidemill.tasks.parse import MAX_FIELD_BYTES
+from tidemill.tasks.postgres_source import CursorPosition
+from tidemill.tasks.redis_stream import (
     StreamError,
     StreamReader,
     entry_fields,
@@ -19,7 +20,6 @@ from tasks.redis_stream import (
     read_position,
     records_from_entries,
 )
-from tidemill.config import ConfigError, RedisStreamSource, parse_config
 
 COLUMNS = ["id", "ts", "x", "y"]
 

@@ -9,7 +9,13 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from tasks.replay import EVENT_COLUMNS, events_between, flight_events, landing_rows, sim_time
+from tidemill.tasks.replay import (
+    EVENT_COLUMNS,
+    events_between,
+    flight_events,
+    landing_rows,
+    sim_time,
+)
 
 UTC_US = pl.Datetime("us", "UTC")
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.retention import (
+from tidemill.tasks.retention import (
     VERSION_SCHEMA,
     RetentionPolicy,
     prunable_versions,

@@ -7,8 +7,8 @@ from datetime import timedelta
 import polars as pl
 import pytest
 
-from tasks.redis_stream import entry_fields
-from tasks.sensors import (
+from tidemill.tasks.redis_stream import entry_fields
+from tidemill.tasks.sensors import (
     DRIFT_TOLERANCE,
     DRIFT_TOTAL,
     EVENT_COLUMNS,

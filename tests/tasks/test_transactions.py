@@ -7,8 +7,13 @@ from datetime import timedelta
 import polars as pl
 import pytest
 
-from tasks.replay import landing_rows
-from tasks.transactions import EVENT_COLUMNS, luhn_check_digit, luhn_valid, transaction_events
+from tidemill.tasks.replay import landing_rows
+from tidemill.tasks.transactions import (
+    EVENT_COLUMNS,
+    luhn_check_digit,
+    luhn_valid,
+    transaction_events,
+)
 
 
 @pytest.fixture(scope="module")

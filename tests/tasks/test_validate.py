@@ -4,9 +4,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.parse import parse_csv
-from tasks.validate import canonical_label, parse_number, parse_timestamp, validate_records
 from tidemill.config import parse_config
+from tidemill.tasks.parse import parse_csv
+from tidemill.tasks.validate import canonical_label, parse_number, parse_timestamp, validate_records
 
 NOW = datetime(2026, 1, 1)
 

@@ -181,10 +181,10 @@ def test_a_corrected_record_is_readmitted_once_and_validated_by_the_next_batch(
 def test_readmission_goes_through_the_owner_while_one_runs(
     quarantined: tuple[Path, dict[str, int]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from deployments import owner
-    from flows.cycle import run_cycle
-    from flows.runtime import Runtime
     from tidemill.config import load_config
+    from tidemill.deployments import owner
+    from tidemill.flows.cycle import run_cycle
+    from tidemill.flows.runtime import Runtime
 
     config, ids = quarantined
     runtime = Runtime.open(load_config(config))

@@ -25,12 +25,12 @@ import sklearn
 import sklearn.base
 from sklearn.linear_model import SGDClassifier
 
-from flows.cycle import run_cycle
-from flows.runtime import Runtime
 from tidemill.config import load_config
-from warehouse import registry
-from warehouse.connection import open_warehouse
-from warehouse.retention import run_maintenance
+from tidemill.flows.cycle import run_cycle
+from tidemill.flows.runtime import Runtime
+from tidemill.warehouse import registry
+from tidemill.warehouse.connection import open_warehouse
+from tidemill.warehouse.retention import run_maintenance
 
 ArtifactIntegrityError = registry.ArtifactIntegrityError
 

@@ -25,12 +25,12 @@ import polars as pl
 import pytest
 
 import tidemill.access
-from deployments.query_service import QueryRefused, QueryService
 from tidemill.access import read_sql
-from warehouse import readonly
-from warehouse.connection import database_path, open_warehouse
-from warehouse.readonly import QueryResult, ReadOnlyViolation
-from warehouse.snapshot import publish_snapshot, snapshot_path
+from tidemill.deployments.query_service import QueryRefused, QueryService
+from tidemill.warehouse import readonly
+from tidemill.warehouse.connection import database_path, open_warehouse
+from tidemill.warehouse.readonly import QueryResult, ReadOnlyViolation
+from tidemill.warehouse.snapshot import publish_snapshot, snapshot_path
 
 PATHS = ["owner", "file", "snapshot"]
 OWNER_TIMEOUT = 2.0

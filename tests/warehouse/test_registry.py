@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 
 from tidemill.keys import get_key
-from warehouse import registry
-from warehouse.connection import open_warehouse
+from tidemill.warehouse import registry
+from tidemill.warehouse.connection import open_warehouse
 
 
 def _version(tmp_path: Path, con, number: int, payload: object) -> registry.ModelVersion:

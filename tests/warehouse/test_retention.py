@@ -11,11 +11,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tasks.retention import RetentionPolicy
 from tidemill.keys import get_key
-from warehouse import registry
-from warehouse.connection import open_warehouse
-from warehouse.retention import prune_artifacts, run_maintenance, sweep_artifacts
+from tidemill.tasks.retention import RetentionPolicy
+from tidemill.warehouse import registry
+from tidemill.warehouse.connection import open_warehouse
+from tidemill.warehouse.retention import prune_artifacts, run_maintenance, sweep_artifacts
 
 NOW = datetime(2024, 6, 1)
 POLICY = RetentionPolicy(keep_last=3, hourly_hours=0, daily_days=0)

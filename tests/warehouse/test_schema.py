@@ -4,9 +4,9 @@ import duckdb
 import pytest
 
 from tidemill.config import parse_config
-from warehouse.connection import open_warehouse
-from warehouse.migrate import available_migrations, migrate
-from warehouse.pipeline_tables import SchemaMismatch, ensure_pipeline_tables
+from tidemill.warehouse.connection import open_warehouse
+from tidemill.warehouse.migrate import available_migrations, migrate
+from tidemill.warehouse.pipeline_tables import SchemaMismatch, ensure_pipeline_tables
 
 
 def _config(**overrides: object):

@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from warehouse.snapshot import SNAPSHOT_DIR, open_snapshot, publish_snapshot, snapshot_path
+from tidemill.warehouse.snapshot import SNAPSHOT_DIR, open_snapshot, publish_snapshot, snapshot_path
 
 
 def _database(path: Path, rows: int) -> Path:
