@@ -26,12 +26,10 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
+from tidemill.errors import TidemillError
+from tidemill.warehouse.connection import Connection
 from tidemill.warehouse.readonly import (
-    QueryLimitExceeded,
     QueryResult,
-    ReadOnlyViolation,
     run_readonly,
 )
 
@@ -50,7 +48,7 @@ class OwnerUnavailable(ConnectionError):
     """No owner process is listening."""
 
 
-class QueryRefused(ValueError):
+class QueryRefused(TidemillError, ValueError):
     """The owner refused or failed the statement; the message says why."""
 
 
@@ -83,22 +81,19 @@ class _Handler(socketserver.StreamRequestHandler):
                 reply = json.dumps({"ok": True, **result}, default=str).encode() + b"\n"
             else:
                 reply = json.dumps({"ok": False, "error": f"unknown op {op!r}"}).encode() + b"\n"
-        except (Refused, ReadOnlyViolation, QueryLimitExceeded) as error:
+        except TidemillError as error:  # refused, over a limit, or failed in DuckDB
             reply = json.dumps({"ok": False, "error": str(error)}).encode() + b"\n"
-        except duckdb.Error as error:
-            message = str(error).splitlines()[0]
-            reply = json.dumps({"ok": False, "error": message}).encode() + b"\n"
         except (ValueError, KeyError, TypeError):
             reply = json.dumps({"ok": False, "error": "malformed request"}).encode() + b"\n"
         self.wfile.write(reply)
 
 
 Command = Callable[[dict[str, Any]], dict[str, Any]]
-Cursors = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
+Cursors = Callable[[], AbstractContextManager[Connection]]
 """Hands out a cursor of its own on the owner's connection, closed on exit."""
 
 
-class Refused(ValueError):
+class Refused(TidemillError, ValueError):
     """Raised by a command to refuse a request; the message goes back to the caller."""
 
 

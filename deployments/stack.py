@@ -21,6 +21,7 @@ from tidemill.deployments import processes, redis_server, supervisor
 from tidemill.deployments.prefect_server import start_server, stop_server
 from tidemill.deployments.replayer import DATASETS, REPLAYABLE, SENSORS
 from tidemill.deployments.supervisor import command, environment, worker_processes
+from tidemill.errors import TidemillError
 
 WORKER = supervisor.WORKER
 SUPERVISOR = (supervisor.NAME, supervisor.MARKER)
@@ -45,7 +46,7 @@ def replayed(config: TidemillConfig) -> list[str]:
     return names
 
 
-class StackError(RuntimeError):
+class StackError(TidemillError, RuntimeError):
     """The stack could not start; the message says what to do."""
 
 

@@ -20,6 +20,7 @@ import polars as pl
 from polars.exceptions import PanicException
 
 from tidemill.config import PostgresSource, RedisStreamSource
+from tidemill.errors import TidemillError
 from tidemill.flows.cycle import batch_features, drop_erased, pii_key, raw_format
 from tidemill.flows.runtime import PipelineState, Runtime, fresh_model
 from tidemill.tasks.aggregate import (
@@ -59,7 +60,7 @@ class BackfillReport:
     candidate_metrics: dict[str, float] = field(default_factory=dict)
 
 
-class BackfillError(RuntimeError):
+class BackfillError(TidemillError, RuntimeError):
     """A backfill that cannot run; the message says why."""
 
 

@@ -28,6 +28,7 @@ from tidemill.config import (
     PostgresSource,
     RedisStreamSource,
 )
+from tidemill.errors import TidemillError
 from tidemill.flows.runtime import PipelineState, Runtime, fresh_model, log
 from tidemill.keys import get_key
 from tidemill.tasks.aggregate import (
@@ -91,7 +92,7 @@ class CycleReport:
     batch_rows_limit: int | None = None
 
 
-class BatchFailed(RuntimeError):
+class BatchFailed(TidemillError, RuntimeError):
     """A batch could not commit; nothing of it was written. Carries its report."""
 
     def __init__(self, report: CycleReport) -> None:

@@ -38,6 +38,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from tidemill.config import PipelineConfig
+from tidemill.errors import TidemillError
 from tidemill.flows.replay_model import fresh_candidate, lineage, relearn, replay_version
 from tidemill.flows.resident import resident_runtime
 from tidemill.flows.runtime import PipelineState, Runtime
@@ -51,11 +52,12 @@ from tidemill.warehouse import erasure, history, registry
 from tidemill.warehouse.backfills import replace_windows
 from tidemill.warehouse.batches import replace_lag_history
 from tidemill.warehouse.pipeline_tables import PipelineTables
+from tidemill.warehouse.transaction import transaction
 
 NO_BATCH = 1 << 62  # "before no batch": every stored row counts
 
 
-class ErasureError(RuntimeError):
+class ErasureError(TidemillError, RuntimeError):
     """An erasure that cannot run; the message says why."""
 
 
@@ -238,41 +240,39 @@ def erase_subject(
         rows = erasure.subject_clean_rows(con, config, column, value)
         batches = {int(b) for b in rows["batch_id"].unique().to_list()}
         rebuilt: list[_Rebuilt] = []  # artifacts written before a failed commit: removed below
-        con.begin()
         try:
-            erased = erasure.delete_subject(con, config, column, value)
-            marker = int(
-                con.sql("SELECT coalesce(max(batch_id), 0) FROM _batches").fetchall()[0][0]
-            )
-            windows = _recompute_windows(con, config, rows, marker)
-            _recompute_lags(con, config, rows)
-            rebuilt = _rebuild(runtime, state, batches, registry.next_version(con, name))
-            at = _now()
-            tainted = [v.version for r in rebuilt for v in r.tainted]
-            erasure.retire_versions(con, name, tainted, at)
-            for r in rebuilt:
-                for row in r.new:
-                    registry.record(con, row)
-                for version, parts in r.shards.items():
-                    registry.record_shards(con, name, version, parts)
-                if r.head is not None:
-                    status = "champion" if r.candidate == state.champion else "challenger"
-                    erasure.set_status(con, name, r.head, status)
-            erasure_id = erasure.record_erasure(
-                con,
-                name,
-                digest,
-                requested_by,
-                erased,
-                windows=windows,
-                versions=sum(len(r.new) for r in rebuilt),
-                artifacts=len(tainted),
-                first_batch_id=min(batches) if batches else None,
-                at=at,
-            )
-            con.commit()
-        except BaseException:
-            con.rollback()
+            with transaction(con):
+                erased = erasure.delete_subject(con, config, column, value)
+                marker = int(
+                    con.sql("SELECT coalesce(max(batch_id), 0) FROM _batches").fetchall()[0][0]
+                )
+                windows = _recompute_windows(con, config, rows, marker)
+                _recompute_lags(con, config, rows)
+                rebuilt = _rebuild(runtime, state, batches, registry.next_version(con, name))
+                at = _now()
+                tainted = [v.version for r in rebuilt for v in r.tainted]
+                erasure.retire_versions(con, name, tainted, at)
+                for r in rebuilt:
+                    for row in r.new:
+                        registry.record(con, row)
+                    for version, parts in r.shards.items():
+                        registry.record_shards(con, name, version, parts)
+                    if r.head is not None:
+                        status = "champion" if r.candidate == state.champion else "challenger"
+                        erasure.set_status(con, name, r.head, status)
+                erasure_id = erasure.record_erasure(
+                    con,
+                    name,
+                    digest,
+                    requested_by,
+                    erased,
+                    windows=windows,
+                    versions=sum(len(r.new) for r in rebuilt),
+                    artifacts=len(tainted),
+                    first_batch_id=min(batches) if batches else None,
+                    at=at,
+                )
+        except BaseException:  # nothing committed: the artifacts written for it go too
             for r in rebuilt:
                 for row in r.new:
                     (runtime.state_dir / row.artifact_path).unlink(missing_ok=True)

@@ -19,6 +19,7 @@ import duckdb
 import polars as pl
 
 from tidemill.config import PipelineConfig
+from tidemill.errors import TidemillError
 from tidemill.flows.cycle import batch_features
 from tidemill.flows.runtime import fresh_model
 from tidemill.tasks.aggregate import (
@@ -36,7 +37,7 @@ from tidemill.warehouse import history, registry
 Progress = Callable[[int, int], None]
 
 
-class ReplayError(RuntimeError):
+class ReplayError(TidemillError, RuntimeError):
     """A version that cannot be replayed; the message says why."""
 
 

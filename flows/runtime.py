@@ -152,13 +152,7 @@ class Runtime:
         # for the whole process: scikit-learn's BLAS threads fight over the cores
         threadpoolctl.threadpool_limits(limits=settings.learn_threads)
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            con = open_warehouse(database_path(config.state_dir), settings.duckdb_memory_limit)
-        except duckdb.IOException as error:
-            raise OwnedElsewhere(
-                f"{database_path(config.state_dir)} is open in another process "
-                "(a running `tidemill up`/`run`?); stop it or use `tidemill query`"
-            ) from error
+        con = open_warehouse(database_path(config.state_dir), settings.duckdb_memory_limit)
         return cls(
             config=config,
             con=con,
@@ -401,7 +395,3 @@ class Runtime:
             if cluster is not None:
                 cluster.close()
         self._clients.clear()
-
-
-class OwnedElsewhere(RuntimeError):
-    """The warehouse file is held by another process."""

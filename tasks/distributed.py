@@ -35,6 +35,7 @@ from sklearn.linear_model import (
 from sklearn.naive_bayes import BernoulliNB, ComplementNB, GaussianNB, MultinomialNB
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 
+from tidemill.errors import TidemillError
 from tidemill.tasks.encode import FeatureEncoder, RunningMoments
 from tidemill.tasks.model import ModelState, Scores, learn, parameters_sha256, predict
 from tidemill.tasks.online import Learned, Learner, labelled_rows
@@ -95,7 +96,7 @@ def should_distribute(estimator_name: str, batch_rows: int, workers: int) -> boo
     return batch_rows // workers >= MIN_SHARD_ROWS
 
 
-class UnmergeableModel(ValueError):
+class UnmergeableModel(TidemillError, ValueError):
     """Shard models that cannot be combined into one; the message says why and what can."""
 
 

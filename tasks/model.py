@@ -25,6 +25,7 @@ import sklearn
 from sklearn.base import BaseEstimator
 from sklearn.utils import get_tags
 
+from tidemill.errors import TidemillError
 from tidemill.tasks.drift import Adwin, FeatureShift, PageHinkley
 from tidemill.tasks.encode import FeatureEncoder
 
@@ -65,7 +66,7 @@ ESTIMATORS: dict[str, tuple[str, str, dict[str, Any], str]] = {
 }
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(TidemillError, ValueError):
     """An estimator name or parameters that cannot make a model; one actionable line."""
 
 

@@ -35,6 +35,7 @@ from uuid import UUID
 
 import polars as pl
 
+from tidemill.errors import TidemillError
 from tidemill.tasks.validate import parse_timestamp
 
 CONNECT_TIMEOUT_SECONDS = 5
@@ -50,7 +51,7 @@ _TEXT_LIKE: tuple[type, ...] = (
 )
 
 
-class SourceError(RuntimeError):
+class SourceError(TidemillError, RuntimeError):
     """The table cannot be read (server down, no such table or column): one line naming
     the source. The inbox and cursor are untouched; the next cycle tries again."""
 

@@ -47,6 +47,7 @@ from typing import Any
 
 import polars as pl
 
+from tidemill.errors import TidemillError
 from tidemill.tasks.parse import MAX_FIELD_BYTES, PREVIEW_BYTES
 from tidemill.tasks.postgres_source import CursorPosition, Read, row_line
 from tidemill.tasks.validate import parse_timestamp
@@ -61,7 +62,7 @@ Entry = tuple[str, Sequence[bytes | str] | None]
 (None when the entry was deleted while pending)."""
 
 
-class StreamError(RuntimeError):
+class StreamError(TidemillError, RuntimeError):
     """The stream cannot be read or acknowledged (server down, wrong password, not a
     stream, no permission): one line naming the source. Nothing in the warehouse moved
     that the next cycle cannot complete."""

@@ -15,8 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from tidemill.config import TidemillConfig
 from tidemill.deployments.query_service import (
     QUERY_TIMEOUT_SECONDS,
@@ -26,12 +24,13 @@ from tidemill.deployments.query_service import (
     ask_owner,
     call_owner,
 )
-from tidemill.warehouse.connection import database_path, open_readonly
+from tidemill.errors import TidemillError
+from tidemill.warehouse.connection import OwnedElsewhere, database_path, open_readonly
 from tidemill.warehouse.readonly import QueryLimitExceeded, QueryResult, run_readonly
 from tidemill.warehouse.snapshot import open_snapshot, snapshot_path
 
 
-class NothingToRead(FileNotFoundError):
+class NothingToRead(TidemillError, FileNotFoundError):
     """There is no warehouse yet."""
 
 
@@ -51,7 +50,7 @@ def read_sql(state_dir: Path, sql: str, *, snapshot: bool = False) -> tuple[Quer
         if database.exists():
             try:
                 con = open_readonly(database)
-            except duckdb.IOException:
+            except OwnedElsewhere:
                 pass  # owned by a process that serves no socket: fall back to the snapshot
             else:
                 # while it runs, this read lock keeps an owner from starting: bound it

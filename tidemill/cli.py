@@ -17,14 +17,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-import duckdb
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from typer._click import exceptions as click_errors
 
-from tidemill.config import ConfigError, TidemillConfig, load_config
+from tidemill.config import TidemillConfig, load_config
+from tidemill.errors import TidemillError
 from tidemill.settings import get_settings
 
 app = typer.Typer(
@@ -44,10 +43,6 @@ app.add_typer(models_app, name="models")
 # Tables keep their columns when piped (rich would otherwise assume 80 columns).
 out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
-
-
-class UserError(Exception):
-    """An error whose message is the whole story (printed as one line)."""
 
 
 class Format(StrEnum):
@@ -172,13 +167,13 @@ def _drain(runtime: Any, pipeline: str, max_batches: int | None) -> list[Any]:
                 failures += 1
                 err.print(f"[red]{failure}[/red]")
                 if failures >= 3:
-                    raise UserError(
+                    raise TidemillError(
                         f"{pipeline}: 3 batches failed in a row; see `tidemill status`"
                     ) from None
                 continue
             failures = 0
             if report.status == "waiting":
-                raise UserError(
+                raise TidemillError(
                     f"{pipeline}: no landing files match {runtime.config.pipeline(pipeline).source.path}"
                 )
             if report.status != "committed":
@@ -290,7 +285,7 @@ def query(
     workers = layout.read(config.state_dir)
     if pipeline is None and workers:
         owners = "; ".join(f"{w}: {', '.join(names)}" for w, names in workers.items())
-        raise UserError(
+        raise TidemillError(
             f"{len(workers)} workers share {config.state_dir} ({owners}): add --pipeline P "
             f"to ask the one that owns P, or run duckdb -init {layout.catalog_file(config.state_dir)}"
         )
@@ -333,7 +328,7 @@ def status(
     if len(missing) == len(owners):
         raise missing[0]
     if not rows:
-        raise UserError(
+        raise TidemillError(
             "no pipeline has run yet: try `tidemill run PIPELINE --drain` or `make run`"
         )
     source = ", ".join(sorted(sources))
@@ -358,12 +353,12 @@ def report(
     from tidemill.report import report_page
 
     if not out_path.parent.is_dir():  # before minutes of drawing, not after
-        raise UserError(f"cannot write {out_path}: folder {out_path.parent} does not exist")
+        raise TidemillError(f"cannot write {out_path}: folder {out_path.parent} does not exist")
     page = report_page(_owner(pipeline).state_dir, pipeline)
     try:
         out_path.write_text(page, encoding="utf-8")
     except OSError as error:
-        raise UserError(f"cannot write {out_path}: {error.strerror}") from None
+        raise TidemillError(f"cannot write {out_path}: {error.strerror}") from None
     out.print(f"wrote {out_path} ({len(page.encode()) / 1024:.0f} KiB)")
 
 
@@ -432,7 +427,7 @@ def models_show(
         rows = [r for r in rows if r[result.columns.index("status")] == "champion"]
     if not rows:
         what = f"version {version}" if version else "champion"
-        raise UserError(f"{pipeline} has no {what} yet (see `tidemill models list {pipeline}`)")
+        raise TidemillError(f"{pipeline} has no {what} yet (see `tidemill models list {pipeline}`)")
     record = {c: _cell(v) for c, v in zip(result.columns, rows[0], strict=True)}
     for key in ("params_json", "library_versions", "metrics_json"):
         record[key.removesuffix("_json")] = json.loads(record.pop(key))
@@ -596,7 +591,7 @@ def erase(
     config = _owner(pipeline)
     declared = config.pipeline(pipeline)
     if declared.subject is None:
-        raise UserError(
+        raise TidemillError(
             f"pipeline {pipeline} declares no `subject` column: set pipelines.{pipeline}.subject "
             "to the column that names a data subject"
         )
@@ -643,7 +638,7 @@ def _moment(text: str, option: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise UserError(
+        raise TidemillError(
             f"{option} {text!r} is not an ISO date or time (e.g. 2013-01-05 or 2013-01-05T06:00Z)"
         ) from None
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
@@ -680,7 +675,7 @@ def backfill(
     config = _owner(pipeline)
     first, last = _moment(start, "--start"), _moment(end, "--end")
     if first >= last:
-        raise UserError(f"--start {start} must be before --end {end}")
+        raise TidemillError(f"--start {start} must be before --end {end}")
     payload = {
         "op": "backfill",
         "pipeline": pipeline,
@@ -756,9 +751,9 @@ def _follow_backfill(config: TidemillConfig, requested_by: str, timeout: float =
                     break
             time.sleep(0.5)
         else:
-            raise UserError("the backfill did not finish in time; see the Prefect UI")
+            raise TidemillError("the backfill did not finish in time; see the Prefect UI")
     if state == "failed":
-        raise UserError(f"backfill {backfill_id} failed: {error}")
+        raise TidemillError(f"backfill {backfill_id} failed: {error}")
     _backfill_summary(backfill_id, config)
 
 
@@ -866,7 +861,7 @@ def quarantine_show(
     spec = owner.pipeline(pipeline)
     rows = _read(owner.state_dir, record_sql(pipeline, quarantine_id))
     if not rows:
-        raise UserError(
+        raise TidemillError(
             f"{pipeline} has no quarantined record {quarantine_id} "
             f"(see `tidemill quarantine list {pipeline}`)"
         )
@@ -909,7 +904,7 @@ def _changes(assignments: list[str]) -> dict[str, str | None]:
     for assignment in assignments:
         column, sep, value = assignment.partition("=")
         if not sep or not column.strip():
-            raise UserError(f"--set expects COLUMN=VALUE (got {assignment!r})")
+            raise TidemillError(f"--set expects COLUMN=VALUE (got {assignment!r})")
         changes[column.strip()] = value or None
     return changes
 
@@ -919,7 +914,7 @@ def _fixes_from_file(path: Path) -> list[dict[str, Any]]:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             if not reader.fieldnames or "quarantine_id" not in reader.fieldnames:
-                raise UserError(
+                raise TidemillError(
                     f"{path}: needs a quarantine_id column naming the record each line corrects"
                 )
             fixes = []
@@ -927,12 +922,12 @@ def _fixes_from_file(path: Path) -> list[dict[str, Any]]:
                 try:
                     quarantine_id = int(row.pop("quarantine_id") or "")
                 except ValueError:
-                    raise UserError(f"{path}:{number}: quarantine_id is not a number") from None
+                    raise TidemillError(f"{path}:{number}: quarantine_id is not a number") from None
                 fixes.append(
                     {"id": quarantine_id, "changes": {k: v or None for k, v in row.items()}}
                 )
     except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise UserError(f"{path}: {error}") from None
+        raise TidemillError(f"{path}: {error}") from None
     return fixes
 
 
@@ -980,21 +975,21 @@ def quarantine_readmit(
 
     config = _owner(pipeline)
     if fixed is not None and ids:
-        raise UserError("give quarantine ids or --file, not both")
+        raise TidemillError("give quarantine ids or --file, not both")
     if fixed is not None:
         if assignments:
-            raise UserError("--set applies to ids; with --file, put the values in the file")
+            raise TidemillError("--set applies to ids; with --file, put the values in the file")
         fixes = _fixes_from_file(fixed)
     elif ids:
         changes = _changes(assignments or [])
         fixes = [{"id": i, "changes": changes} for i in ids]
     else:
-        raise UserError(
+        raise TidemillError(
             f"name the records: tidemill quarantine readmit {pipeline} ID [--set COLUMN=VALUE] "
             "or --file fixed.csv"
         )
     if not fixes:
-        raise UserError(f"{fixed}: holds no records")
+        raise TidemillError(f"{fixed}: holds no records")
     done: dict[str, list[Any]] = {"readmitted": [], "already": []}
     for part in _parts(fixes):  # an owner takes requests up to 1 MiB; each part is atomic
         reply = command(config, "readmit", pipeline=pipeline, fixes=part, actor=_actor())
@@ -1054,7 +1049,7 @@ def up(
         started = stack.up(config, port=port, speed=None if no_replay else speed, workers=workers)
     except stack.StackError as error:
         stack.down(config)
-        raise UserError(str(error)) from None
+        raise TidemillError(str(error)) from None
     first = started.pipelines[0] if started.pipelines else "PIPELINE"
     duckdb_cli = Path(sys.executable).with_name("duckdb")
     catalog = layout.write_catalog(config)
@@ -1089,7 +1084,7 @@ def up(
         stopped = stack.down(config)
         err.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
     if reason:
-        raise UserError(reason)
+        raise TidemillError(reason)
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -1163,56 +1158,29 @@ def replay(
 # ---------------------------------------------------------------- entry point
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from tidemill.access import NothingToRead
-    from tidemill.deployments.query_service import QueryRefused
-    from tidemill.deployments.replayer import UnknownDataSet
-    from tidemill.flows.runtime import OwnedElsewhere
-    from tidemill.tasks.model import ModelSpecError
-    from tidemill.warehouse.pipeline_tables import SchemaMismatch
-    from tidemill.warehouse.readonly import ReadOnlyViolation
-    from tidemill.warehouse.registry import ArtifactIntegrityError
-
-    return (
-        ConfigError,
-        UserError,
-        UnknownDataSet,
-        QueryRefused,
-        OwnedElsewhere,
-        ModelSpecError,
-        NothingToRead,
-        SchemaMismatch,
-        ReadOnlyViolation,
-        ArtifactIntegrityError,
-    )
-
-
 def main() -> None:
-    """Console-script entry: one-line errors, exit 2 for usage and user errors."""
+    """Console-script entry: an expected failure (TidemillError) or a usage error prints
+    one line and exits 2; anything else is a bug and keeps its traceback."""
     try:
         app(prog_name="tidemill", standalone_mode=False)
-    except click_errors.NoArgsIsHelpError as shown:
-        err.print(shown.format_message(), highlight=False, markup=False)
-        sys.exit(0)
-    except click_errors.UsageError as error:
-        command = error.ctx.command_path if error.ctx else "tidemill"
-        message = error.format_message().replace("Value error, ", "")
-        err.print(f"error: {message} (see `{command} --help`)", highlight=False, markup=False)
-        sys.exit(2)
-    except click_errors.ClickException as error:
-        err.print(f"error: {error.format_message()}", highlight=False, markup=False)
+    except typer.TyperException as error:  # Typer's usage and parameter errors
+        context = getattr(error, "ctx", None)
+        message = error.format_message()
+        if context is not None and message == context.get_help():  # bare command: its help
+            err.print(message, highlight=False, markup=False)
+            sys.exit(0)
+        if context is not None:
+            message = message.replace("Value error, ", "")
+            message += f" (see `{context.command_path} --help`)"
+        err.print(f"error: {message}", highlight=False, markup=False)
         sys.exit(2)
     except typer.Abort:
         err.print("aborted")
         sys.exit(130)
     except typer.Exit as done:
         sys.exit(done.exit_code)
-    except _known_errors() as error:
+    except TidemillError as error:
         err.print(f"error: {error}", highlight=False, markup=False)
-        sys.exit(2)
-    except duckdb.Error as error:  # SQL a person typed: DuckDB's message says what is wrong
-        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-        err.print(f"error: {message}", highlight=False, markup=False)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

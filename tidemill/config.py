@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tidemill.errors import TidemillError
+
 IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
 _DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -22,7 +24,7 @@ TimeFeature = Literal["hour", "weekday", "month"]
 PiiRule = Literal["hash", "mask_last4", "drop"]
 
 
-class ConfigError(ValueError):
+class ConfigError(TidemillError, ValueError):
     """A config file that cannot be used; the message is one actionable line."""
 
 

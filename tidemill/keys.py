@@ -18,11 +18,13 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
+from tidemill.errors import TidemillError
+
 KeyName = Literal["pii", "artifact"]
 MIN_BYTES = 32
 
 
-class WeakKey(ValueError):
+class WeakKey(TidemillError, ValueError):
     """A key given in the environment that is too short to be safe."""
 
 

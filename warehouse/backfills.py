@@ -10,11 +10,13 @@ import duckdb
 import polars as pl
 
 from tidemill.config import AggregateSpec, PipelineConfig
+from tidemill.errors import TidemillError
 from tidemill.warehouse.batches import BatchRecord, insert_frame, record_batch, replace_lag_history
 from tidemill.warehouse.pipeline_tables import PipelineTables, q
+from tidemill.warehouse.transaction import transaction
 
 
-class BackfillRefused(RuntimeError):
+class BackfillRefused(TidemillError, RuntimeError):
     """Another backfill of the pipeline is running; the message names it."""
 
 
@@ -54,8 +56,7 @@ def begin(
 ) -> int:
     """Record a running backfill and return its id, or raise BackfillRefused when one of
     the same pipeline is running (checked and recorded in one transaction)."""
-    con.begin()
-    try:
+    with transaction(con):
         running = con.execute(
             "SELECT backfill_id, start_at, end_at FROM _backfills WHERE pipeline = ? AND status = 'running'",
             [pipeline],
@@ -75,10 +76,6 @@ def begin(
             "now()::TIMESTAMP, NULL, NULL)",
             [backfill_id, pipeline, start, end, retrain, requested_by],
         )
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise
     return backfill_id
 
 
@@ -204,8 +201,7 @@ def commit_chunk(
     batch_id = write.record.batch_id
     stamp = pl.lit(batch_id, dtype=pl.Int64).alias("batch_id")
     replaced = 0
-    con.begin()
-    try:
+    with transaction(con):
         insert_frame(
             con,
             t.raw,
@@ -243,10 +239,6 @@ def commit_chunk(
                 backfill_id,
             ],
         )
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise
     return replaced
 
 

@@ -20,6 +20,7 @@ import polars as pl
 from tidemill.config import AggregateSpec, LagSpec, PipelineConfig
 from tidemill.warehouse.pipeline_tables import PipelineTables, lit, q
 from tidemill.warehouse.registry import ModelVersion, record_event, record_heads, record_shards
+from tidemill.warehouse.transaction import transaction
 
 if TYPE_CHECKING:
     from tidemill.tasks.distributed import ShardRecord
@@ -345,8 +346,7 @@ def commit_batch(con: duckdb.DuckDBPyConnection, config: PipelineConfig, write: 
     """Write a whole batch in one transaction (see module docstring)."""
     t = PipelineTables(config.name)
     batch_id = write.record.batch_id
-    con.begin()
-    try:
+    with transaction(con):
         con.register("_taken", pl.DataFrame({"_seq": write.taken}).to_arrow())
         con.execute(f"DELETE FROM {t.inbox} WHERE _seq IN (SELECT _seq FROM _taken)")
         con.unregister("_taken")
@@ -395,21 +395,12 @@ def commit_batch(con: duckdb.DuckDBPyConnection, config: PipelineConfig, write: 
                 config.name,
             ],
         )
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise
 
 
 def record_failure(con: duckdb.DuckDBPyConnection, record: BatchRecord) -> None:
     """Record a failed batch (nothing else of it was written)."""
-    con.begin()
-    try:
+    with transaction(con):
         record_batch(con, record)
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise
 
 
 def heartbeat(con: duckdb.DuckDBPyConnection, pipeline: str, at: datetime) -> None:

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import duckdb
 
+from tidemill.errors import TidemillError
 from tidemill.warehouse.migrate import migrate
+
+Connection = duckdb.DuckDBPyConnection
+"""An open DuckDB connection or cursor: the type the layers above hold without importing
+duckdb (only warehouse/ does)."""
 
 DATABASE_FILE = "warehouse.duckdb"
 # New files are written in the 1.5 storage format so SQL tools built on DuckDB 1.5 (the
@@ -31,6 +36,11 @@ LOCKED_DOWN: dict[str, str | bool] = {
     "autoinstall_known_extensions": False,
     "allow_community_extensions": False,
 }
+
+
+class OwnedElsewhere(TidemillError, RuntimeError):
+    """The warehouse file is held by another process (DuckDB lets one process write a
+    file, and no other open it meanwhile, not even read-only)."""
 
 
 def database_path(state_dir: Path) -> Path:
@@ -69,25 +79,45 @@ def open_warehouse(path: Path, memory_limit: str | None = None) -> duckdb.DuckDB
     `memory_limit` (e.g. "2GB") bounds DuckDB's buffer pool, which otherwise keeps every
     block it wrote or read cached up to 80 % of RAM: a soak of 10,000 batches grew a
     worker by 330 MB, most of it cached table blocks.
-    Raises duckdb.IOException when another process holds the file.
+    Raises OwnedElsewhere when another process holds the file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(
-        str(path),
-        config={
-            "storage_compatibility_version": STORAGE_VERSION,
-            "checkpoint_threshold": "1GB",
-            **({"memory_limit": memory_limit} if memory_limit else {}),
-            **LOCKED_DOWN,
-        },
-    )
+    try:
+        con = duckdb.connect(
+            str(path),
+            config={
+                "storage_compatibility_version": STORAGE_VERSION,
+                "checkpoint_threshold": "1GB",
+                **({"memory_limit": memory_limit} if memory_limit else {}),
+                **LOCKED_DOWN,
+            },
+        )
+    except duckdb.IOException as error:
+        if not _held_by_another_process(error):
+            raise
+        raise OwnedElsewhere(
+            f"{path} is open in another process (a running `tidemill up`/`run`?); "
+            "stop it or use `tidemill query`"
+        ) from error
     lock_configuration(con)
     migrate(con)
     return con
 
 
 def open_readonly(path: Path) -> duckdb.DuckDBPyConnection:
-    """Open a warehouse (or a published snapshot) read-only, locked down and frozen."""
-    con = duckdb.connect(str(path), read_only=True, config=dict(LOCKED_DOWN))
+    """Open a warehouse (or a published snapshot) read-only, locked down and frozen.
+    Raises OwnedElsewhere when a writing process holds the file."""
+    try:
+        con = duckdb.connect(str(path), read_only=True, config=dict(LOCKED_DOWN))
+    except duckdb.IOException as error:
+        if not _held_by_another_process(error):
+            raise
+        raise OwnedElsewhere(f"{path} is open for writing in another process") from error
     lock_configuration(con)
     return con
+
+
+def _held_by_another_process(error: duckdb.IOException) -> bool:
+    """DuckDB's "Could not set lock on file" (another process has it open), as opposed to
+    a missing file or a disk error."""
+    return "lock" in str(error).lower()

@@ -13,6 +13,7 @@ import polars as pl
 
 from tidemill.tasks.postgres_source import CursorPosition
 from tidemill.warehouse.pipeline_tables import PipelineTables, q
+from tidemill.warehouse.transaction import transaction
 
 
 def position(
@@ -44,8 +45,7 @@ def add_read(
     `_event_at` and `_file`.
     """
     t = PipelineTables(pipeline)
-    con.begin()
-    try:
+    with transaction(con):
         if records.height:
             con.register("_incoming", records.to_arrow())
             columns = ", ".join(q(c) for c in records.columns)
@@ -65,7 +65,3 @@ def add_read(
                 records.height,
             ],
         )
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise

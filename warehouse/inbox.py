@@ -16,6 +16,7 @@ import polars as pl
 
 from tidemill.tasks.landing import Arrival
 from tidemill.warehouse.pipeline_tables import PipelineTables, q
+from tidemill.warehouse.transaction import transaction
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,7 @@ def add_file(
     `records` has the declared text columns plus `_line`, `_raw`, `_reject`, `_event_at`.
     """
     t = PipelineTables(pipeline)
-    con.begin()
-    try:
+    with transaction(con):
         if records.height:
             frame = records.with_columns(pl.lit(version.path).alias("_file"))
             con.register("_incoming", frame.to_arrow())
@@ -105,10 +105,6 @@ def add_file(
                 version.disposition,
             ],
         )
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise
 
 
 def take(con: duckdb.DuckDBPyConnection, pipeline: str, limit: int) -> pl.DataFrame:

@@ -7,6 +7,8 @@ from importlib import resources
 
 import duckdb
 
+from tidemill.warehouse.transaction import transaction
+
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
@@ -46,15 +48,10 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     for version, name, sql in available_migrations():
         if version in done:
             continue
-        con.begin()
-        try:
+        with transaction(con):
             con.execute(sql)
             con.execute(
                 "INSERT INTO _schema_versions VALUES (?, ?, now()::TIMESTAMP)", [version, name]
             )
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
         applied.append(name)
     return applied

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import duckdb
 
 from tidemill.config import PipelineConfig
+from tidemill.errors import TidemillError
 from tidemill.tasks.clean import time_feature_column
+from tidemill.warehouse.transaction import transaction
 
 
 def q(name: str) -> str:
@@ -274,7 +276,7 @@ def quarantine_ids(pipeline: str) -> list[str]:
     ]
 
 
-class SchemaMismatch(RuntimeError):
+class SchemaMismatch(TidemillError, RuntimeError):
     """The config no longer matches the tables this pipeline was created with."""
 
 
@@ -309,8 +311,7 @@ def ensure_pipeline_tables(con: duckdb.DuckDBPyConnection, config: PipelineConfi
             for statement in quarantine_ids(config.name):
                 con.execute(statement)
         return False
-    con.begin()
-    try:
+    with transaction(con):
         for statement in ddl(config):
             con.execute(statement)
         con.execute(
@@ -320,8 +321,4 @@ def ensure_pipeline_tables(con: duckdb.DuckDBPyConnection, config: PipelineConfi
         con.execute(
             "INSERT INTO _watermarks VALUES (?, NULL, NULL, 0, now()::TIMESTAMP)", [config.name]
         )
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise
     return True

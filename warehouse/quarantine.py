@@ -17,11 +17,13 @@ import duckdb
 import polars as pl
 
 from tidemill.config import PipelineConfig
+from tidemill.errors import TidemillError
 from tidemill.tasks.parse import amend_record
 from tidemill.tasks.validate import parse_timestamp, validate_records
 from tidemill.warehouse.batches import known_keys
 from tidemill.warehouse.inbox import headers
 from tidemill.warehouse.pipeline_tables import PipelineTables, declared_columns, lit, q
+from tidemill.warehouse.transaction import transaction
 
 # Reasons name the offending values ("x 'abc' is not a finite number"); grouping by
 # reason groups by the check instead, with values and the moving time horizon elided.
@@ -86,7 +88,7 @@ def record_sql(pipeline: str, quarantine_id: int) -> str:
     )
 
 
-class ReadmitRefused(ValueError):
+class ReadmitRefused(TidemillError, ValueError):
     """Nothing was re-admitted; the message says why and what would work."""
 
 
@@ -193,8 +195,7 @@ def readmit(
         parse_timestamp(pl.col(config.event_time)).alias("_event_at"),
     )
     _check(con, config, records, [f.quarantine_id for f in todo], now)
-    con.begin()
-    try:
+    with transaction(con):
         con.register("_readmitted", records.to_arrow())
         columns = ", ".join(q(c) for c in records.columns)
         con.execute(f"INSERT INTO {t.inbox} ({columns}) SELECT {columns} FROM _readmitted")
@@ -203,10 +204,6 @@ def readmit(
             "INSERT INTO _readmissions VALUES (?, ?, ?, ?, ?)",
             [[config.name, f.quarantine_id, now, actor, ",".join(sorted(f.changes))] for f in todo],
         )
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise
     return Readmission([f.quarantine_id for f in todo], [done[i] for i in ids if i in done])
 
 

@@ -30,6 +30,8 @@ from typing import Any
 
 import duckdb
 
+from tidemill.errors import TidemillError
+
 READ_ONLY = "tidemill query is read-only"
 _ALLOWED_KINDS = "(SELECT, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN)"
 # EXPLAIN [ANALYZE | (options)] after leading blanks and comments; what follows is
@@ -68,12 +70,20 @@ _PASSED: set[str] = set()
 _PASSED_MAX = 1024
 
 
-class ReadOnlyViolation(ValueError):
+class ReadOnlyViolation(TidemillError, ValueError):
     """A statement that would change something; the message says which."""
 
 
-class QueryLimitExceeded(ValueError):
+class QueryLimitExceeded(TidemillError, ValueError):
     """A query ran longer or returned more rows than allowed; the message says which."""
+
+
+class QueryFailed(TidemillError, ValueError):
+    """DuckDB could not run a read-only query (a missing table, a type error, ...); the
+    message is DuckDB's, on one line."""
+
+    def __init__(self, error: duckdb.Error) -> None:
+        super().__init__(" ".join(line.strip() for line in str(error).splitlines() if line.strip()))
 
 
 @dataclass(frozen=True)
@@ -195,6 +205,8 @@ def run_readonly(
             relation = cursor.execute(statements[-1].query)
             description = relation.description or []
             rows = relation.fetchall() if max_rows is None else relation.fetchmany(max_rows + 1)
+    except duckdb.Error as error:
+        raise QueryFailed(error) from None
     finally:
         cursor.execute("ROLLBACK")
     if max_rows is not None and len(rows) > max_rows:

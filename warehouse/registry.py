@@ -47,7 +47,9 @@ import sklearn
 from sklearn.exceptions import InconsistentVersionWarning
 
 from tidemill.durable import write_atomic
+from tidemill.errors import TidemillError
 from tidemill.keys import get_key
+from tidemill.warehouse.transaction import transaction
 
 if TYPE_CHECKING:
     from tidemill.tasks.distributed import ShardRecord
@@ -62,7 +64,7 @@ _RETRAIN = (
 )
 
 
-class ArtifactIntegrityError(RuntimeError):
+class ArtifactIntegrityError(TidemillError, RuntimeError):
     """An artifact that must not be loaded: pruned, missing, altered, unsigned, signed for
     another version, or written by other library versions. The message says which."""
 
@@ -299,17 +301,12 @@ def sign_versions(
             (artifact_signature(key, pipeline, version.version, actual), pipeline, version.version)
         )
     if updates:
-        con.begin()
-        try:
+        with transaction(con):
             con.executemany(
                 "UPDATE ml.model_versions SET artifact_signature = ? "
                 "WHERE pipeline = ? AND version = ?",
                 updates,
             )
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
     return Signed([version for _, _, version in updates], refused)
 
 
@@ -457,7 +454,7 @@ def record(con: duckdb.DuckDBPyConnection, version: ModelVersion) -> None:
     )
 
 
-class RegistryError(ValueError):
+class RegistryError(TidemillError, ValueError):
     """A registry change that cannot be made; the message says why."""
 
 
@@ -482,8 +479,7 @@ def change_champion(
     current = champion(con, pipeline)
     if current is not None and current.version == to_version:
         raise RegistryError(f"{pipeline} v{to_version} is already the champion")
-    con.begin()
-    try:
+    with transaction(con):
         con.execute(
             "UPDATE ml.model_versions SET status = 'retired' WHERE pipeline = ? "
             "AND status IN ('champion', 'challenger') AND candidate = ?",
@@ -501,10 +497,6 @@ def change_champion(
         record_event(
             con, pipeline, action, current.version if current else None, to_version, actor, reason
         )
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise
     changed = get_version(con, pipeline, to_version)
     assert changed is not None
     return changed

@@ -43,6 +43,7 @@ from tidemill.tasks.retention import (
     prunable_versions,
 )
 from tidemill.warehouse.registry import ARTIFACTS_DIR
+from tidemill.warehouse.transaction import transaction
 
 log = logging.getLogger("tidemill")
 
@@ -146,18 +147,13 @@ def prune_artifacts(
     chosen = prunable[:limit]
     if not chosen:
         return Pruned(0, 0, False)
-    con.begin()
-    try:
+    with transaction(con):
         marked = con.execute(
             "UPDATE ml.model_versions SET artifact_pruned_at = $now WHERE pipeline = $pipeline "
             "AND artifact_pruned_at IS NULL AND version IN (SELECT unnest($versions::BIGINT[])) "
             "RETURNING artifact_path",
             {"now": _now(), "pipeline": pipeline, "versions": chosen},
         ).fetchall()
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise
     freed = 0
     for (relpath,) in marked:
         path = _artifact_file(state_dir, pipeline, relpath)
