@@ -34,10 +34,7 @@ chromium: ## Install Debian's chromium (apt) for the report's browser test, unle
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; } || \
 	  echo "warning: chromium could not be installed; the browser test will be skipped"; }
 
-test: $(STAMP) chromium ## Lint, then the whole test suite (real Prefect server, real DuckDB files)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+test: lint chromium ## Lint and the import rules, then the whole test suite (real Prefect server, real DuckDB files)
 	$(BIN)/pytest
 
 test-fast: $(STAMP) ## The quick tests only (no Prefect server, no worker processes)
@@ -46,10 +43,11 @@ test-fast: $(STAMP) ## The quick tests only (no Prefect server, no worker proces
 chaos: $(STAMP) ## The chaos test at 2000 batches (~12 min; `make test` runs 200); summary in tests/chaos/results.txt
 	CHAOS_BATCHES=$${CHAOS_BATCHES:-2000} CHAOS_RESULTS=tests/chaos/results.txt $(BIN)/pytest -m chaos -s tests/chaos
 
-lint: $(STAMP) ## ruff and mypy
+lint: $(STAMP) ## ruff, mypy and the import rules (import-linter contracts in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP) ## Format and auto-fix
 	$(BIN)/ruff format .

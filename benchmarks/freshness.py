@@ -22,7 +22,7 @@ scheduled runs it measures:
 - (a) file landed -> all its rows visible in the snapshot (per file; 0.2 s poll);
 - (b) record landed -> `ml.model_versions.created_at` of the first model version that
   learned it (the version of the record's batch; labelled records only), read through
-  the owner with `tidemill.access.read_sql`; `_batches.finished_at` is shown too.
+  the owner with `tidemill.cli.access.read_sql`; `_batches.finished_at` is shown too.
 
 and counts failed / crashed / cancelled flow runs (Prefect REST). Several
 `--snapshot-every` values run one after the other, each on a fresh stack
@@ -57,7 +57,7 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tidemill.access import read_sql  # noqa: E402
+from tidemill.cli.access import read_sql  # noqa: E402
 from tidemill.config import TidemillConfig, load_config  # noqa: E402
 from tidemill.deployments import stack  # noqa: E402
 from tidemill.deployments.replayer import load_flights  # noqa: E402

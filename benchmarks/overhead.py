@@ -47,7 +47,7 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tidemill.access import read_sql  # noqa: E402
+from tidemill.cli.access import read_sql  # noqa: E402
 from tidemill.config import TidemillConfig, load_config  # noqa: E402
 from tidemill.deployments import stack  # noqa: E402
 from tidemill.deployments.worker import ready_file  # noqa: E402

@@ -10,15 +10,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from tidemill.config import deployment_name
 from tidemill.deployments.query_service import Command, QueryService, Refused
 from tidemill.flows.runtime import Runtime
 from tidemill.warehouse import backfills, registry
 from tidemill.warehouse.registry import ArtifactIntegrityError, RegistryError
-
-
-def deployment_name(pipeline: str) -> str:
-    """Name of a pipeline's deployments (micro-batch/NAME, backfill/NAME in the UI)."""
-    return pipeline.replace("_", "-")
 
 
 def _champion(runtime: Runtime) -> Command:

@@ -25,6 +25,7 @@ import secrets
 import time
 from pathlib import Path
 
+from tidemill import layout
 from tidemill.config import LOCAL_BROKER, RedisStreamSource, TidemillConfig
 from tidemill.deployments import processes
 
@@ -43,7 +44,7 @@ def needed_by(config: TidemillConfig) -> bool:
 
 def home(state_dir: Path) -> Path:
     """The state folder's Redis folder (config, port, password, data)."""
-    return state_dir.resolve() / "redis"
+    return layout.broker_dir(state_dir)
 
 
 def log_file(state_dir: Path) -> Path:
@@ -62,20 +63,10 @@ def binary() -> Path:
     return Path(spec.origin).parent / "bin" / "redis-server"
 
 
-def url(state_dir: Path, db: int = 0) -> str:
-    """`redis://:PASSWORD@127.0.0.1:PORT/db` of this state folder's server.
-
-    Raises RuntimeError if it was never started.
-    """
-    port, password = _credentials(state_dir)
-    return f"redis://:{password}@{HOST}:{port}/{db}"
-
-
 def running_pid(state_dir: Path) -> int | None:
     """The pid of this state folder's Redis if it runs (ready or not)."""
-    try:
-        port, _ = _credentials(state_dir)
-    except RuntimeError:
+    port = _port(state_dir)
+    if port is None:
         return None
     return processes.running(state_dir.resolve(), NAME, [_title(port)])
 
@@ -84,7 +75,7 @@ def is_healthy(state_dir: Path) -> bool:
     """True if this state folder's Redis answers PING."""
     if running_pid(state_dir) is None:
         return False
-    return _ping(url(state_dir)) is None
+    return _ping(layout.local_broker_url(state_dir)) is None
 
 
 def start(state_dir: Path, timeout: float = 10.0) -> str:
@@ -98,14 +89,14 @@ def start(state_dir: Path, timeout: float = 10.0) -> str:
     _password(base)
     pid = running_pid(state)
     if pid is not None and _ready(state, pid, timeout):
-        return url(state)
+        return layout.local_broker_url(state)
     for attempt in range(3):
         _write_config(
             state, processes.remembered_port(base / "port", HOST, wait=5, fresh=attempt > 0)
         )
         failure = _spawn(state, timeout)
         if failure is None:
-            return url(state)
+            return layout.local_broker_url(state)
         if _TAKEN not in failure:  # only a port taken since it was chosen is worth a retry
             break
     raise RuntimeError(f"Redis did not start ({failure}); see {log_file(state)}")
@@ -115,9 +106,8 @@ def stop(state_dir: Path, timeout: float = 20.0) -> bool:
     """Stop this state folder's Redis (SIGTERM: it syncs its append-only file and exits);
     return True if it ran."""
     state = state_dir.resolve()
-    try:
-        port, _ = _credentials(state)
-    except RuntimeError:
+    port = _port(state)
+    if port is None:
         return False
     return processes.stop(state, NAME, [_title(port)], timeout=timeout)
 
@@ -130,14 +120,12 @@ def _title(port: int) -> str:
     return f"{binary()} {HOST}:{port}"
 
 
-def _credentials(state_dir: Path) -> tuple[int, str]:
-    base = home(state_dir)
+def _port(state_dir: Path) -> int | None:
+    """The port this state folder's Redis was given, None before its first start."""
     try:
-        port = int((base / "port").read_text())
-        password = (base / "password").read_text().strip()
+        return int((home(state_dir) / "port").read_text())
     except (OSError, ValueError):
-        raise RuntimeError(f"no Redis set up in {base}; start it first") from None
-    return port, password
+        return None
 
 
 def _password(base: Path) -> str:
@@ -180,7 +168,7 @@ def _spawn(state: Path, timeout: float) -> str | None:
         state, NAME, [str(binary()), str(home(state) / "redis.conf")], dict(os.environ), home(state)
     )
     deadline = time.monotonic() + timeout
-    address = url(state)
+    address = layout.local_broker_url(state)
     while True:
         problem = _ping(address)
         if problem is None:
@@ -197,7 +185,7 @@ def _ready(state: Path, pid: int, timeout: float) -> bool:
     """Wait while a running server loads its append-only file: True once it answers,
     False if it exits meanwhile (e.g. it was being killed)."""
     deadline = time.monotonic() + timeout
-    while (problem := _ping(url(state))) is not None:
+    while (problem := _ping(layout.local_broker_url(state))) is not None:
         if not processes.alive(pid):
             return False
         if time.monotonic() > deadline:

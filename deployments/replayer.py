@@ -31,6 +31,7 @@ from typing import cast
 
 import polars as pl
 
+from tidemill import layout
 from tidemill.config import (
     LOCAL_BROKER,
     ConfigError,
@@ -38,7 +39,6 @@ from tidemill.config import (
     RedisStreamSource,
     TidemillConfig,
 )
-from tidemill.deployments import redis_server
 from tidemill.durable import write_atomic
 from tidemill.tasks.replay import (
     EVENT_COLUMNS,
@@ -135,7 +135,7 @@ def sensor_stream(config: TidemillConfig) -> tuple[str, RedisStreamSource]:
         )
     if source.url != LOCAL_BROKER:
         return source.url, source
-    return redis_server.url(config.state_dir), source
+    return layout.local_broker_url(config.state_dir), source
 
 
 def replay_sensors(

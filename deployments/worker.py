@@ -19,10 +19,9 @@ from uuid import UUID
 import httpx
 from prefect import Flow
 
-from tidemill.config import TidemillConfig
+from tidemill.config import TidemillConfig, deployment_name
 from tidemill.deployments import owner
 from tidemill.deployments.executor import InProcessExecutor, ensure_deployment
-from tidemill.deployments.owner import deployment_name
 from tidemill.deployments.supervisor import ready_file
 from tidemill.flows.backfill import backfill
 from tidemill.flows.erasure import erasure_flow

@@ -22,6 +22,7 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from tidemill.config import deployment_name
 from tidemill.flows.backfill_window import run_backfill
 from tidemill.flows.resident import resident_runtime
 
@@ -46,7 +47,7 @@ async def backfill(
     logger = get_run_logger()
     runtime = resident_runtime()
     loop = asyncio.get_running_loop()
-    key = f"{pipeline.replace('_', '-')}-backfill"
+    key = f"{deployment_name(pipeline)}-backfill"
     artifact = await acreate_progress_artifact(0.0, key=key, description=f"Backfill of {pipeline}")
 
     def progress(done: int, total: int) -> None:

@@ -21,6 +21,7 @@ from typing import Literal
 import polars as pl
 from polars.exceptions import PanicException
 
+from tidemill import layout
 from tidemill.config import (
     LOCAL_BROKER,
     FilesSource,
@@ -172,10 +173,7 @@ def _ingest_stream(runtime: Runtime, state: PipelineState, source: RedisStreamSo
     columns, limit = declared_columns(config), source.read_rows or 10 * config.batch_rows
     url = source.url
     if url == LOCAL_BROKER:
-        from tidemill import layout
-        from tidemill.deployments import redis_server
-
-        url = redis_server.url(layout.shared_dir(runtime.state_dir))
+        url = layout.local_broker_url(runtime.state_dir)
     with StreamReader(url, source.stream, source.group, source.consumer) as reader:
         read = reader.read(limit, columns, config.event_time, committed=at.keys_at_last)
         if read.records.height == 0:

@@ -30,27 +30,27 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import duckdb
 import polars as pl
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from tidemill.config import PipelineConfig
+from tidemill.config import PipelineConfig, deployment_name
 from tidemill.errors import TidemillError
 from tidemill.flows.replay_model import fresh_candidate, lineage, relearn, replay_version
 from tidemill.flows.resident import resident_runtime
 from tidemill.flows.runtime import PipelineState, Runtime
 from tidemill.keys import get_key
 from tidemill.tasks.aggregate import target_value, window_partials, window_start
-from tidemill.tasks.distributed import ShardRecord
 from tidemill.tasks.model import ModelState, parameters_sha256
+from tidemill.tasks.online import ShardRecord
 from tidemill.tasks.pii import subject_digest
 from tidemill.tasks.promotion import ScoreWindow
 from tidemill.warehouse import erasure, history, registry
 from tidemill.warehouse.backfills import replace_windows
 from tidemill.warehouse.batches import replace_lag_history
+from tidemill.warehouse.connection import Connection
 from tidemill.warehouse.pipeline_tables import PipelineTables
 from tidemill.warehouse.transaction import transaction
 
@@ -99,7 +99,7 @@ def _now() -> datetime:
 
 
 def _recompute_windows(
-    con: duckdb.DuckDBPyConnection, config: PipelineConfig, rows: pl.DataFrame, batch_id: int
+    con: Connection, config: PipelineConfig, rows: pl.DataFrame, batch_id: int
 ) -> int:
     """Replace every window the subject's rows counted in by its stats over the rows left."""
     t = PipelineTables(config.name)
@@ -116,9 +116,7 @@ def _recompute_windows(
     return replaced
 
 
-def _recompute_lags(
-    con: duckdb.DuckDBPyConnection, config: PipelineConfig, rows: pl.DataFrame
-) -> None:
+def _recompute_lags(con: Connection, config: PipelineConfig, rows: pl.DataFrame) -> None:
     """Rebuild the lag history of every series the subject's rows belonged to."""
     t = PipelineTables(config.name)
     for lag in config.lags:
@@ -368,7 +366,7 @@ async def erasure_flow(
     )
     await acreate_markdown_artifact(
         markdown=_markdown(report),
-        key=f"{pipeline.replace('_', '-')}-erasure",
+        key=f"{deployment_name(pipeline)}-erasure",
         description=f"Erasure {report.erasure_id} of {pipeline}",
     )
     logger.info(

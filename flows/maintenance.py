@@ -19,11 +19,14 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from tidemill.config import deployment_name
 from tidemill.durable import write_atomic
 from tidemill.flows.resident import resident_runtime
 from tidemill.flows.runtime import Runtime
-from tidemill.report import charts, data_url, load, render_page
+from tidemill.tasks.report.charts import page_charts
+from tidemill.tasks.report.page import data_url, render_page
 from tidemill.tasks.retention import RetentionPolicy
+from tidemill.warehouse.reports import report_data
 from tidemill.warehouse.retention import GRACE, MaintenanceReport, run_maintenance
 
 DEFAULTS = RetentionPolicy()
@@ -51,8 +54,8 @@ def _markdown(report: MaintenanceReport, policy: RetentionPolicy) -> str:
 def _charts_markdown(runtime: Runtime, pipeline: str) -> str:
     """The charts of `pipeline` as markdown images, and the report page written beside the
     warehouse (its path ends the section): read once, drawn once."""
-    data = load(runtime.read, pipeline)
-    drawn = charts(data)
+    data = report_data(runtime.read, pipeline)
+    drawn = page_charts(data)
     page = runtime.state_dir / "reports" / f"{pipeline}.html"
     page.parent.mkdir(exist_ok=True)
     text = render_page(pipeline, data, drawn, source="owner").encode()
@@ -98,7 +101,7 @@ async def maintenance(
     charts_markdown = await asyncio.to_thread(_charts_markdown, runtime, pipeline)
     await acreate_markdown_artifact(
         markdown=_markdown(report, policy) + charts_markdown,
-        key=f"{pipeline.replace('_', '-')}-maintenance",
+        key=f"{deployment_name(pipeline)}-maintenance",
         description=f"Artifact maintenance of {pipeline}",
     )
     logger.info(

@@ -27,6 +27,7 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from tidemill.config import deployment_name
 from tidemill.flows.cycle import BatchFailed, CycleReport, run_cycle
 from tidemill.flows.resident import resident_runtime
 from tidemill.flows.runtime import Runtime
@@ -180,14 +181,14 @@ async def _publish(runtime: Runtime, pipeline: str, committed: list[CycleReport]
     last = committed[-1]
     await acreate_table_artifact(
         table=_artifact_rows(last),
-        key=f"{pipeline.replace('_', '-')}-batch",
+        key=f"{deployment_name(pipeline)}-batch",
         description=f"Batch {last.batch_id} of {pipeline}"
         + (f" (this run: {len(committed)} batches)" if len(committed) > 1 else ""),
     )
     if any(r.metrics for r in committed):
         await acreate_markdown_artifact(
             markdown=await asyncio.to_thread(_markdown_metrics, runtime, pipeline),
-            key=f"{pipeline.replace('_', '-')}-metrics",
+            key=f"{deployment_name(pipeline)}-metrics",
             description=f"Latest prequential metrics of {pipeline}",
         )
 

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import polars as pl
 
 from tidemill.config import PipelineConfig
@@ -33,6 +32,7 @@ from tidemill.tasks.distributed import sharded_learner
 from tidemill.tasks.model import ModelState, parameters_sha256
 from tidemill.tasks.online import Step, learn_here, prequential_step
 from tidemill.warehouse import history, registry
+from tidemill.warehouse.connection import Connection
 
 Progress = Callable[[int, int], None]
 
@@ -56,9 +56,7 @@ class ReplayReport:
     equal: bool  # rebuilt == stored (== artifact, while the file is kept)
 
 
-def lineage(
-    con: duckdb.DuckDBPyConnection, pipeline: str, version: int
-) -> list[registry.ModelVersion]:
+def lineage(con: Connection, pipeline: str, version: int) -> list[registry.ModelVersion]:
     """The chain of versions root..version, following parents."""
     chain = []
     current = registry.get_version(con, pipeline, version)
@@ -72,7 +70,7 @@ def lineage(
 
 
 def _windows(
-    con: duckdb.DuckDBPyConnection, config: PipelineConfig, clean: pl.DataFrame, batch_id: int
+    con: Connection, config: PipelineConfig, clean: pl.DataFrame, batch_id: int
 ) -> dict[str, pl.DataFrame]:
     """Per aggregate: the windows the batch read, as the live cycle saw them: the stored
     sums (each earlier batch's partials added in batch order, as the upserts did), then
@@ -90,7 +88,7 @@ def _windows(
 
 
 def _histories(
-    con: duckdb.DuckDBPyConnection, config: PipelineConfig, clean: pl.DataFrame, batch_id: int
+    con: Connection, config: PipelineConfig, clean: pl.DataFrame, batch_id: int
 ) -> dict[str, pl.DataFrame]:
     """Per lag: the latest labels per series before the batch, in the stored shape."""
     out = {}
@@ -105,7 +103,7 @@ def _histories(
 
 
 def relearn(
-    con: duckdb.DuckDBPyConnection,
+    con: Connection,
     config: PipelineConfig,
     model: ModelState,
     versions: list[registry.ModelVersion],
@@ -145,7 +143,7 @@ def fresh_candidate(config: PipelineConfig, root: registry.ModelVersion) -> Mode
 
 
 def replay_version(
-    con: duckdb.DuckDBPyConnection,
+    con: Connection,
     config: PipelineConfig,
     chain: list[registry.ModelVersion],
     progress: Progress | None = None,
@@ -163,7 +161,7 @@ def replay_version(
 
 
 def replay_model(
-    con: duckdb.DuckDBPyConnection,
+    con: Connection,
     config: PipelineConfig,
     version: int,
     state_dir: Path,

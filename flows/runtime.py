@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import duckdb
 import threadpoolctl
 
 from tidemill.config import DistributedSpec, FilesSource, ModelSpec, PipelineConfig, TidemillConfig
@@ -35,7 +34,14 @@ from tidemill.tasks.promotion import ScoreWindow
 from tidemill.tasks.validate import class_labels
 from tidemill.warehouse import registry
 from tidemill.warehouse.compact import Compacted, compact
-from tidemill.warehouse.connection import STORAGE_VERSION, database_path, open_warehouse
+from tidemill.warehouse.connection import (
+    STORAGE_VERSION,
+    CheckpointFailed,
+    Connection,
+    checkpoint,
+    database_path,
+    open_warehouse,
+)
 from tidemill.warehouse.pipeline_tables import ensure_pipeline_tables, stored_schema
 from tidemill.warehouse.readonly import QueryResult, run_readonly
 from tidemill.warehouse.snapshot import SnapshotPublisher, publish_snapshot, snapshot_path
@@ -126,7 +132,7 @@ class Runtime:
     """The owner of one warehouse file and the models of its pipelines."""
 
     config: TidemillConfig
-    con: duckdb.DuckDBPyConnection
+    con: Connection
     pipelines: dict[str, PipelineState] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
     snapshot_every_seconds: float = 0.0
@@ -136,7 +142,7 @@ class Runtime:
     memory_limit: str | None = None  # DuckDB's, kept to reopen the file after a rewrite
     publisher: SnapshotPublisher = field(init=False)
     _clients: dict[str, Client] = field(default_factory=dict)  # Dask, by address
-    _readers: set[duckdb.DuckDBPyConnection] = field(default_factory=set)
+    _readers: set[Connection] = field(default_factory=set)
     _idle: threading.Condition = field(init=False)
 
     def __post_init__(self) -> None:
@@ -259,8 +265,8 @@ class Runtime:
             return
         with self.lock:
             try:
-                self.con.execute("CHECKPOINT")
-            except duckdb.Error as error:  # a reader holds a transaction: try next cycle
+                checkpoint(self.con)
+            except CheckpointFailed as error:  # a reader holds a transaction: try next cycle
                 log.debug("checkpoint skipped: %s", error)
                 return
             self.cycles_since_checkpoint = 0
@@ -274,7 +280,7 @@ class Runtime:
         deleted (after an erasure: they hold what was erased)."""
         with self.lock:
             self.publisher.wait()
-            self.con.execute("CHECKPOINT")
+            checkpoint(self.con)
             publish_snapshot(
                 database_path(self.state_dir),
                 snapshot_path(self.state_dir),
@@ -309,7 +315,7 @@ class Runtime:
         return changed
 
     @contextmanager
-    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def reader(self) -> Iterator[Connection]:
         """A cursor of its own on the warehouse, for work that reads beside the batches
         (owner queries, replays, artifacts); `rewrite_file` interrupts it."""
         with self.lock:
@@ -339,7 +345,7 @@ class Runtime:
             if not self._idle.wait_for(lambda: not self._readers, timeout=wait_seconds):
                 raise RuntimeError(f"readers still hold {path} after {wait_seconds:g} s")
             self.publisher.wait()
-            self.con.execute("CHECKPOINT")
+            checkpoint(self.con)
             self.con.close()
             try:
                 done = compact(path, STORAGE_VERSION)
@@ -386,7 +392,7 @@ class Runtime:
         with self.lock:
             try:
                 self.publish_now()
-            except (duckdb.Error, OSError) as error:
+            except (CheckpointFailed, OSError) as error:
                 log.warning("final checkpoint or snapshot failed: %s", error)
             self.con.close()
         for client in self._clients.values():

@@ -38,7 +38,7 @@ from sklearn.neural_network import MLPClassifier, MLPRegressor
 from tidemill.errors import TidemillError
 from tidemill.tasks.encode import FeatureEncoder, RunningMoments
 from tidemill.tasks.model import ModelState, Scores, learn, parameters_sha256, predict
-from tidemill.tasks.online import Learned, Learner, labelled_rows
+from tidemill.tasks.online import Learned, Learner, ShardRecord, labelled_rows
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -190,18 +190,6 @@ def dask_map(client: Client) -> ShardMap:
 
 
 # ---------------------------------------------------------------- one batch, sharded
-
-
-@dataclass(frozen=True)
-class ShardRecord:
-    """Lineage of one shard of a merged model version."""
-
-    index: int
-    first_row: int  # position in the batch, inclusive
-    last_row: int  # exclusive
-    rows_learned: int
-    sha256: str  # the shard model's parameters_sha256
-    cpu_seconds: float  # what the shard cost its worker
 
 
 @dataclass(frozen=True)

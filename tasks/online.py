@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -19,8 +18,17 @@ import polars as pl
 from tidemill.tasks.metrics import prequential_metrics, row_errors
 from tidemill.tasks.model import ModelState, Scores, learn, predict
 
-if TYPE_CHECKING:
-    from tidemill.tasks.distributed import ShardRecord
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """Lineage of one shard of a merged model version."""
+
+    index: int
+    first_row: int  # position in the batch, inclusive
+    last_row: int  # exclusive
+    rows_learned: int
+    sha256: str  # the shard model's parameters_sha256
+    cpu_seconds: float  # what the shard cost its worker
 
 
 @dataclass(frozen=True)

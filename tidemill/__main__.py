@@ -1,5 +1,5 @@
 """`python -m tidemill` is the `tidemill` command."""
 
-from tidemill.cli import main
+from tidemill.cli.app import main
 
 main()

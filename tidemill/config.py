@@ -24,6 +24,12 @@ TimeFeature = Literal["hour", "weekday", "month"]
 PiiRule = Literal["hash", "mask_last4", "drop"]
 
 
+def deployment_name(pipeline: str) -> str:
+    """The name of a pipeline's Prefect deployments and artifact keys (micro-batch/NAME,
+    backfill/NAME, NAME-batch): artifact keys allow dashes, not underscores."""
+    return pipeline.replace("_", "-")
+
+
 class ConfigError(TidemillError, ValueError):
     """A config file that cannot be used; the message is one actionable line."""
 

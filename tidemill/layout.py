@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tidemill.config import ConfigError, TidemillConfig
 from tidemill.durable import write_atomic
+from tidemill.errors import TidemillError
 
 LAYOUT_FILE = "layout.json"
 CATALOG_FILE = "catalog.sql"
@@ -75,6 +76,26 @@ def shared_dir(state_dir: Path) -> Path:
     if state_dir.parent.name == "workers" and (state_dir.parent.parent / LAYOUT_FILE).exists():
         return state_dir.parent.parent
     return state_dir
+
+
+def broker_dir(state_dir: Path) -> Path:
+    """The local Redis broker's folder (config, port, password, data), shared by every
+    worker of the state folder."""
+    return shared_dir(state_dir).resolve() / "redis"
+
+
+def local_broker_url(state_dir: Path, db: int = 0) -> str:
+    """`redis://:PASSWORD@127.0.0.1:PORT/db` of the state folder's local broker (a source
+    with `url = "local"`), from the port and password files its server keeps."""
+    base = broker_dir(state_dir)
+    try:
+        port = int((base / "port").read_text())
+        password = (base / "password").read_text().strip()
+    except (OSError, ValueError):
+        raise TidemillError(
+            f"no Redis set up in {base}; start it first (`tidemill up` starts it)"
+        ) from None
+    return f"redis://:{password}@127.0.0.1:{port}/{db}"
 
 
 def worker_config(config: TidemillConfig, worker: str) -> TidemillConfig:

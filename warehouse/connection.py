@@ -121,3 +121,16 @@ def _held_by_another_process(error: duckdb.IOException) -> bool:
     """DuckDB's "Could not set lock on file" (another process has it open), as opposed to
     a missing file or a disk error."""
     return "lock" in str(error).lower()
+
+
+class CheckpointFailed(TidemillError, RuntimeError):
+    """DuckDB refused a CHECKPOINT (a reader holds a transaction, the disk is full)."""
+
+
+def checkpoint(con: duckdb.DuckDBPyConnection) -> None:
+    """Write the WAL into the main file now (the owner does it at quiet moments, and
+    before a snapshot copy). Raises CheckpointFailed when DuckDB refuses."""
+    try:
+        con.execute("CHECKPOINT")
+    except duckdb.Error as error:
+        raise CheckpointFailed(f"checkpoint failed: {error}") from error

@@ -52,7 +52,7 @@ from tidemill.keys import get_key
 from tidemill.warehouse.transaction import transaction
 
 if TYPE_CHECKING:
-    from tidemill.tasks.distributed import ShardRecord
+    from tidemill.tasks.online import ShardRecord
 
 ARTIFACTS_DIR = "artifacts"
 SIGNATURE_SCHEME = "tidemill-artifact-v1"

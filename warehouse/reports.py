@@ -1,8 +1,18 @@
-"""Read-only SQL behind `tidemill status` and `tidemill models` (run through any reader)."""
+"""Read-only SQL behind `tidemill status`, `tidemill models` and the report page (run
+through any reader: the owner's cursor, the file, the snapshot)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import polars as pl
+
+from tidemill.tasks.report.page import ReportData
 from tidemill.warehouse.pipeline_tables import PipelineTables, lit
+from tidemill.warehouse.readonly import QueryResult
+
+Read = Callable[[str], QueryResult]
+"""Runs read-only SQL on the warehouse: through the CLI's access, or on an owner's cursor."""
 
 
 def status_sql(pipelines: list[str]) -> str:
@@ -94,3 +104,36 @@ def quarantine_reasons_sql(pipeline: str, limit: int = 20) -> str:
     return f"""SELECT reason, count(*) AS records, min(batch_id) AS first_batch,
   max(batch_id) AS last_batch
 FROM {t.quarantine} GROUP BY reason ORDER BY records DESC, reason LIMIT {int(limit)}"""
+
+
+def _frame(result: QueryResult) -> pl.DataFrame:
+    return pl.DataFrame(result.rows, schema=result.columns, orient="row", infer_schema_length=None)
+
+
+def report_data(read: Read, pipeline: str) -> ReportData:
+    """Everything the report page of `pipeline` shows, read once (five queries)."""
+    batches = _frame(read(batch_series_sql(pipeline)))
+    return ReportData(
+        batches=batches.filter(pl.col("status") == "committed") if batches.height else batches,
+        metrics=_frame(read(metric_series_sql(pipeline))),
+        drift=_frame(read(drift_sql(pipeline, limit=1000))),
+        registry=_frame(read(models_sql(pipeline))),
+        reasons=_frame(read(quarantine_reasons_sql(pipeline))),
+    )
+
+
+def backfill_progress_sql(requested_by: str) -> str:
+    """The backfill `requested_by` asked for: its id, status, rows in window and done."""
+    return (
+        "SELECT backfill_id, status, rows_in_window, rows_done, error FROM _backfills "
+        f"WHERE requested_by = {lit(requested_by)}"
+    )
+
+
+def backfill_summary_sql(backfill_id: int) -> str:
+    """What backfill `backfill_id` did."""
+    return (
+        "SELECT backfill_id, pipeline, start_at, end_at, status, rows_in_window, rows_inserted, "
+        "rows_present, rows_quarantined, windows_recomputed, candidate_version FROM _backfills "
+        f"WHERE backfill_id = {int(backfill_id)}"
+    )

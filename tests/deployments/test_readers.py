@@ -12,7 +12,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from tidemill.access import read_sql
+from tidemill.cli.access import read_sql
 from tidemill.config import TidemillConfig, load_config
 from tidemill.deployments import stack
 

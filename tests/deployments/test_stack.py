@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from tidemill import layout
-from tidemill.access import read_sql
+from tidemill.cli.access import read_sql
 from tidemill.config import TidemillConfig, load_config
 from tidemill.deployments import processes, stack
 from tidemill.deployments.supervisor import worker_processes

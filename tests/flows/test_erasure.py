@@ -193,7 +193,7 @@ def test_erase_from_the_command_line_matches_the_pseudonym_and_prints_one_summar
 ) -> None:
     import sys
 
-    from tidemill import cli
+    from tidemill.cli.app import main
 
     folder = tmp_path / "cli"
     (folder / "landing").mkdir(parents=True)
@@ -204,10 +204,9 @@ def test_erase_from_the_command_line_matches_the_pseudonym_and_prints_one_summar
     _rows(200).write_csv(folder / "landing" / "all.csv")
 
     def run(*args: str) -> tuple[int, str]:
-        cli._state.clear()
         sys.argv = ["tidemill", "-c", str(folder / "tidemill.toml"), *args]
         try:
-            cli.main()
+            main()
             code = 0
         except SystemExit as done:
             code = int(done.code or 0)

@@ -14,16 +14,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tidemill import cli
+from tidemill.cli.app import main
 from tidemill.config import TidemillConfig
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    cli._state.clear()
     old = sys.argv
     sys.argv = ["tidemill", *args]
     try:
-        cli.main()
+        main()
         code = 0
     except SystemExit as done:
         code = int(done.code or 0)

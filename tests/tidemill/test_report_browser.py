@@ -17,8 +17,8 @@ import polars as pl
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from tidemill.cli.query import report_page
 from tidemill.config import TidemillConfig
-from tidemill.report import report_page
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [

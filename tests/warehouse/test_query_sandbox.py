@@ -1,6 +1,6 @@
 """Query users cannot change the warehouse, whichever way their SQL reaches it.
 
-Every attack runs on the three read paths of `tidemill query` (tidemill/access.py): the
+Every attack runs on the three read paths of `tidemill query` (tidemill/cli/access.py): the
 owner's socket (deployments/query_service.QueryService, a cursor of the writer's own
 connection), the warehouse file opened read-only, and the published snapshot. Each is
 refused in one line, and afterwards every file is byte for byte what it was. Then the
@@ -24,8 +24,8 @@ import duckdb
 import polars as pl
 import pytest
 
-import tidemill.access
-from tidemill.access import read_sql
+import tidemill.cli.access
+from tidemill.cli.access import read_sql
 from tidemill.deployments.query_service import QueryRefused, QueryService
 from tidemill.warehouse import readonly
 from tidemill.warehouse.connection import database_path, open_warehouse
@@ -272,7 +272,7 @@ def test_the_writers_own_connection_reaches_no_file_extension_or_python_variable
 def test_a_long_query_is_stopped_and_blocks_neither_the_writer_nor_the_next_query(
     tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tidemill.access, "QUERY_TIMEOUT_SECONDS", OWNER_TIMEOUT)
+    monkeypatch.setattr(tidemill.cli.access, "QUERY_TIMEOUT_SECONDS", OWNER_TIMEOUT)
     with reader(tmp_path, where) as path:
         outcome: list[BaseException] = []
 

@@ -1,22 +1,16 @@
-"""`tidemill report`: one self-contained HTML page of a pipeline (charts, model registry,
+"""The report page of a pipeline: one self-contained HTML page (charts, model registry,
 data quality) that opens in a browser without a server: the charts are PNGs inlined as
-data: URLs, and the page has no script and no external link."""
+data: URLs, and the page has no script and no external link. Drawn from frames; the
+frames are read by warehouse/reports.py (`report_data`)."""
 
 from __future__ import annotations
 
 import base64
 import html
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import polars as pl
-
-from tidemill.access import read_sql
-from tidemill.tasks.plots import latency_chart, metric_chart, rows_chart
-from tidemill.warehouse import reports
-from tidemill.warehouse.readonly import QueryResult
 
 REGISTRY_ROWS = 50
 """Newest registry rows shown (every version stays in ml.model_versions)."""
@@ -29,10 +23,6 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 th { background: #f3f3f3; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
 img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
 """
-
-
-def _frame(result: QueryResult) -> pl.DataFrame:
-    return pl.DataFrame(result.rows, schema=result.columns, orient="row", infer_schema_length=None)
 
 
 def data_url(png: bytes) -> str:
@@ -56,10 +46,6 @@ def _table(frame: pl.DataFrame, empty: str) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-Read = Callable[[str], QueryResult]
-"""Runs read-only SQL on the warehouse: through tidemill/access.py, or on an owner's cursor."""
-
-
 @dataclass(frozen=True)
 class ReportData:
     """What a report shows, read once."""
@@ -69,49 +55,6 @@ class ReportData:
     drift: pl.DataFrame
     registry: pl.DataFrame
     reasons: pl.DataFrame
-
-
-def load(read: Read, pipeline: str) -> ReportData:
-    """Read everything the report of `pipeline` shows (five queries)."""
-    batches = _frame(read(reports.batch_series_sql(pipeline)))
-    return ReportData(
-        batches=batches.filter(pl.col("status") == "committed") if batches.height else batches,
-        metrics=_frame(read(reports.metric_series_sql(pipeline))),
-        drift=_frame(read(reports.drift_sql(pipeline, limit=1000))),
-        registry=_frame(read(reports.models_sql(pipeline))),
-        reasons=_frame(read(reports.quarantine_reasons_sql(pipeline))),
-    )
-
-
-def charts(data: ReportData) -> list[tuple[str, bytes]]:
-    """The charts as (title, PNG): the prequential metrics per candidate with drift
-    events, then, once a batch committed, rows per batch and latency by step."""
-    metrics, drift = data.metrics, data.drift
-    drift_batches = sorted(set(drift["batch_id"].to_list())) if drift.height else []
-    drawn = [
-        (f"prequential {metric}", metric_chart(metrics, metric, drift_batches))
-        for metric in (sorted(set(metrics["metric"].to_list())) if metrics.height else [])
-    ]
-    if data.batches.height:
-        drawn += [
-            ("rows per batch", rows_chart(data.batches)),
-            ("batch latency by step", latency_chart(data.batches)),
-        ]
-    return drawn
-
-
-def report_page(state_dir: Path, pipeline: str) -> str:
-    """The page of `pipeline`, read through whatever serves `state_dir` (the owner, the
-    file or the snapshot: see tidemill/access.py)."""
-    where: list[str] = []
-
-    def read(sql: str) -> QueryResult:
-        result, source = read_sql(state_dir, sql)
-        where.append(source)
-        return result
-
-    data = load(read, pipeline)
-    return render_page(pipeline, data, charts(data), source=where[0])
 
 
 def render_page(

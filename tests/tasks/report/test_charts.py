@@ -7,7 +7,7 @@ import struct
 
 import polars as pl
 
-from tidemill.tasks.plots import STEPS, latency_chart, metric_chart, rows_chart, step_times
+from tidemill.tasks.report.charts import STEPS, latency_chart, metric_chart, rows_chart, step_times
 
 
 def _batches() -> pl.DataFrame:

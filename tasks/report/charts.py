@@ -15,6 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from tidemill.tasks.report.page import ReportData
+
 STEPS = ("ingest", "read", "validate", "clean", "aggregate", "learn", "artifact", "write")
 """The cycle's steps, in order, as CycleReport times them."""
 
@@ -108,3 +110,20 @@ def latency_chart(batches: pl.DataFrame) -> bytes:
     axes.legend(loc="upper left", fontsize="x-small", ncol=4)
     axes.grid(alpha=0.3)
     return _png(figure)
+
+
+def page_charts(data: ReportData) -> list[tuple[str, bytes]]:
+    """The charts as (title, PNG): the prequential metrics per candidate with drift
+    events, then, once a batch committed, rows per batch and latency by step."""
+    metrics, drift = data.metrics, data.drift
+    drift_batches = sorted(set(drift["batch_id"].to_list())) if drift.height else []
+    drawn = [
+        (f"prequential {metric}", metric_chart(metrics, metric, drift_batches))
+        for metric in (sorted(set(metrics["metric"].to_list())) if metrics.height else [])
+    ]
+    if data.batches.height:
+        drawn += [
+            ("rows per batch", rows_chart(data.batches)),
+            ("batch latency by step", latency_chart(data.batches)),
+        ]
+    return drawn

@@ -1,0 +1,1 @@
+"""Charts and the report page, drawn from frames (no reads)."""

@@ -1,0 +1,139 @@
+"""`tidemill run`: micro-batches of one pipeline in this process, live or drained."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from tidemill.cli import session
+from tidemill.cli.output import err, out, progress_bar
+from tidemill.errors import TidemillError
+
+
+def run(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name from the config.")],
+    drain: Annotated[
+        bool,
+        typer.Option("--drain", help="Process everything available, then exit with a summary."),
+    ] = False,
+    max_batches: Annotated[
+        int | None,
+        typer.Option("--max-batches", min=1, help="Stop after this many committed batches."),
+    ] = None,
+) -> None:
+    """Run micro-batches of PIPELINE in this process (no Prefect needed).
+
+    Without --drain it runs one batch every `every_seconds` until Ctrl-C. While it runs,
+    `tidemill query` reaches the warehouse through this process.
+    """
+    from tidemill.deployments import owner
+    from tidemill.flows.cycle import BatchFailed, run_cycle
+    from tidemill.flows.runtime import Runtime
+
+    config = session.owner(pipeline)
+    spec = config.pipeline(pipeline)
+    runtime = Runtime.open(config)
+    service = owner.serve(runtime)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    reports = []
+    started = time.perf_counter()
+    try:
+        if drain:
+            # nobody needs a snapshot per batch while draining: one every 5 s, one at the end
+            runtime.snapshot_every_seconds = max(runtime.snapshot_every_seconds, 5.0)
+            reports = _drain(runtime, pipeline, max_batches)
+        else:
+            err.print(f"running {pipeline} every {spec.every_seconds:g}s; Ctrl-C stops")
+            while not stop.is_set():
+                tick = time.monotonic()
+                try:
+                    report = run_cycle(runtime, pipeline)
+                except BatchFailed as failure:
+                    err.print(f"[red]{failure}[/red]")
+                    report = failure.report
+                if report.status == "committed":
+                    reports.append(report)
+                    err.print(_one_line(report))
+                if max_batches and len(reports) >= max_batches:
+                    break
+                stop.wait(max(0.0, spec.every_seconds - (time.monotonic() - tick)))
+    except KeyboardInterrupt:
+        err.print("stopped")
+    finally:
+        service.close()
+        runtime.close()
+    _summary(pipeline, reports, time.perf_counter() - started)
+
+
+def _drain(runtime: Any, pipeline: str, max_batches: int | None) -> list[Any]:
+    from tidemill.flows.cycle import BatchFailed, run_cycle
+
+    reports = []
+    failures = 0
+    with progress_bar("rows") as progress:
+        task = progress.add_task(f"draining {pipeline}", total=None)
+        done = 0
+        while True:
+            try:
+                report = run_cycle(runtime, pipeline, drain=True)
+            except BatchFailed as failure:
+                failures += 1
+                err.print(f"[red]{failure}[/red]")
+                if failures >= 3:
+                    raise TidemillError(
+                        f"{pipeline}: 3 batches failed in a row; see `tidemill status`"
+                    ) from None
+                continue
+            failures = 0
+            if report.status == "waiting":
+                raise TidemillError(
+                    f"{pipeline}: no landing files match {runtime.config.pipeline(pipeline).source.path}"
+                )
+            if report.status != "committed":
+                break
+            reports.append(report)
+            done += report.rows_in
+            progress.update(task, completed=done, total=done + report.backlog)
+            if max_batches and len(reports) >= max_batches:
+                break
+    return reports
+
+
+def _one_line(report: Any) -> str:
+    metrics = " ".join(f"{k}={v:.4f}" for k, v in report.metrics.items())
+    return (
+        f"batch {report.batch_id}: {report.rows_in} in, {report.rows_accepted} accepted, "
+        f"{report.rows_quarantined} quarantined, learned {report.rows_learned} -> "
+        f"v{report.model_version} {metrics}"
+    )
+
+
+def _summary(pipeline: str, reports: list[Any], seconds: float) -> None:
+    table = Table(title=f"{pipeline}: {len(reports)} batches in {seconds:.1f}s")
+    for column in ("batches", "rows in", "accepted", "quarantined", "learned", "model", "rows/s"):
+        table.add_column(column, justify="right")
+    rows_in = sum(r.rows_in for r in reports)
+    table.add_row(
+        str(len(reports)),
+        str(rows_in),
+        str(sum(r.rows_accepted for r in reports)),
+        str(sum(r.rows_quarantined for r in reports)),
+        str(sum(r.rows_learned for r in reports)),
+        f"v{reports[-1].model_version}" if reports and reports[-1].model_version else "-",
+        f"{rows_in / seconds:,.0f}" if seconds > 0 else "-",
+    )
+    out.print(table)
+    scored = [r for r in reports if r.metrics]
+    if scored:
+        names = sorted({m for r in scored for m in r.metrics})
+        means = {m: sum(r.metrics.get(m, 0.0) for r in scored) / len(scored) for m in names}
+        out.print(
+            "prequential (mean over batches): "
+            + ", ".join(f"{m}={v:.4f}" for m, v in means.items())
+        )
