@@ -8,7 +8,7 @@ synthetic stream with an abrupt and a gradual concept change.
   `tidemill run --drain` runs it: ledgered ingest, validation, clean, score, partial_fit, an
   fsync'd artifact and one DuckDB transaction per micro-batch of 1, 10, 50 or 500 rows. A
   batch costs about 85 ms whatever its size, so batches of 1 and 10 run on a prefix only.
-- **tidemill model core**: the same model step (tasks/online.py `prequential_step`: encoder
+- **tidemill model core**: the same model step (tasks/learn/prequential.py `prequential_step`: encoder
   update, score, metrics, drift detector, partial_fit) on in-memory Polars frames, without
   the warehouse: the like-for-like comparison with River, which stores nothing either.
 - **River**: `predict_one` then `learn_one` per row: LogisticRegression behind a
@@ -52,8 +52,8 @@ from streams import Stream, drift_stream, flights_stream, phishing_stream  # noq
 from tidemill.config import PipelineConfig, TidemillConfig, parse_config  # noqa: E402
 from tidemill.flows.cycle import run_cycle  # noqa: E402
 from tidemill.flows.runtime import Runtime, fresh_model  # noqa: E402
-from tidemill.tasks.clean import clean_rows  # noqa: E402
-from tidemill.tasks.online import prequential_step  # noqa: E402
+from tidemill.tasks.features.clean import clean_rows  # noqa: E402
+from tidemill.tasks.learn.prequential import prequential_step  # noqa: E402
 
 BATCHES = (1, 10, 50, 500)
 GOAL_BATCHES = (50, 500)  # the goals are stated for batches of 50 rows and more
@@ -217,7 +217,7 @@ def run_pipeline(
 
 def run_core(stream: Stream, model: Model, batch_rows: int, label: str) -> Run:
     """tidemill's model step batch by batch on in-memory frames, as run_cycle takes it
-    (`tasks.online.prequential_step`: encoder update, score, metrics, drift detector,
+    (`tasks.learn.prequential.prequential_step`: encoder update, score, metrics, drift detector,
     partial_fit; a batch with no label changes nothing), with no validation, storage or
     artifact."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -35,9 +35,9 @@ from tidemill.config import load_config  # noqa: E402
 from tidemill.deployments.replayer import load_flights  # noqa: E402
 from tidemill.flows.cycle import run_cycle  # noqa: E402
 from tidemill.flows.runtime import Runtime, fresh_model  # noqa: E402
-from tidemill.tasks.clean import clean_rows  # noqa: E402
-from tidemill.tasks.model import learn, predict  # noqa: E402
-from tidemill.tasks.replay import flight_events, landing_rows  # noqa: E402
+from tidemill.tasks.features.clean import clean_rows  # noqa: E402
+from tidemill.tasks.learn.state import learn, predict  # noqa: E402
+from tidemill.tasks.synthetic.flights import flight_events, landing_rows  # noqa: E402
 
 
 def _tidemill(rows: pl.DataFrame, batch_rows: int, workdir: Path) -> list[float]:

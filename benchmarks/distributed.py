@@ -1,12 +1,12 @@
 """Data-parallel learning on Dask: throughput and prequential accuracy of 1, 2 and 4 workers.
 
 Every configuration runs the same model step on the same stream, batch after batch:
-tasks/distributed.py `sharded_step` folds the batch into the encoder once, cuts it into
+tasks/learn/shards.py `sharded_step` folds the batch into the encoder once, cuts it into
 contiguous shards, and each shard is encoded, scored by the model as it was before the
 batch (prequential), and learned from that same start; the shard models are merged into
 one version. With 2 and 4 workers the shards run on a `distributed.LocalCluster`
 (`processes=True, threads_per_worker=1`, the cluster prefect-dask starts), one shard a
-worker. With 1 worker the step is tasks/online.py `prequential_step` in this process (what
+worker. With 1 worker the step is tasks/learn/prequential.py `prequential_step` in this process (what
 the pipeline runs today), with BLAS limited to one thread like each Dask worker (the default
 two OpenBLAS threads made the MLP 5-8x slower on these loaded shared cores: measured and
 printed below the table). Timed: the whole step (encoder update, shipping, encode + score +
@@ -52,7 +52,10 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(REPO))
 
 from tidemill.deployments.replayer import load_flights  # noqa: E402
-from tidemill.tasks.distributed import (  # noqa: E402
+from tidemill.tasks.features.encode import FeatureEncoder  # noqa: E402
+from tidemill.tasks.learn.estimators import make_estimator  # noqa: E402
+from tidemill.tasks.learn.prequential import prequential_step  # noqa: E402
+from tidemill.tasks.learn.shards import (  # noqa: E402
     HEAVY_ESTIMATORS,
     MIN_SHARD_ROWS,
     ShardMap,
@@ -62,10 +65,8 @@ from tidemill.tasks.distributed import (  # noqa: E402
     should_distribute,
     split_frame,
 )
-from tidemill.tasks.encode import FeatureEncoder  # noqa: E402
-from tidemill.tasks.model import ModelState, Scores, make_estimator  # noqa: E402
-from tidemill.tasks.online import prequential_step  # noqa: E402
-from tidemill.tasks.replay import flight_events  # noqa: E402
+from tidemill.tasks.learn.state import ModelState, Scores  # noqa: E402
+from tidemill.tasks.synthetic.flights import flight_events  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "distributed.txt"
 WORKERS = (1, 2, 4)
@@ -182,7 +183,7 @@ Step = Callable[[ModelState, pl.DataFrame, str], Outcome]
 
 
 def in_process(state: ModelState, rows: pl.DataFrame, target: str) -> Outcome:
-    """Today's step: tasks/online.py prequential_step in this process."""
+    """Today's step: tasks/learn/prequential.py prequential_step in this process."""
     step = prequential_step(state, rows, target)
     return step.scores, step.learned, 0.0
 
@@ -476,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *table(rows),
         "",
-        "should_distribute (tasks/distributed.py): estimator in HEAVY_ESTIMATORS"
+        "should_distribute (tasks/learn/shards.py): estimator in HEAVY_ESTIMATORS"
         f" ({', '.join(sorted(HEAVY_ESTIMATORS))}), workers >= 2 and batch_rows // workers >="
         f" MIN_SHARD_ROWS ({MIN_SHARD_ROWS:,}).",
         "",

@@ -63,7 +63,7 @@ from tidemill.deployments import stack  # noqa: E402
 from tidemill.deployments.replayer import load_flights  # noqa: E402
 from tidemill.deployments.worker import ready_file  # noqa: E402
 from tidemill.settings import get_settings  # noqa: E402
-from tidemill.tasks.replay import flight_events, landing_rows  # noqa: E402
+from tidemill.tasks.synthetic.flights import flight_events, landing_rows  # noqa: E402
 from tidemill.warehouse.snapshot import snapshot_path  # noqa: E402
 
 CADENCE = 5

@@ -35,7 +35,7 @@ from history import CONFIG, batch_file  # noqa: E402
 from tidemill.config import load_config  # noqa: E402
 from tidemill.flows.cycle import run_cycle  # noqa: E402
 from tidemill.flows.runtime import Runtime  # noqa: E402
-from tidemill.tasks.retention import RetentionPolicy  # noqa: E402
+from tidemill.tasks.judge.retention import RetentionPolicy  # noqa: E402
 from tidemill.warehouse.connection import database_path  # noqa: E402
 from tidemill.warehouse.retention import run_maintenance  # noqa: E402
 

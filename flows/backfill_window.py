@@ -23,20 +23,20 @@ from tidemill.config import PostgresSource, RedisStreamSource
 from tidemill.errors import TidemillError
 from tidemill.flows.cycle import batch_features, drop_erased, pii_key, raw_format
 from tidemill.flows.runtime import PipelineState, Runtime, fresh_model
-from tidemill.tasks.aggregate import (
+from tidemill.tasks.features.aggregate import (
     previous_window_keys,
     target_value,
     window_partials,
     window_start,
 )
-from tidemill.tasks.clean import clean_rows
-from tidemill.tasks.lags import lag_history
-from tidemill.tasks.landing import Arrival, read_arrival
-from tidemill.tasks.model import parameters_sha256
-from tidemill.tasks.online import prequential_step
-from tidemill.tasks.pii import protected_records
-from tidemill.tasks.postgres_source import read_window
-from tidemill.tasks.validate import content_hashes, validate_records
+from tidemill.tasks.features.clean import clean_rows
+from tidemill.tasks.features.lags import lag_history
+from tidemill.tasks.learn.prequential import prequential_step
+from tidemill.tasks.learn.state import parameters_sha256
+from tidemill.tasks.records.pii import protected_records
+from tidemill.tasks.records.validate import content_hashes, validate_records
+from tidemill.tasks.sources.files import Arrival, read_arrival
+from tidemill.tasks.sources.postgres import read_window
 from tidemill.warehouse import backfills, erasure, registry
 from tidemill.warehouse.batches import BatchRecord, next_batch_id, window_stats
 from tidemill.warehouse.batches import lag_history as stored_lag_history
@@ -73,7 +73,7 @@ def source_records(
 ) -> pl.DataFrame:
     """Every record of the source with event time in [start, end), with `_file`: of the
     landing files, or of the table (straight from it, whatever its cursor says). Personal
-    fields are protected with `pii_key` as the live ingest does (tasks/pii.py)."""
+    fields are protected with `pii_key` as the live ingest does (tasks/records/pii.py)."""
     config = state.config
     source = config.source
     if isinstance(source, RedisStreamSource):

@@ -32,24 +32,25 @@ from tidemill.config import (
 from tidemill.errors import TidemillError
 from tidemill.flows.runtime import PipelineState, Runtime, fresh_model, log
 from tidemill.keys import get_key
-from tidemill.tasks.aggregate import (
+from tidemill.tasks.drift.shift import PSI_ALERT
+from tidemill.tasks.features.aggregate import (
     merge_window_stats,
     previous_window_keys,
     target_value,
     window_partials,
     with_window_features,
 )
-from tidemill.tasks.clean import clean_rows
-from tidemill.tasks.drift import PSI_ALERT
-from tidemill.tasks.lags import lag_history, with_target_lags
-from tidemill.tasks.landing import Known, discover, landing_paths, read_arrival
-from tidemill.tasks.model import ModelState, parameters_sha256
-from tidemill.tasks.online import Step, next_batch_rows, prequential_step
-from tidemill.tasks.pii import protected_header, protected_records, without_erased
-from tidemill.tasks.postgres_source import read_since
-from tidemill.tasks.promotion import ScoreWindow, decide
-from tidemill.tasks.redis_stream import StreamReader
-from tidemill.tasks.validate import content_hashes, validate_records
+from tidemill.tasks.features.clean import clean_rows
+from tidemill.tasks.features.lags import lag_history, with_target_lags
+from tidemill.tasks.judge.batch_size import next_batch_rows
+from tidemill.tasks.judge.promotion import ScoreWindow, decide
+from tidemill.tasks.learn.prequential import Step, prequential_step
+from tidemill.tasks.learn.state import ModelState, parameters_sha256
+from tidemill.tasks.records.pii import protected_header, protected_records, without_erased
+from tidemill.tasks.records.validate import content_hashes, validate_records
+from tidemill.tasks.sources.files import Known, discover, landing_paths, read_arrival
+from tidemill.tasks.sources.postgres import read_since
+from tidemill.tasks.sources.redis_stream import StreamReader
 from tidemill.warehouse import cursors, erasure, inbox, registry
 from tidemill.warehouse.batches import (
     BatchRecord,
@@ -121,7 +122,7 @@ def _now() -> datetime:
 def ingest(runtime: Runtime, state: PipelineState, *, drain: bool) -> int:
     """Bring what is new at the pipeline's source into the inbox; returns how many landing
     file versions (or table reads) added to it. Personal fields (`pii`) are protected
-    before the records reach the inbox (tasks/pii.py), so nothing after this sees them."""
+    before the records reach the inbox (tasks/records/pii.py), so nothing after this sees them."""
     if isinstance(state.config.source, PostgresSource):
         return _ingest_table(runtime, state, state.config.source)
     if isinstance(state.config.source, RedisStreamSource):
@@ -165,7 +166,7 @@ def _ingest_stream(runtime: Runtime, state: PipelineState, source: RedisStreamSo
     the inbox already holds a batch. The records and the ids read commit together (the
     `_cursors` row of the stream and group); the entries are acknowledged only after
     that commit, and the next read first acknowledges the ids recorded, so an entry is
-    neither lost nor stored twice whenever the process stops (tasks/redis_stream.py)."""
+    neither lost nor stored twice whenever the process stops (tasks/sources/redis_stream.py)."""
     config = state.config
     if inbox.backlog(runtime.con, config.name) >= config.batch_rows:
         return 0

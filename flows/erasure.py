@@ -42,11 +42,11 @@ from tidemill.flows.replay_model import fresh_candidate, lineage, relearn, repla
 from tidemill.flows.resident import resident_runtime
 from tidemill.flows.runtime import PipelineState, Runtime
 from tidemill.keys import get_key
-from tidemill.tasks.aggregate import target_value, window_partials, window_start
-from tidemill.tasks.model import ModelState, parameters_sha256
-from tidemill.tasks.online import ShardRecord
-from tidemill.tasks.pii import subject_digest
-from tidemill.tasks.promotion import ScoreWindow
+from tidemill.tasks.features.aggregate import target_value, window_partials, window_start
+from tidemill.tasks.judge.promotion import ScoreWindow
+from tidemill.tasks.learn.prequential import ShardRecord
+from tidemill.tasks.learn.state import ModelState, parameters_sha256
+from tidemill.tasks.records.pii import subject_digest
 from tidemill.warehouse import erasure, history, registry
 from tidemill.warehouse.backfills import replace_windows
 from tidemill.warehouse.batches import replace_lag_history

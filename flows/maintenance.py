@@ -23,9 +23,9 @@ from tidemill.config import deployment_name
 from tidemill.durable import write_atomic
 from tidemill.flows.resident import resident_runtime
 from tidemill.flows.runtime import Runtime
+from tidemill.tasks.judge.retention import RetentionPolicy
 from tidemill.tasks.report.charts import page_charts
 from tidemill.tasks.report.page import data_url, render_page
-from tidemill.tasks.retention import RetentionPolicy
 from tidemill.warehouse.reports import report_data
 from tidemill.warehouse.retention import GRACE, MaintenanceReport, run_maintenance
 

@@ -21,16 +21,16 @@ from tidemill.config import PipelineConfig
 from tidemill.errors import TidemillError
 from tidemill.flows.cycle import batch_features
 from tidemill.flows.runtime import fresh_model
-from tidemill.tasks.aggregate import (
+from tidemill.tasks.features.aggregate import (
     merge_window_stats,
     previous_window_keys,
     target_value,
     window_partials,
 )
-from tidemill.tasks.clean import in_batch_order
-from tidemill.tasks.distributed import sharded_learner
-from tidemill.tasks.model import ModelState, parameters_sha256
-from tidemill.tasks.online import Step, learn_here, prequential_step
+from tidemill.tasks.features.clean import in_batch_order
+from tidemill.tasks.learn.prequential import Step, learn_here, prequential_step
+from tidemill.tasks.learn.shards import sharded_learner
+from tidemill.tasks.learn.state import ModelState, parameters_sha256
 from tidemill.warehouse import history, registry
 from tidemill.warehouse.connection import Connection
 

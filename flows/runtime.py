@@ -21,17 +21,19 @@ import threadpoolctl
 
 from tidemill.config import DistributedSpec, FilesSource, ModelSpec, PipelineConfig, TidemillConfig
 from tidemill.settings import Settings, get_settings
-from tidemill.tasks.aggregate import aggregate_feature_names
-from tidemill.tasks.distributed import dask_map, sharded_learner, should_distribute
-from tidemill.tasks.drift import Adwin, FeatureShift, PageHinkley
-from tidemill.tasks.encode import FeatureEncoder
-from tidemill.tasks.lags import lag_feature_names
-from tidemill.tasks.landing import column_values, header_of
-from tidemill.tasks.metrics import DEFAULT_METRIC
-from tidemill.tasks.model import ModelState, make_estimator
-from tidemill.tasks.online import Learner, learn_here
-from tidemill.tasks.promotion import ScoreWindow
-from tidemill.tasks.validate import class_labels
+from tidemill.tasks.drift.detectors import Adwin, PageHinkley
+from tidemill.tasks.drift.shift import FeatureShift
+from tidemill.tasks.features.aggregate import aggregate_feature_names
+from tidemill.tasks.features.encode import FeatureEncoder
+from tidemill.tasks.features.lags import lag_feature_names
+from tidemill.tasks.judge.promotion import ScoreWindow
+from tidemill.tasks.learn.estimators import make_estimator
+from tidemill.tasks.learn.metrics import DEFAULT_METRIC
+from tidemill.tasks.learn.prequential import Learner, learn_here
+from tidemill.tasks.learn.shards import dask_map, sharded_learner, should_distribute
+from tidemill.tasks.learn.state import ModelState
+from tidemill.tasks.records.validate import class_labels
+from tidemill.tasks.sources.files import column_values, header_of
 from tidemill.warehouse import registry
 from tidemill.warehouse.compact import Compacted, compact
 from tidemill.warehouse.connection import (
@@ -356,7 +358,7 @@ class Runtime:
 
     def learner(self, config: PipelineConfig, candidate: str, rows: int) -> Learner:
         """How `candidate` learns a batch of `rows` rows: in this process, or in shards on
-        the pipeline's Dask cluster when `distributed` says so (tasks/distributed.py)."""
+        the pipeline's Dask cluster when `distributed` says so (tasks/learn/shards.py)."""
         spec = config.distributed
         specs = {s.name: s for s in config.candidates}
         if spec is None or candidate not in specs:

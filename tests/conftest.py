@@ -14,7 +14,7 @@ import pytest
 
 from tidemill.config import TidemillConfig, load_config
 from tidemill.deployments.replayer import load_flights
-from tidemill.tasks.replay import flight_events, landing_rows
+from tidemill.tasks.synthetic.flights import flight_events, landing_rows
 
 ELEC_TOML = """
 [state]

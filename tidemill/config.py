@@ -58,7 +58,7 @@ _IDENTIFIER_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$
 
 
 class PostgresSource(_Strict):
-    """A PostgreSQL table read incrementally by a cursor column (see tasks/postgres_source.py).
+    """A PostgreSQL table read incrementally by a cursor column (see tasks/sources/postgres.py).
 
     Reads are inclusive on the last cursor value and de-duplicated on the pipeline's key
     (like dlt), so rows written with the same cursor value as the last read's maximum are
@@ -101,13 +101,13 @@ class PostgresSource(_Strict):
         return f"postgres:{self.table}"
 
 
-# --- redis_stream source (tasks/redis_stream.py) ---------------------------------------
+# --- redis_stream source (tasks/sources/redis_stream.py) ---------------------------------------
 LOCAL_BROKER = "local"
 _STREAM_NAME = re.compile(r"^[^\s\x00-\x1f]{1,200}$")
 
 
 class RedisStreamSource(_Strict):
-    """A Redis stream read through a consumer group (see tasks/redis_stream.py).
+    """A Redis stream read through a consumer group (see tasks/sources/redis_stream.py).
 
     The pipeline is one consumer of the group: it takes its own unacknowledged entries
     first, then new ones, and acknowledges them only once they are stored, so a crash
@@ -288,7 +288,7 @@ class AdaptiveBatch(_Strict):
 
 
 class DistributedSpec(_Strict):
-    """Data-parallel learning on a Dask cluster (tasks/distributed.py): each worker learns
+    """Data-parallel learning on a Dask cluster (tasks/learn/shards.py): each worker learns
     a shard of the batch from the same model, the owner merges the shard models."""
 
     workers: int = Field(ge=2, le=256, description="Shards per batch: one per Dask worker.")
@@ -299,7 +299,7 @@ class DistributedSpec(_Strict):
     )
     mode: Literal["auto", "always"] = Field(
         default="auto",
-        description="auto: shard a batch only when it pays (tasks/distributed.py "
+        description="auto: shard a batch only when it pays (tasks/learn/shards.py "
         "`should_distribute`: a heavy estimator and large shards; measured on 2 shared "
         "cores, never); always: every batch of every candidate.",
     )
@@ -436,7 +436,7 @@ class PipelineConfig(_Strict):
         default=None,
         description="Column that identifies a data subject (e.g. a customer's email), by "
         "which `tidemill erase` finds their rows: the key or a feature, stored as is or "
-        "hashed (tasks/pii.py `subject_value` gives its stored form).",
+        "hashed (tasks/records/pii.py `subject_value` gives its stored form).",
     )
 
     @field_validator("name")

@@ -23,7 +23,7 @@ from tidemill.warehouse.registry import ModelVersion, record_event, record_heads
 from tidemill.warehouse.transaction import transaction
 
 if TYPE_CHECKING:
-    from tidemill.tasks.online import ShardRecord
+    from tidemill.tasks.learn.prequential import ShardRecord
 
 
 @dataclass(frozen=True)

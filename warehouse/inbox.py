@@ -14,7 +14,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from tidemill.tasks.landing import Arrival
+from tidemill.tasks.sources.files import Arrival
 from tidemill.warehouse.pipeline_tables import PipelineTables, q
 from tidemill.warehouse.transaction import transaction
 

@@ -16,7 +16,7 @@ import duckdb
 
 from tidemill.config import PipelineConfig
 from tidemill.errors import TidemillError
-from tidemill.tasks.clean import time_feature_column
+from tidemill.tasks.features.clean import time_feature_column
 from tidemill.warehouse.transaction import transaction
 
 

@@ -18,8 +18,8 @@ import polars as pl
 
 from tidemill.config import PipelineConfig
 from tidemill.errors import TidemillError
-from tidemill.tasks.parse import amend_record
-from tidemill.tasks.validate import parse_timestamp, validate_records
+from tidemill.tasks.records.parse import amend_record
+from tidemill.tasks.records.validate import parse_timestamp, validate_records
 from tidemill.warehouse.batches import known_keys
 from tidemill.warehouse.inbox import headers
 from tidemill.warehouse.pipeline_tables import PipelineTables, declared_columns, lit, q

@@ -32,8 +32,12 @@ import hmac
 import io
 import json
 import platform
+import sys
+import threading
+import types
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -49,10 +53,14 @@ from sklearn.exceptions import InconsistentVersionWarning
 from tidemill.durable import write_atomic
 from tidemill.errors import TidemillError
 from tidemill.keys import get_key
+from tidemill.tasks.drift.detectors import Adwin, PageHinkley
+from tidemill.tasks.drift.shift import FeatureShift
+from tidemill.tasks.features.encode import FeatureEncoder, RunningMoments
+from tidemill.tasks.learn.state import ModelState, Scores
 from tidemill.warehouse.transaction import transaction
 
 if TYPE_CHECKING:
-    from tidemill.tasks.online import ShardRecord
+    from tidemill.tasks.learn.prequential import ShardRecord
 
 ARTIFACTS_DIR = "artifacts"
 SIGNATURE_SCHEME = "tidemill-artifact-v1"
@@ -173,7 +181,7 @@ def load_artifact(state_dir: Path, version: ModelVersion) -> Any:
     _check_libraries(version)
     try:
         # The filter is process-wide while it lasts; only unpickling raises this warning.
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _legacy_module_names():
             warnings.simplefilter("error", InconsistentVersionWarning)
             return joblib.load(io.BytesIO(data))
     except InconsistentVersionWarning as mismatch:
@@ -188,6 +196,38 @@ def load_artifact(state_dir: Path, version: ModelVersion) -> Any:
         raise ArtifactIntegrityError(
             f"artifact of {name} cannot be unpickled by this code: {type(error).__name__}: {first}"
         ) from error
+
+
+_LEGACY_LOCK = threading.Lock()
+
+
+@contextmanager
+def _legacy_module_names() -> Iterator[None]:
+    """Let artifacts pickled before tidemill became one package (classes under the
+    top-level `tasks.model`, `tasks.encode`, `tasks.drift`) unpickle as the classes that
+    hold the same fields today. The old names exist only while one artifact loads, so no
+    other import can see them."""
+    classes: dict[str, list[type]] = {
+        "tasks.model": [ModelState, Scores],
+        "tasks.encode": [FeatureEncoder, RunningMoments],
+        "tasks.drift": [Adwin, PageHinkley, FeatureShift],
+    }
+    aliases = {"tasks": types.ModuleType("tasks")}
+    for name, members in classes.items():
+        aliases[name] = types.ModuleType(name)
+        for cls in members:
+            setattr(aliases[name], cls.__name__, cls)
+    with _LEGACY_LOCK:
+        saved = {name: sys.modules.get(name) for name in aliases}
+        sys.modules.update(aliases)
+        try:
+            yield
+        finally:
+            for name, module in saved.items():
+                if module is None:
+                    sys.modules.pop(name, None)
+                else:
+                    sys.modules[name] = module
 
 
 def _artifact_bytes(state_dir: Path, version: ModelVersion) -> bytes:

@@ -2,7 +2,7 @@
 
 Two steps, for one pipeline at a time:
 
-- **prune**: the versions `tasks.retention` lets go are marked `artifact_pruned_at` in a
+- **prune**: the versions `tasks.judge.retention` lets go are marked `artifact_pruned_at` in a
   committed transaction, THEN their files are deleted. A crash in between leaves files no
   kept version names, which the sweep removes next time; never a kept row without its
   file. A pruned row is never loaded (the champion and every head are always kept; loading
@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import duckdb
 import polars as pl
 
-from tidemill.tasks.retention import (
+from tidemill.tasks.judge.retention import (
     HEAD_STATUSES,
     VERSION_SCHEMA,
     RetentionPolicy,

@@ -62,7 +62,7 @@ from tidemill.deployments.query_service import OwnerUnavailable, QueryRefused, a
 from tidemill.deployments.replayer import load_flights
 from tidemill.deployments.supervisor import read_status
 from tidemill.settings import get_settings
-from tidemill.tasks.replay import flight_events, landing_rows
+from tidemill.tasks.synthetic.flights import flight_events, landing_rows
 from tidemill.warehouse.connection import open_readonly
 from tidemill.warehouse.registry import sha256_of
 from tidemill.warehouse.retention import sweep_artifacts

@@ -26,7 +26,7 @@ import polars as pl
 import pytest
 
 import tidemill.flows.cycle as cycle_module
-import tidemill.tasks.landing as landing_module
+import tidemill.tasks.sources.files as landing_module
 from tidemill.config import load_config
 from tidemill.flows.cycle import BatchFailed, run_cycle
 from tidemill.flows.runtime import Runtime

@@ -12,7 +12,7 @@ import pytest
 from tidemill.config import ConfigError, TidemillConfig, load_config
 from tidemill.deployments import stack
 from tidemill.deployments.replayer import UnknownDataSet, dataset, replay_dataset, serve_replay
-from tidemill.tasks.transactions import EVENT_COLUMNS
+from tidemill.tasks.synthetic.transactions import EVENT_COLUMNS
 
 REPO = Path(__file__).parents[2]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 
 from tidemill.deployments.replayer import load_flights, replay
-from tidemill.tasks.replay import EVENT_COLUMNS, flight_events
+from tidemill.tasks.synthetic.flights import EVENT_COLUMNS, flight_events
 
 START = datetime(2013, 1, 1, 10, 0, tzinfo=UTC)
 N_EVENTS = 400

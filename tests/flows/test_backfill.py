@@ -12,7 +12,7 @@ from tidemill.config import load_config
 from tidemill.flows.backfill_window import BackfillError, run_backfill
 from tidemill.flows.cycle import run_cycle
 from tidemill.flows.runtime import Runtime
-from tidemill.tasks.aggregate import window_partials
+from tidemill.tasks.features.aggregate import window_partials
 from tidemill.warehouse import backfills
 
 REPO = Path(__file__).parents[2]

@@ -22,7 +22,7 @@ from tidemill.flows.cycle import run_cycle
 from tidemill.flows.maintenance import maintenance
 from tidemill.flows.resident import install
 from tidemill.flows.runtime import Runtime
-from tidemill.tasks.retention import RetentionPolicy
+from tidemill.tasks.judge.retention import RetentionPolicy
 from tidemill.warehouse.retention import run_maintenance
 
 

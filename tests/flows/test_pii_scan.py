@@ -41,9 +41,9 @@ from tidemill.flows.backfill_window import run_backfill
 from tidemill.flows.cycle import run_cycle
 from tidemill.flows.runtime import Runtime
 from tidemill.keys import get_key
-from tidemill.tasks.pii import pseudonym
-from tidemill.tasks.replay import landing_rows
-from tidemill.tasks.transactions import EVENT_COLUMNS, transaction_events
+from tidemill.tasks.records.pii import pseudonym
+from tidemill.tasks.synthetic.flights import landing_rows
+from tidemill.tasks.synthetic.transactions import EVENT_COLUMNS, transaction_events
 
 REPO = Path(__file__).parents[2]
 PIPELINE = "transactions"
@@ -466,7 +466,7 @@ def test_prefect_runs_leave_no_plaintext_in_artifacts_logs_events_or_database(
     from tidemill.flows.erasure import erasure_flow
     from tidemill.flows.micro_batch import micro_batch
     from tidemill.flows.resident import install
-    from tidemill.tasks.pii import subject_digest, subject_value
+    from tidemill.tasks.records.pii import subject_digest, subject_value
 
     def flow_batches() -> int:
         """Scheduled-like runs until one finds nothing to do; how many committed."""

@@ -18,7 +18,7 @@ from tidemill.config import load_config
 from tidemill.flows.backfill_window import run_backfill
 from tidemill.flows.cycle import CycleReport, run_cycle
 from tidemill.flows.runtime import Runtime
-from tidemill.tasks.postgres_source import SourceError, row_line
+from tidemill.tasks.sources.postgres import SourceError, row_line
 
 pytestmark = pytest.mark.slow
 

@@ -22,8 +22,8 @@ from tidemill.config import load_config
 from tidemill.deployments import redis_server
 from tidemill.flows.cycle import CycleReport, run_cycle
 from tidemill.flows.runtime import Runtime
-from tidemill.tasks.redis_stream import StreamError, entry_line
-from tidemill.tasks.sensors import publish_readings, replay_readings, sensor_readings
+from tidemill.tasks.sources.redis_stream import StreamError, entry_line
+from tidemill.tasks.synthetic.sensors import publish_readings, replay_readings, sensor_readings
 
 pytestmark = pytest.mark.slow
 

@@ -8,6 +8,8 @@ a foreign pickle dropped in the folder does the same if anything ever loads it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import sys
 import textwrap
@@ -28,6 +30,11 @@ from sklearn.linear_model import SGDClassifier
 from tidemill.config import load_config
 from tidemill.flows.cycle import run_cycle
 from tidemill.flows.runtime import Runtime
+from tidemill.keys import get_key
+from tidemill.tasks.drift.detectors import Adwin
+from tidemill.tasks.drift.shift import FeatureShift
+from tidemill.tasks.features.encode import FeatureEncoder
+from tidemill.tasks.learn.state import ModelState, learn, parameters_sha256
 from tidemill.warehouse import registry
 from tidemill.warehouse.connection import open_warehouse
 from tidemill.warehouse.retention import run_maintenance
@@ -350,3 +357,61 @@ def test_a_refused_artifact_fails_its_pipeline_and_no_other(
         runtime.close()
     assert not (folder / "v000099-b99.joblib").exists()  # the janitor took it, unopened
     assert _markers(tmp_path) == []
+
+
+LEGACY_MODULES = {  # where earlier releases pickled tidemill's classes from
+    "tidemill.tasks.learn.state": "tasks.model",
+    "tidemill.tasks.features.encode": "tasks.encode",
+    "tidemill.tasks.drift.detectors": "tasks.drift",
+    "tidemill.tasks.drift.shift": "tasks.drift",
+}
+
+
+def test_an_artifact_pickled_under_the_old_top_level_names_loads_as_todays_classes(
+    tmp_path: Path, con: duckdb.DuckDBPyConnection
+) -> None:
+    """State folders written before tidemill became one package hold artifacts whose
+    classes are named tasks.learn.state.ModelState, tasks.features.encode.FeatureEncoder, ...: the
+    worker must go on serving them after an upgrade."""
+    state = ModelState(
+        estimator=SGDClassifier(loss="log_loss", random_state=0),
+        encoder=FeatureEncoder(numeric=["x"], categorical=[], max_categories=8),
+        task="classification",
+        classes=["0", "1"],
+        detector=Adwin(),
+        shift=FeatureShift(features=["x"], reference_rows=10, window_rows=10),
+    )
+    learned = learn(state, np.array([[0.0], [1.0], [2.0], [3.0]]), np.array(["0", "0", "1", "1"]))
+    row = registry.write_version(
+        con,
+        tmp_path,
+        "p",
+        learned,
+        estimator="sgd_classifier",
+        params={},
+        parent_version=None,
+        batch_id=1,
+        status="champion",
+        metrics={},
+        created_at=datetime(2024, 1, 1),
+        candidate="main",
+        params_sha256=parameters_sha256(learned),
+    )
+    buffer = io.BytesIO()
+    joblib.dump(learned, buffer, protocol=0)  # text opcodes: module names can be swapped
+    legacy = buffer.getvalue()
+    for today, before in LEGACY_MODULES.items():
+        legacy = legacy.replace(f"c{today}\n".encode(), f"c{before}\n".encode())
+    assert b"ctidemill." not in legacy and b"ctasks.model\nModelState\n" in legacy
+    (tmp_path / row.artifact_path).write_bytes(legacy)
+    sha = hashlib.sha256(legacy).hexdigest()
+    key = get_key(tmp_path, "artifact")
+    row = dataclasses.replace(
+        row, sha256=sha, artifact_signature=registry.artifact_signature(key, "p", 1, sha)
+    )
+    loaded = registry.load_artifact(tmp_path, row)
+    assert type(loaded) is ModelState
+    assert type(loaded.encoder) is FeatureEncoder and type(loaded.detector) is Adwin
+    assert type(loaded.shift) is FeatureShift
+    assert parameters_sha256(loaded) == parameters_sha256(learned)
+    assert "tasks" not in sys.modules and "tasks.model" not in sys.modules  # only while loading

@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from tidemill.keys import get_key
-from tidemill.tasks.retention import RetentionPolicy
+from tidemill.tasks.judge.retention import RetentionPolicy
 from tidemill.warehouse import registry
 from tidemill.warehouse.connection import open_warehouse
 from tidemill.warehouse.retention import prune_artifacts, run_maintenance, sweep_artifacts

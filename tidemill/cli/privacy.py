@@ -11,7 +11,7 @@ from tidemill.cli.access import command
 from tidemill.cli.output import out
 from tidemill.errors import TidemillError
 from tidemill.keys import get_key
-from tidemill.tasks.pii import subject_digest, subject_value
+from tidemill.tasks.records.pii import subject_digest, subject_value
 
 
 def erase(

@@ -86,7 +86,7 @@ def quarantine_show(
     """One quarantined record: its file and line, every reason, its raw text, the fields
     it splits into, and whether it was re-admitted."""
     from tidemill.config import FilesSource
-    from tidemill.tasks.parse import record_fields
+    from tidemill.tasks.records.parse import record_fields
 
     owner = session.owner(pipeline)
     spec = owner.pipeline(pipeline)

@@ -1,0 +1,1 @@
+"""Clean rows and the features models learn from: windows, lags, encodings."""

@@ -1,0 +1,1 @@
+"""Decisions: drift, promotion of a challenger, batch size, which artifacts to keep."""

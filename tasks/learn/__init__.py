@@ -1,0 +1,1 @@
+"""Models that learn batch by batch: estimators, their state, prequential steps, shards."""

@@ -1,0 +1,370 @@
+"""Reading a PostgreSQL table incrementally by a cursor column, as records.
+
+Like dlt's incremental loading: a read takes the rows whose cursor is >= the last cursor
+value read (INCLUSIVE) and skips those at exactly that value whose key was already read,
+ordered by (cursor, key) and at most `limit` of them. So rows written later with the same
+cursor value as the last read's maximum (same timestamp, or a read cut off by `limit` in
+the middle of one value) are neither missed nor read twice. Rows whose cursor is NULL are
+never read.
+
+A row whose cursor moves forward (an update) is read again; its key then repeats one
+already stored, and validation quarantines it: updates are not merged.
+
+Values become the text the CSV reader would hold: timestamps ISO-8601 UTC with `Z`
+(a `timestamp` without time zone is taken as UTC), dates `YYYY-MM-DD`, booleans
+`true`/`false`, numbers via `str`, NULL -> null. A row holding a value that has no text
+form (JSON objects, arrays, binary, out-of-range timestamps) becomes a record with a
+`_reject` reason, never an exception. `_line` is a stable number derived from the key, so
+the same row is recognised across reads (backfills use it); `_raw` is the row as JSON.
+
+The conversion (:func:`records_from_rows`, :func:`next_position`) is pure; only
+:func:`read_since` and :func:`read_window` talk to the server (psycopg 3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import polars as pl
+
+from tidemill.errors import TidemillError
+from tidemill.tasks.records.validate import parse_timestamp
+
+CONNECT_TIMEOUT_SECONDS = 5
+_TIMESTAMP_OIDS = {1082, 1114, 1184}  # date, timestamp, timestamptz
+_TEXT_LIKE: tuple[type, ...] = (
+    UUID,
+    ipaddress.IPv4Address,
+    ipaddress.IPv6Address,
+    ipaddress.IPv4Interface,
+    ipaddress.IPv6Interface,
+    ipaddress.IPv4Network,
+    ipaddress.IPv6Network,
+)
+
+
+class SourceError(TidemillError, RuntimeError):
+    """The table cannot be read (server down, no such table or column): one line naming
+    the source. The inbox and cursor are untouched; the next cycle tries again."""
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A value the driver could not turn into a Python object (e.g. timestamp 'infinity',
+    a year past 9999): its text as the server sent it."""
+
+    text: str
+    type_name: str
+
+
+@dataclass(frozen=True)
+class CursorPosition:
+    """How far a table has been read: the last cursor value (PostgreSQL's own text of it)
+    and the keys (as text) of the rows read at exactly that value."""
+
+    last_value: str | None = None
+    keys_at_last: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Read:
+    """One incremental read: its records and the position after it."""
+
+    records: pl.DataFrame
+    position: CursorPosition
+
+
+# ----------------------------------------------------------------- pure conversion
+
+
+class _NoText(ValueError):
+    """A value that has no text form; the message says what it is."""
+
+
+def value_text(value: object) -> str | None:
+    """The text a CSV field would hold for a fetched value (None for NULL).
+
+    Raises _NoText for values with no scalar text form.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, Decimal):
+        return format(value, "f") if value.is_finite() else str(value)
+    if isinstance(value, datetime):
+        utc = value.astimezone(UTC) if value.tzinfo else value
+        fraction = f".{utc.microsecond:06d}".rstrip("0") if utc.microsecond else ""
+        return f"{utc:%Y-%m-%dT%H:%M:%S}{fraction}Z"
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return str(value.total_seconds())
+    if isinstance(value, _TEXT_LIKE):
+        return str(value)
+    if isinstance(value, Unreadable):
+        raise _NoText(f"'{value.text}' is not a readable {value.type_name}")
+    if isinstance(value, dict | list | tuple):
+        raise _NoText("is a nested value")
+    if isinstance(value, bytes | bytearray | memoryview):
+        raise _NoText("is binary")
+    raise _NoText(f"has no text form ({type(value).__name__})")
+
+
+def _raw_value(value: object) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(bytes(value))} bytes>"
+    if isinstance(value, Unreadable):
+        return value.text
+    try:
+        return value_text(value)
+    except _NoText:
+        return value  # dict/list: json.dumps shows it; anything else via default=str
+
+
+def row_line(key_text: str | None) -> int:
+    """A stable positive 63-bit number for a key: the row's `_line` in every read."""
+    digest = hashlib.blake2b((key_text or "").encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def records_from_rows(
+    columns: list[str],
+    rows: Sequence[Sequence[object]],
+    key_texts: Sequence[str | None],
+    label: str,
+    event_time: str,
+) -> pl.DataFrame:
+    """Fetched rows (values in `columns` order) -> records shaped like a landing file's:
+    one text column per name in `columns`, `_line` (from `key_texts`), `_raw` (the row as
+    JSON), `_reject`, `_event_at` and `_file` = `label`. A row with any value that has no
+    text form is rejected whole, naming every such column."""
+    texts: list[list[str | None]] = []
+    raws: list[str] = []
+    rejects: list[str | None] = []
+    for row in rows:
+        values: list[str | None] = []
+        problems = []
+        for name, value in zip(columns, row, strict=True):
+            try:
+                values.append(value_text(value))
+            except _NoText as error:
+                values.append(None)
+                problems.append(f"{name} {error}")
+        texts.append([None] * len(columns) if problems else values)
+        rejects.append("; ".join(problems) if problems else None)
+        raw = {name: _raw_value(value) for name, value in zip(columns, row, strict=True)}
+        raws.append(json.dumps(raw, default=str, ensure_ascii=False))
+    data: dict[str, Any] = {c: [t[i] for t in texts] for i, c in enumerate(columns)}
+    data.update(
+        {
+            "_line": [row_line(k) for k in key_texts],
+            "_raw": raws,
+            "_reject": rejects,
+        }
+    )
+    schema: dict[str, Any] = {c: pl.Utf8 for c in columns}
+    schema.update({"_line": pl.Int64, "_raw": pl.Utf8, "_reject": pl.Utf8})
+    frame = pl.DataFrame(data, schema=schema)
+    return frame.with_columns(
+        parse_timestamp(pl.col(event_time)).alias("_event_at"),
+        pl.lit(label, dtype=pl.Utf8).alias("_file"),
+    )
+
+
+def next_position(
+    position: CursorPosition,
+    cursor_values: Sequence[object],
+    cursor_texts: Sequence[str],
+    key_texts: Sequence[str],
+    at_last: Sequence[bool],
+) -> CursorPosition:
+    """The position after a read of rows ordered by (cursor, key): the greatest cursor
+    value read, with the keys read at it (added to those already recorded when it is the
+    value the read started from). `at_last[i]` says the server found row i's cursor equal
+    to `position.last_value`; values are compared as the driver's objects, so numerics of
+    different scale (1.0, 1.00) count as one value."""
+    if not cursor_values:
+        return position
+    top = cursor_values[-1]
+    keys = [k for v, k in zip(cursor_values, key_texts, strict=True) if v == top]
+    if at_last[-1]:
+        merged = dict.fromkeys([*position.keys_at_last, *keys])
+        return CursorPosition(position.last_value, tuple(merged))
+    return CursorPosition(cursor_texts[-1], tuple(dict.fromkeys(keys)))
+
+
+# ----------------------------------------------------------------- I/O
+
+
+def _quoted(name: str) -> Any:
+    from psycopg import sql
+
+    return sql.Identifier(*name.split("."))
+
+
+def _connect(dsn: str, table: str) -> Any:
+    """A read-only connection in UTC whose date/time values never fail to load."""
+    import psycopg
+    from psycopg.types import datetime as pgdt
+
+    try:
+        con = psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+    except psycopg.Error as error:
+        raise SourceError(f"postgres:{table}: cannot connect: {_first_line(error)}") from None
+    con.read_only = True
+    con.execute("SET TimeZone TO 'UTC'")
+    con.execute("SET DateStyle TO 'ISO, YMD'")
+    for name, base in (
+        ("timestamptz", pgdt.TimestamptzLoader),
+        ("timestamp", pgdt.TimestampLoader),
+        ("date", pgdt.DateLoader),
+    ):
+        con.adapters.register_loader(name, _lenient(base, name))
+    return con
+
+
+def _lenient(base: Any, type_name: str) -> type:
+    import psycopg
+
+    def load(self: Any, data: Any) -> Any:
+        try:
+            return base.load(self, data)
+        except psycopg.DataError:
+            return Unreadable(bytes(data).decode(errors="replace"), type_name)
+
+    return type(f"Lenient{base.__name__}", (base,), {"load": load})
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _select(
+    con: Any, query: Any, params: dict[str, object], table: str
+) -> tuple[list[Any], list[Any]]:
+    import psycopg
+
+    try:
+        with con.cursor() as cur:
+            cur.execute(query, params)
+            rows = cur.fetchall()
+            return rows, list(cur.description or [])
+    except psycopg.Error as error:
+        raise SourceError(f"postgres:{table}: cannot read: {_first_line(error)}") from None
+
+
+def read_since(
+    dsn: str,
+    table: str,
+    cursor: str,
+    key: str,
+    columns: list[str],
+    position: CursorPosition,
+    limit: int,
+    event_time: str,
+    label: str,
+) -> Read:
+    """At most `limit` rows of `table` after `position` (see module docstring), as
+    records, with the position after them. Raises SourceError (one line)."""
+    from psycopg import sql
+
+    c, k = sql.Identifier(cursor), sql.Identifier(key)
+    key_text = sql.SQL("coalesce({}::text, '')").format(k)
+    after: Any = sql.SQL("")
+    at_last: Any = sql.SQL("false")
+    params: dict[str, object] = {"limit": limit}
+    if position.last_value is not None:
+        after = sql.SQL(
+            " AND {c} >= %(last)s AND NOT ({c} = %(last)s AND {kt} = ANY(%(seen)s::text[]))"
+        ).format(c=c, kt=key_text)
+        at_last = sql.SQL("{} = %(last)s").format(c)
+        params.update(last=position.last_value, seen=list(position.keys_at_last))
+    query = sql.SQL(
+        "SELECT {cols}, {c}, {c}::text, {kt}, {at_last} FROM {table} AS _t "
+        "WHERE {c} IS NOT NULL{after} ORDER BY _t.{c}, _t.{k} LIMIT %(limit)s"
+    ).format(
+        cols=sql.SQL(", ").join(sql.Identifier(n) for n in columns),
+        c=c,
+        k=k,
+        kt=key_text,
+        at_last=at_last,
+        table=_quoted(table),
+        after=after,
+    )
+    with _connect(dsn, table) as con:
+        rows, _ = _select(con, query, params, table)
+    n = len(columns)
+    keys = [r[n + 2] for r in rows]
+    records = records_from_rows(columns, [r[:n] for r in rows], keys, label, event_time)
+    moved = next_position(
+        position,
+        [r[n] for r in rows],
+        [r[n + 1] for r in rows],
+        keys,
+        [bool(r[n + 3]) for r in rows],
+    )
+    return Read(records=records, position=moved)
+
+
+def read_window(
+    dsn: str,
+    table: str,
+    key: str,
+    columns: list[str],
+    event_time: str,
+    start: datetime,
+    end: datetime,
+    label: str,
+) -> pl.DataFrame:
+    """Every row of `table` with event time in [start, end) (naive = UTC), as records,
+    ignoring the cursor. A date/time event column is filtered by the server; any other
+    (text, epoch numbers) is filtered here after parsing, like landing files."""
+    from psycopg import sql
+
+    e, k = sql.Identifier(event_time), sql.Identifier(key)
+    cols = sql.SQL(", ").join(sql.Identifier(n) for n in columns)
+    source = _quoted(table)
+    with _connect(dsn, table) as con:
+        _, description = _select(
+            con,
+            sql.SQL("SELECT {} FROM {} LIMIT 0").format(e, source),
+            {},
+            table,
+        )
+        by_server = description[0].type_code in _TIMESTAMP_OIDS
+        where = sql.SQL(" WHERE {e} >= %(start)s AND {e} < %(end)s").format(e=e)
+        query = sql.SQL(
+            "SELECT {cols}, coalesce({k}::text, '') FROM {t} AS _t{w} ORDER BY _t.{e}, _t.{k}"
+        )
+        rows, _ = _select(
+            con,
+            query.format(cols=cols, k=k, t=source, w=where if by_server else sql.SQL(""), e=e),
+            {"start": _utc(start), "end": _utc(end)},
+            table,
+        )
+    n = len(columns)
+    records = records_from_rows(
+        columns, [r[:n] for r in rows], [r[n] for r in rows], label, event_time
+    )
+    inside = (pl.col("_event_at") >= start.replace(tzinfo=None)) & (
+        pl.col("_event_at") < end.replace(tzinfo=None)
+    )
+    return records.filter(inside)
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
