@@ -47,13 +47,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from streams import Stream, drift_stream, flights_stream, phishing_stream  # noqa: E402
+from streams import Stream, drift_stream, flights_stream, phishing_stream
 
-from tidemill.config import PipelineConfig, TidemillConfig, parse_config  # noqa: E402
-from tidemill.flows.cycle import run_cycle  # noqa: E402
-from tidemill.flows.runtime import Runtime, fresh_model  # noqa: E402
-from tidemill.tasks.features.clean import clean_rows  # noqa: E402
-from tidemill.tasks.learn.prequential import prequential_step  # noqa: E402
+from tidemill.config import PipelineConfig, TidemillConfig, parse_config
+from tidemill.flows.engine.cycle import run_cycle
+from tidemill.flows.engine.runtime import Runtime
+from tidemill.tasks.features.clean import clean_rows
+from tidemill.tasks.learn.fresh import fresh_model
+from tidemill.tasks.learn.prequential import prequential_step
 
 BATCHES = (1, 10, 50, 500)
 GOAL_BATCHES = (50, 500)  # the goals are stated for batches of 50 rows and more
@@ -175,7 +176,7 @@ def run_pipeline(
         stream.write_landing(workdir / "landing")
         config = tidemill_config(stream, workdir, batch_rows, model, aggregates, challengers)
         runtime = Runtime.open(config)
-        runtime.snapshot_every_seconds = 5.0  # as `tidemill run --drain` publishes
+        runtime.publication.every_seconds = 5.0  # as `tidemill run --drain` publishes
         try:
             began = time.perf_counter()
             while (status := run_cycle(runtime, stream.name, drain=True).status) != "empty":

@@ -31,13 +31,14 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tidemill.config import load_config  # noqa: E402
-from tidemill.deployments.replayer import load_flights  # noqa: E402
-from tidemill.flows.cycle import run_cycle  # noqa: E402
-from tidemill.flows.runtime import Runtime, fresh_model  # noqa: E402
-from tidemill.tasks.features.clean import clean_rows  # noqa: E402
-from tidemill.tasks.learn.state import learn, predict  # noqa: E402
-from tidemill.tasks.synthetic.flights import flight_events, landing_rows  # noqa: E402
+from tidemill.config import load_config
+from tidemill.deployments.replayer import load_flights
+from tidemill.flows.engine.cycle import run_cycle
+from tidemill.flows.engine.runtime import Runtime
+from tidemill.tasks.features.clean import clean_rows
+from tidemill.tasks.learn.fresh import fresh_model
+from tidemill.tasks.learn.state import learn, predict
+from tidemill.tasks.synthetic.flights import flight_events, landing_rows
 
 
 def _tidemill(rows: pl.DataFrame, batch_rows: int, workdir: Path) -> list[float]:

@@ -51,11 +51,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(REPO))
 
-from tidemill.deployments.replayer import load_flights  # noqa: E402
-from tidemill.tasks.features.encode import FeatureEncoder  # noqa: E402
-from tidemill.tasks.learn.estimators import make_estimator  # noqa: E402
-from tidemill.tasks.learn.prequential import prequential_step  # noqa: E402
-from tidemill.tasks.learn.shards import (  # noqa: E402
+from tidemill.deployments.replayer import load_flights
+from tidemill.tasks.features.encode import FeatureEncoder
+from tidemill.tasks.learn.estimators import make_estimator
+from tidemill.tasks.learn.prequential import prequential_step
+from tidemill.tasks.learn.shards import (
     HEAVY_ESTIMATORS,
     MIN_SHARD_ROWS,
     ShardMap,
@@ -65,8 +65,8 @@ from tidemill.tasks.learn.shards import (  # noqa: E402
     should_distribute,
     split_frame,
 )
-from tidemill.tasks.learn.state import ModelState, Scores  # noqa: E402
-from tidemill.tasks.synthetic.flights import flight_events  # noqa: E402
+from tidemill.tasks.learn.state import ModelState, Scores
+from tidemill.tasks.synthetic.flights import flight_events
 
 RESULTS = REPO / "benchmarks" / "results" / "distributed.txt"
 WORKERS = (1, 2, 4)

@@ -57,14 +57,14 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tidemill.cli.access import read_sql  # noqa: E402
-from tidemill.config import TidemillConfig, load_config  # noqa: E402
-from tidemill.deployments import stack  # noqa: E402
-from tidemill.deployments.replayer import load_flights  # noqa: E402
-from tidemill.deployments.worker import ready_file  # noqa: E402
-from tidemill.settings import get_settings  # noqa: E402
-from tidemill.tasks.synthetic.flights import flight_events, landing_rows  # noqa: E402
-from tidemill.warehouse.snapshot import snapshot_path  # noqa: E402
+from tidemill.cli.access import read_sql
+from tidemill.config import TidemillConfig, load_config
+from tidemill.deployments import stack
+from tidemill.deployments.replayer import load_flights
+from tidemill.deployments.worker import ready_file
+from tidemill.settings import get_settings
+from tidemill.tasks.synthetic.flights import flight_events, landing_rows
+from tidemill.warehouse.snapshot import snapshot_path
 
 CADENCE = 5
 ROWS_PER_SECOND = 19.0  # what `make run` replays (1800x real time)

@@ -32,11 +32,11 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tidemill.config import load_config  # noqa: E402
-from tidemill.flows.cycle import run_cycle  # noqa: E402
-from tidemill.flows.runtime import Runtime  # noqa: E402
-from tidemill.warehouse.connection import database_path  # noqa: E402
-from tidemill.warehouse.snapshot import publish_snapshot, snapshot_path  # noqa: E402
+from tidemill.config import load_config
+from tidemill.flows.engine.cycle import run_cycle
+from tidemill.flows.engine.runtime import Runtime
+from tidemill.warehouse.connection import database_path
+from tidemill.warehouse.snapshot import publish_snapshot, snapshot_path
 
 BATCH_ROWS = 500
 SENSORS = 200
@@ -134,7 +134,7 @@ def run(history: int, cycles: int, workdir: Path, snapshot: bool) -> dict[str, o
     )
     config = load_config(workdir / "tidemill.toml")
     runtime = Runtime.open(config)
-    runtime.snapshot_every_seconds = 1e9  # measured apart
+    runtime.publication.every_seconds = 1e9  # measured apart
     rng = np.random.default_rng(7)
     batch_file(landing / "warmup.csv", 0, 0, rng)  # creates the tables, names the columns
     loaded = time.perf_counter()

@@ -47,11 +47,11 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tidemill.cli.access import read_sql  # noqa: E402
-from tidemill.config import TidemillConfig, load_config  # noqa: E402
-from tidemill.deployments import stack  # noqa: E402
-from tidemill.deployments.worker import ready_file  # noqa: E402
-from tidemill.settings import get_settings  # noqa: E402
+from tidemill.cli.access import read_sql
+from tidemill.config import TidemillConfig, load_config
+from tidemill.deployments import stack
+from tidemill.deployments.worker import ready_file
+from tidemill.settings import get_settings
 
 MIB = 1024 * 1024
 console = Console(width=200)

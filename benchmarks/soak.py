@@ -30,14 +30,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from history import CONFIG, batch_file  # noqa: E402
+from history import CONFIG, batch_file
 
-from tidemill.config import load_config  # noqa: E402
-from tidemill.flows.cycle import run_cycle  # noqa: E402
-from tidemill.flows.runtime import Runtime  # noqa: E402
-from tidemill.tasks.judge.retention import RetentionPolicy  # noqa: E402
-from tidemill.warehouse.connection import database_path  # noqa: E402
-from tidemill.warehouse.retention import run_maintenance  # noqa: E402
+from tidemill.config import load_config
+from tidemill.flows.engine.cycle import run_cycle
+from tidemill.flows.engine.runtime import Runtime
+from tidemill.tasks.judge.retention import RetentionPolicy
+from tidemill.warehouse.connection import database_path
+from tidemill.warehouse.retention import run_maintenance
 
 BLOCK = 500
 

@@ -10,10 +10,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from tidemill import utc
 from tidemill.config import deployment_name
 from tidemill.deployments.query_service import Command, QueryService, Refused
-from tidemill.flows.runtime import Runtime
+from tidemill.flows.engine.erase import ErasureError, erase_subject
+from tidemill.flows.engine.maintain import maintain as maintain_now
+from tidemill.flows.engine.replay import ReplayError, replay_model
+from tidemill.flows.engine.runtime import Runtime
+from tidemill.keys import get_key
+from tidemill.tasks.records.pii import protected_changes
+from tidemill.tasks.sources.loader import source_for
 from tidemill.warehouse import backfills, registry
+from tidemill.warehouse.quarantine import Fix, ReadmitRefused
+from tidemill.warehouse.quarantine import readmit as put_back
 from tidemill.warehouse.registry import ArtifactIntegrityError, RegistryError
 
 
@@ -41,8 +50,8 @@ def _backfill(runtime: Runtime) -> Command:
         from prefect.deployments import run_deployment
 
         pipeline = str(request["pipeline"])
-        with runtime.lock:
-            other = backfills.running(runtime.con, pipeline)
+        with runtime.writing() as con:
+            other = backfills.running(con, pipeline)
         if other is not None:
             raise Refused(backfills.refusal(other))
         flow_run = run_deployment(
@@ -66,8 +75,6 @@ def _replay_model(runtime: Runtime) -> Command:
     live batches go on meanwhile (it takes no lock)."""
 
     def replay(request: dict[str, Any]) -> dict[str, Any]:
-        from tidemill.flows.replay_model import ReplayError, replay_model
-
         pipeline = str(request["pipeline"])
         state = runtime.pipeline(pipeline)
         if state is None:
@@ -88,18 +95,10 @@ def _maintain(runtime: Runtime) -> Command:
     """Prune artifacts by the retention policy and sweep orphans, now."""
 
     def maintain(request: dict[str, Any]) -> dict[str, Any]:
-        from tidemill.warehouse.retention import run_maintenance
-
         pipeline = str(request["pipeline"])
         if runtime.pipeline(pipeline) is None:
             raise Refused(f"{pipeline} has no tables yet")
-        report = run_maintenance(
-            runtime.con,
-            runtime.state_dir,
-            pipeline,
-            requested_by=str(request["actor"]),
-            lock=runtime.lock,
-        )
+        report = maintain_now(runtime, pipeline, requested_by=str(request["actor"]))
         return {
             k: str(v) if not isinstance(v, int) else v
             for k, v in dataclasses.asdict(report).items()
@@ -114,38 +113,29 @@ def _readmit(runtime: Runtime) -> Command:
     pseudonymised or masked by the pipeline's pii rules first."""
 
     def readmit(request: dict[str, Any]) -> dict[str, Any]:
-        from datetime import UTC, datetime
-
-        from tidemill.config import FilesSource
-        from tidemill.keys import get_key
-        from tidemill.tasks.records.pii import protected_changes
-        from tidemill.warehouse.quarantine import Fix, ReadmitRefused
-        from tidemill.warehouse.quarantine import readmit as put_back
-
         pipeline = str(request["pipeline"])
         state = runtime.pipeline(pipeline)
         if state is None:
             raise Refused(f"{pipeline} has no tables yet")
-        source = state.config.source
-        fmt = source.format if isinstance(source, FilesSource) else "ndjson"
+        fmt = source_for(state.config, runtime.state_dir).record_format
         key = get_key(runtime.state_dir, "pii") if state.config.pii else b""
         fixes = [
             Fix(int(f["id"]), protected_changes(state.config, dict(f.get("changes") or {}), key))
             for f in request["fixes"]
         ]
-        with runtime.lock:
+        with runtime.writing() as con:
             try:
                 done = put_back(
-                    runtime.con,
+                    con,
                     state.config,
                     fmt,
                     fixes,
                     actor=str(request["actor"]),
-                    now=datetime.now(UTC).replace(tzinfo=None),
+                    now=utc.now(),
                 )
             except ReadmitRefused as error:
                 raise Refused(str(error)) from None
-            runtime.unpublished = True
+            runtime.publication.changed()
         return dataclasses.asdict(done)
 
     return readmit
@@ -155,8 +145,6 @@ def _erase(runtime: Runtime) -> Command:
     """Erase a data subject (the CLI sends the value's stored form, never logged)."""
 
     def erase(request: dict[str, Any]) -> dict[str, Any]:
-        from tidemill.flows.erasure import ErasureError, erase_subject
-
         pipeline = str(request["pipeline"])
         state = runtime.pipeline(pipeline)
         if state is None:
@@ -188,9 +176,9 @@ def _sign(runtime: Runtime) -> Command:
 
     def sign(request: dict[str, Any]) -> dict[str, Any]:
         pipeline = str(request["pipeline"])
-        with runtime.lock:
+        with runtime.writing() as con:
             signed = registry.sign_versions(
-                runtime.con, runtime.state_dir, pipeline, resign=bool(request.get("resign"))
+                con, runtime.state_dir, pipeline, resign=bool(request.get("resign"))
             )
         return {"signed": signed.signed, "refused": {str(k): v for k, v in signed.refused.items()}}
 

@@ -24,11 +24,10 @@ from tidemill.deployments import owner
 from tidemill.deployments.executor import InProcessExecutor, ensure_deployment
 from tidemill.deployments.supervisor import ready_file
 from tidemill.flows.backfill import backfill
+from tidemill.flows.engine.runtime import Runtime, install
 from tidemill.flows.erasure import erasure_flow
 from tidemill.flows.maintenance import maintenance
 from tidemill.flows.micro_batch import micro_batch
-from tidemill.flows.resident import install
-from tidemill.flows.runtime import Runtime
 from tidemill.settings import get_settings
 from tidemill.warehouse import backfills
 from tidemill.warehouse.registry import ArtifactIntegrityError
@@ -128,8 +127,8 @@ def run_worker(config: TidemillConfig, pipelines: list[str] | None = None) -> No
     service = owner.serve(runtime)
     ready = ready_file(config.state_dir)
     try:
-        with runtime.lock:
-            interrupted = backfills.interrupt_running(runtime.con)
+        with runtime.writing() as con:
+            interrupted = backfills.interrupt_running(con)
         if interrupted:
             log.warning(
                 "%d backfill(s) were left running by a stopped worker: marked interrupted",

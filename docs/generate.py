@@ -124,7 +124,7 @@ def configuration() -> str:
 
 def tables() -> str:
     """The table catalogue (markdown), read from the COMMENTs of a fresh warehouse."""
-    from tidemill.flows.runtime import Runtime
+    from tidemill.flows.engine.runtime import Runtime
 
     with tempfile.TemporaryDirectory() as tmp:
         text = (

@@ -1,16 +1,16 @@
 """A manual backfill as a Prefect flow: a custom run of `backfill/<pipeline>` from the UI
 (typed start/end form) or from `tidemill backfill`.
 
-Thin: it runs :func:`flows.backfill_window.run_backfill` on the process's resident
-Runtime (so live micro-batches interleave with its chunks), keeps a progress artifact
-current, and ends with a table artifact of the outcome.
+It runs the engine's backfill (engine/backfill.py) on the process's resident Runtime (so
+live micro-batches interleave with its chunks), keeps a progress artifact current, and
+ends with a table artifact of the outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
@@ -22,13 +22,11 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from tidemill import utc
 from tidemill.config import deployment_name
-from tidemill.flows.backfill_window import run_backfill
-from tidemill.flows.resident import resident_runtime
-
-
-def _naive_utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+from tidemill.flows.engine.artifacts import backfill_rows, backfill_summary
+from tidemill.flows.engine.backfill import run_backfill
+from tidemill.flows.engine.runtime import resident_runtime
 
 
 @flow(name="backfill", persist_result=False, log_prints=False)
@@ -58,31 +56,17 @@ async def backfill(
         run_backfill,
         runtime,
         pipeline,
-        _naive_utc(start),
-        _naive_utc(end),
+        utc.naive(start),
+        utc.naive(end),
         retrain=retrain,
         requested_by=f"prefect flow run {flow_run.get_id()}",
         progress=progress,
     )
     await aupdate_progress_artifact(artifact, 100.0)
-    rows = [{"field": k, "value": v} for k, v in asdict(report).items() if k != "candidate_metrics"]
-    rows += [
-        {"field": f"candidate {k}", "value": round(v, 5)}
-        for k, v in report.candidate_metrics.items()
-    ]
     await acreate_table_artifact(
-        table=rows, key=key, description=f"Backfill {report.backfill_id} of {pipeline}"
+        table=backfill_rows(report),
+        key=key,
+        description=f"Backfill {report.backfill_id} of {pipeline}",
     )
-    logger.info(
-        "backfill %s of %s: %s in window, %s inserted, %s already present, %s quarantined, "
-        "%s windows recomputed, candidate %s",
-        report.backfill_id,
-        pipeline,
-        report.rows_in_window,
-        report.rows_inserted,
-        report.rows_present,
-        report.rows_quarantined,
-        report.windows_recomputed,
-        report.candidate_version,
-    )
+    logger.info("%s", backfill_summary(report))
     return asdict(report)

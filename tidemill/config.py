@@ -515,6 +515,15 @@ class PipelineConfig(_Strict):
         or as found in the landing files when the pipeline was created, else 0/1."""
         return self.classes if self.classes is not None else ["0", "1"]
 
+    @property
+    def source_columns(self) -> list[str]:
+        """The source columns the pipeline keeps, in order: key, event time, features,
+        target (features must be resolved: see `resolved`)."""
+        assert self.features is not None
+        keyed = [self.key] if self.key else []
+        target = [self.target] if self.target is not None else []
+        return [*keyed, self.event_time, *self.features, *target]
+
     def resolved(self, features: list[str], classes: list[str] | None) -> PipelineConfig:
         """This pipeline with the features and classes the config left out filled in."""
         return self.model_copy(update={"features": features, "classes": classes})

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write `path` through `<path>.part`: `write` fills it, then fsync, rename, and fsync
     of the folder so the rename survives a power cut. (`.part` never matches `*.csv`-like
     globs, so a landing-folder reader never sees it.)"""

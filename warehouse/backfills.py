@@ -113,6 +113,16 @@ def set_total(con: duckdb.DuckDBPyConnection, backfill_id: int, rows_in_window: 
     )
 
 
+def count_present(con: duckdb.DuckDBPyConnection, backfill_id: int, rows: int) -> None:
+    """Count `rows` of the window as done and already present (still in the inbox or
+    quarantined: left to their owners)."""
+    con.execute(
+        "UPDATE _backfills SET rows_done = rows_done + ?, rows_present = rows_present + ? "
+        "WHERE backfill_id = ?",
+        [rows, rows, backfill_id],
+    )
+
+
 def finish(
     con: duckdb.DuckDBPyConnection,
     backfill_id: int,

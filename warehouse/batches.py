@@ -18,6 +18,7 @@ import duckdb
 import polars as pl
 
 from tidemill.config import AggregateSpec, LagSpec, PipelineConfig
+from tidemill.tasks.judge.verdict import DriftEvent, Promotion, Scored
 from tidemill.warehouse.pipeline_tables import PipelineTables, lit, q
 from tidemill.warehouse.registry import ModelVersion, record_event, record_heads, record_shards
 from tidemill.warehouse.transaction import transaction
@@ -46,38 +47,6 @@ class BatchRecord:
     flow_run_id: str | None = None
     error: str | None = None
     batch_rows_limit: int | None = None
-
-
-@dataclass(frozen=True)
-class Scored:
-    """One candidate's prequential result on the batch."""
-
-    candidate: str
-    version: int  # the version that scored (it had not seen the rows)
-    n_scored: int
-    metrics: dict[str, float]
-
-
-@dataclass(frozen=True)
-class DriftEvent:
-    """One ml.drift_events row."""
-
-    candidate: str
-    detector: str
-    feature: str | None
-    value: float
-    action: str
-
-
-@dataclass(frozen=True)
-class Promotion:
-    """A champion change decided by the promotion rule (or a drift reset), with evidence."""
-
-    action: str  # auto_promote | drift_reset
-    from_version: int | None
-    to_version: int
-    reason: str
-    evidence: dict[str, object]
 
 
 @dataclass(frozen=True)

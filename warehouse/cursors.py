@@ -11,7 +11,7 @@ from __future__ import annotations
 import duckdb
 import polars as pl
 
-from tidemill.tasks.sources.postgres import CursorPosition
+from tidemill.tasks.sources.base import CursorPosition
 from tidemill.warehouse.pipeline_tables import PipelineTables, q
 from tidemill.warehouse.transaction import transaction
 

@@ -94,3 +94,18 @@ def lag_rows_before(
         ).pl()
     finally:
         con.unregister("_series")
+
+
+def delete_lag_series(
+    con: duckdb.DuckDBPyConnection, table: str, by: list[str], series: pl.DataFrame
+) -> None:
+    """Delete the stored lag history (`table`) of every series in `series` (its `by`
+    columns): series that have no label left."""
+    if series.height == 0:
+        return
+    con.register("_emptied", series.to_arrow())
+    try:
+        on = " AND ".join(f"h.{q(c)} IS NOT DISTINCT FROM e.{q(c)}" for c in by)
+        con.execute(f"DELETE FROM {table} h WHERE EXISTS (SELECT 1 FROM _emptied e WHERE {on})")
+    finally:
+        con.unregister("_emptied")

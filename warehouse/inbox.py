@@ -8,30 +8,18 @@ any moment: a landing file not yet in the ledger, the inbox, raw.P, or quarantin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import polars as pl
 
-from tidemill.tasks.sources.files import Arrival
+from tidemill.tasks.sources.base import Arrival, Arrived, Known
+from tidemill.warehouse import cursors
 from tidemill.warehouse.pipeline_tables import PipelineTables, q
 from tidemill.warehouse.transaction import transaction
 
 
-@dataclass(frozen=True)
-class FileVersion:
-    """What the ledger knows about one version of a landing file."""
-
-    path: str
-    size_bytes: int
-    mtime_ns: int
-    sha256: str
-
-
-def ledger(
-    con: duckdb.DuckDBPyConnection, pipeline: str, paths: list[str]
-) -> dict[str, FileVersion]:
+def ledger(con: duckdb.DuckDBPyConnection, pipeline: str, paths: list[str]) -> dict[str, Known]:
     """Latest ledger entry of each of `paths` (the files in the landing folder now): a
     cycle reads the entries of the files still there, not of every file ever read."""
     rows = _of_paths(
@@ -43,7 +31,7 @@ def ledger(
         "ORDER BY f.ingested_at DESC, f.size_bytes DESC) = 1",
         pipeline,
     )
-    return {r[0]: FileVersion(*r) for r in rows}
+    return {r[0]: Known(*r[1:]) for r in rows}
 
 
 def headers(
@@ -119,3 +107,21 @@ def backlog(con: duckdb.DuckDBPyConnection, pipeline: str) -> int:
     """Records waiting in the inbox."""
     t = PipelineTables(pipeline)
     return int(con.sql(f"SELECT count(*) FROM {t.inbox}").fetchall()[0][0])
+
+
+def add_arrived(
+    con: duckdb.DuckDBPyConnection,
+    pipeline: str,
+    arrived: Arrived,
+    records: pl.DataFrame,
+    header: list[str],
+) -> None:
+    """Put the records of one source read in the inbox with what the read moves, in one
+    transaction: the landing file's ledger row (`header` as it may be shown), or the
+    source's cursor. `records` are `arrived.records` as they may be stored (personal
+    fields protected, erased subjects left out)."""
+    if arrived.file is not None:
+        add_file(con, pipeline, arrived.file, header, records)
+    elif arrived.cursor is not None:
+        move = arrived.cursor
+        cursors.add_read(con, pipeline, move.source, move.column, records, move.position)

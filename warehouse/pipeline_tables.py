@@ -98,14 +98,6 @@ def _column_type(config: PipelineConfig, name: str) -> str:
     return "DOUBLE"
 
 
-def declared_columns(config: PipelineConfig) -> list[str]:
-    """Source columns the pipeline keeps: key, event time, features, target."""
-    assert config.features is not None
-    keyed = [config.key] if config.key else []
-    target = [config.target] if config.target is not None else []
-    return [*keyed, config.event_time, *config.features, *target]
-
-
 def _comments(table: str, described: dict[str, str], what: str) -> list[str]:
     statements = [f"COMMENT ON TABLE {table} IS {lit(what)}"]
     statements += [
@@ -116,7 +108,7 @@ def _comments(table: str, described: dict[str, str], what: str) -> list[str]:
 
 def _describe_source(config: PipelineConfig) -> dict[str, str]:
     text = {}
-    for name in declared_columns(config):
+    for name in config.source_columns:
         if name == config.key:
             text[name] = "Record key from the source (unique; repeats are quarantined)."
         elif name == config.event_time:
@@ -133,7 +125,7 @@ def _describe_source(config: PipelineConfig) -> dict[str, str]:
 def ddl(config: PipelineConfig) -> list[str]:
     """CREATE and COMMENT statements for every table of the pipeline."""
     t = PipelineTables(config.name)
-    columns = declared_columns(config)
+    columns = config.source_columns
     typed = ", ".join(f"{q(c)} {_column_type(config, c)}" for c in columns)
     texts = ", ".join(f"{q(c)} VARCHAR" for c in columns)
     source_text = _describe_source(config)

@@ -22,7 +22,7 @@ from tidemill.tasks.records.parse import amend_record
 from tidemill.tasks.records.validate import parse_timestamp, validate_records
 from tidemill.warehouse.batches import known_keys
 from tidemill.warehouse.inbox import headers
-from tidemill.warehouse.pipeline_tables import PipelineTables, declared_columns, lit, q
+from tidemill.warehouse.pipeline_tables import PipelineTables, lit, q
 from tidemill.warehouse.transaction import transaction
 
 # Reasons name the offending values ("x 'abc' is not a finite number"); grouping by
@@ -128,7 +128,7 @@ def readmit(
     ids = [f.quarantine_id for f in fixes]
     if len(set(ids)) != len(ids):
         raise ReadmitRefused("a quarantine row is given twice")
-    required = declared_columns(config)
+    required = config.source_columns
     unknown = sorted({c for f in fixes for c in f.changes if c not in required})
     if unknown:
         raise ReadmitRefused(

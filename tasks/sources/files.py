@@ -25,45 +25,25 @@ import hashlib
 import io
 import logging
 import os
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from typing import BinaryIO
 
 import polars as pl
 from polars.exceptions import PanicException
 
 from tidemill.tasks.records.parse import parse_records
+from tidemill.tasks.records.pii import RawFormat
 from tidemill.tasks.records.validate import parse_timestamp
+from tidemill.tasks.sources.base import Arrival, Arrived, Known, Ledger, Sample
 
 log = logging.getLogger("tidemill")
 
 CHUNK_BYTES = 1 << 20
 IN_MEMORY_BYTES = 16 << 20  # larger files are streamed from disk, twice (hash, parse)
 CHANGED_WHILE_READ = "file changed while being read; its next version is read whole"
-
-
-@dataclass(frozen=True)
-class Arrival:
-    """A landing file version to read: which bytes, and why. `data` holds the bytes that
-    were hashed; a file larger than IN_MEMORY_BYTES is `streamed` from disk instead."""
-
-    path: str
-    size_bytes: int
-    mtime_ns: int
-    sha256: str
-    disposition: str  # new | grown | replaced
-    offset: int  # bytes already read (grown files), else 0
-    data: bytes = field(repr=False, default=b"")  # the bytes hashed, read once
-    streamed: bool = False
-
-
-@dataclass(frozen=True)
-class Known:
-    """What the ledger holds for a path."""
-
-    size_bytes: int
-    mtime_ns: int
-    sha256: str
 
 
 def _chunks(handle: BinaryIO) -> Iterator[bytes]:
@@ -291,3 +271,66 @@ def column_values(paths: list[str], fmt: str, column: str) -> pl.Series:
             continue
         values.append(records.filter(pl.col("_reject").is_null())[column])
     return pl.concat(values) if values else pl.Series(column, [], dtype=pl.Utf8)
+
+
+@dataclass(frozen=True)
+class LandingFiles:
+    """A landing folder (a `Source`): every file matching `pattern` is read once, a grown
+    one only for what was appended (see the module docstring)."""
+
+    pattern: str
+    format: str  # csv | parquet | ndjson
+    settle_seconds: float
+    columns: list[str]  # the pipeline's declared columns
+    event_time: str
+    pulled: bool = False
+
+    @property
+    def label(self) -> str:
+        """The landing glob."""
+        return self.pattern
+
+    @property
+    def raw_format(self) -> RawFormat:
+        """CSV lines stay CSV; ndjson lines and Parquet rows are kept as JSON objects."""
+        return "csv" if self.format == "csv" else "json"
+
+    @property
+    def record_format(self) -> str:
+        """The files' own format."""
+        return self.format
+
+    def read_new(self, ledger: Ledger, *, drain: bool) -> Iterator[Arrived]:
+        """Every landing file version the ledger has not read, oldest first; a drain does
+        not wait for files to settle."""
+        paths = landing_paths(self.pattern)
+        known = ledger.versions(paths)
+        headers = ledger.headers(paths)
+        settle = 0.0 if drain else self.settle_seconds
+        for arrival in discover(paths, known, settle, time.time_ns()):
+            header, records = read_arrival(
+                arrival, self.format, self.columns, headers.get(arrival.path), self.event_time
+            )
+            yield Arrived(records, file=arrival, header=tuple(header))
+
+    def read_window(self, start: datetime, end: datetime) -> Iterator[Arrived]:
+        """Every landing file read whole, its records with event time in [start, end)."""
+        inside = (pl.col("_event_at") >= start) & (pl.col("_event_at") < end)
+        for path in sorted(glob.glob(self.pattern)):
+            with open(path, "rb") as handle:
+                data = handle.read()
+            arrival = Arrival(path, len(data), 0, "", "backfill", 0, data)
+            header, records = read_arrival(
+                arrival, self.format, self.columns, None, self.event_time
+            )
+            records = records.with_columns(pl.lit(path).alias("_file")).filter(inside)
+            yield Arrived(records, header=tuple(header))
+
+    def sample(self, target: str | None) -> Sample | None:
+        """The first landing file's columns and every file's `target` values; None while
+        the folder is empty."""
+        files = sorted(glob.glob(self.pattern))
+        if not files:
+            return None
+        values = column_values(files, self.format, target) if target is not None else None
+        return Sample(columns=header_of(files[0], self.format), target_values=values)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -35,8 +35,17 @@ from uuid import UUID
 
 import polars as pl
 
-from tidemill.errors import TidemillError
+from tidemill.errors import first_line
+from tidemill.tasks.records.pii import RawFormat
 from tidemill.tasks.records.validate import parse_timestamp
+from tidemill.tasks.sources.base import (
+    Arrived,
+    CursorMove,
+    CursorPosition,
+    Ledger,
+    Sample,
+    SourceError,
+)
 
 CONNECT_TIMEOUT_SECONDS = 5
 _TIMESTAMP_OIDS = {1082, 1114, 1184}  # date, timestamp, timestamptz
@@ -51,11 +60,6 @@ _TEXT_LIKE: tuple[type, ...] = (
 )
 
 
-class SourceError(TidemillError, RuntimeError):
-    """The table cannot be read (server down, no such table or column): one line naming
-    the source. The inbox and cursor are untouched; the next cycle tries again."""
-
-
 @dataclass(frozen=True)
 class Unreadable:
     """A value the driver could not turn into a Python object (e.g. timestamp 'infinity',
@@ -63,15 +67,6 @@ class Unreadable:
 
     text: str
     type_name: str
-
-
-@dataclass(frozen=True)
-class CursorPosition:
-    """How far a table has been read: the last cursor value (PostgreSQL's own text of it)
-    and the keys (as text) of the rows read at exactly that value."""
-
-    last_value: str | None = None
-    keys_at_last: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -223,7 +218,7 @@ def _connect(dsn: str, table: str) -> Any:
     try:
         con = psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS)
     except psycopg.Error as error:
-        raise SourceError(f"postgres:{table}: cannot connect: {_first_line(error)}") from None
+        raise SourceError(f"postgres:{table}: cannot connect: {first_line(error)}") from None
     con.read_only = True
     con.execute("SET TimeZone TO 'UTC'")
     con.execute("SET DateStyle TO 'ISO, YMD'")
@@ -248,11 +243,6 @@ def _lenient(base: Any, type_name: str) -> type:
     return type(f"Lenient{base.__name__}", (base,), {"load": load})
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _select(
     con: Any, query: Any, params: dict[str, object], table: str
 ) -> tuple[list[Any], list[Any]]:
@@ -264,7 +254,7 @@ def _select(
             rows = cur.fetchall()
             return rows, list(cur.description or [])
     except psycopg.Error as error:
-        raise SourceError(f"postgres:{table}: cannot read: {_first_line(error)}") from None
+        raise SourceError(f"postgres:{table}: cannot read: {first_line(error)}") from None
 
 
 def read_since(
@@ -368,3 +358,58 @@ def read_window(
 
 def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+@dataclass(frozen=True)
+class PostgresTable:
+    """A PostgreSQL table read incrementally by a cursor column (a `Source`): bounded
+    pulls after the recorded position, de-duplicated on the key at the last value."""
+
+    dsn: str
+    table: str
+    cursor: str
+    key: str
+    columns: list[str]
+    event_time: str
+    label: str
+    read_rows: int
+    raw_format: RawFormat = "json"
+    record_format: str = "ndjson"
+    pulled: bool = True
+
+    def read_new(self, ledger: Ledger, *, drain: bool) -> Iterator[Arrived]:
+        """The next at most `read_rows` rows after the recorded position, with the
+        position after them."""
+        at = ledger.position(self.label, self.cursor)
+        read = read_since(
+            self.dsn,
+            self.table,
+            self.cursor,
+            self.key,
+            self.columns,
+            at,
+            self.read_rows,
+            self.event_time,
+            self.label,
+        )
+        if read.records.height:
+            yield Arrived(read.records, cursor=CursorMove(self.label, self.cursor, read.position))
+
+    def read_window(self, start: datetime, end: datetime) -> Iterator[Arrived]:
+        """Every row with event time in [start, end), whatever the cursor says."""
+        yield Arrived(
+            read_window(
+                self.dsn,
+                self.table,
+                self.key,
+                self.columns,
+                self.event_time,
+                start,
+                end,
+                self.label,
+            )
+        )
+
+    def sample(self, target: str | None) -> Sample | None:
+        """Nothing to infer from: a table pipeline declares its columns and classes."""
+        return Sample(columns=[], target_values=None)

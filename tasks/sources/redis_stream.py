@@ -42,15 +42,29 @@ import json
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import polars as pl
 
-from tidemill.errors import TidemillError
+from tidemill import layout
+from tidemill.config import LOCAL_BROKER
+from tidemill.errors import first_line
 from tidemill.tasks.records.lines import MAX_FIELD_BYTES, PREVIEW_BYTES
+from tidemill.tasks.records.pii import RawFormat
 from tidemill.tasks.records.validate import parse_timestamp
-from tidemill.tasks.sources.postgres import CursorPosition, Read, row_line
+from tidemill.tasks.sources.base import (
+    Arrived,
+    CursorMove,
+    CursorPosition,
+    Ledger,
+    Sample,
+    SourceError,
+)
+from tidemill.tasks.sources.postgres import Read, row_line
 
 TIMEOUT_SECONDS = 5
 _SEQ_BITS = 20  # entry id ms-seq -> ms << 20 | seq: fits 63 bits until the year 2248
@@ -62,7 +76,7 @@ Entry = tuple[str, Sequence[bytes | str] | None]
 (None when the entry was deleted while pending)."""
 
 
-class StreamError(TidemillError, RuntimeError):
+class StreamError(SourceError):
     """The stream cannot be read or acknowledged (server down, wrong password, not a
     stream, no permission): one line naming the source. Nothing in the warehouse moved
     that the next cycle cannot complete."""
@@ -179,11 +193,6 @@ def entry_fields(rows: pl.DataFrame) -> list[dict[str, str]]:
 # ----------------------------------------------------------------- I/O
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _client(url: str) -> Any:
     """A client of `url` that hands XREADGROUP replies over as they come (bytes), so
     a field repeated in an entry, or bytes that are not UTF-8, reach the conversion."""
@@ -223,7 +232,7 @@ class StreamReader:
         try:
             yield
         except redis.RedisError as error:
-            raise StreamError(f"{self.label}: cannot {what}: {_first_line(error)}") from None
+            raise StreamError(f"{self.label}: cannot {what}: {first_line(error)}") from None
 
     def read(
         self, count: int, columns: list[str], event_time: str, *, committed: Sequence[str] = ()
@@ -301,7 +310,7 @@ def publish(
                 batch.xadd(stream, dict(fields), maxlen=maxlen, approximate=True)
             ids = batch.execute()
     except redis.RedisError as error:
-        raise StreamError(f"redis:{stream}: cannot publish: {_first_line(error)}") from None
+        raise StreamError(f"redis:{stream}: cannot publish: {first_line(error)}") from None
     return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
 
@@ -314,7 +323,52 @@ def last_entry(url: str, stream: str) -> dict[str, str] | None:
         with _client(url) as client:
             newest = client.xrevrange(stream, count=1)
     except redis.RedisError as error:
-        raise StreamError(f"redis:{stream}: cannot read: {_first_line(error)}") from None
+        raise StreamError(f"redis:{stream}: cannot read: {first_line(error)}") from None
     if not newest:
         return None
     return {_text(k)[0]: _text(v)[0] for k, v in newest[0][1].items()}
+
+
+@dataclass(frozen=True)
+class RedisStream:
+    """A Redis stream read through a consumer group (a `Source`): bounded pulls, entries
+    acknowledged only after the warehouse stored them (see the module docstring)."""
+
+    url: str  # `local`: the state folder's own broker (tidemill/layout.py)
+    state_dir: Path
+    stream: str
+    group: str
+    consumer: str
+    columns: list[str]
+    event_time: str
+    label: str
+    read_rows: int
+    pipeline: str
+    raw_format: RawFormat = "json"
+    record_format: str = "ndjson"
+    pulled: bool = True
+
+    def read_new(self, ledger: Ledger, *, drain: bool) -> Iterator[Arrived]:
+        """The next at most `read_rows` entries for this consumer; they are acknowledged
+        once the engine has committed them (when this generator resumes)."""
+        at = ledger.position(self.label, self.group)
+        url = layout.local_broker_url(self.state_dir) if self.url == LOCAL_BROKER else self.url
+        with StreamReader(url, self.stream, self.group, self.consumer) as reader:
+            read = reader.read(
+                self.read_rows, self.columns, self.event_time, committed=at.keys_at_last
+            )
+            if read.records.height == 0:
+                return
+            yield Arrived(read.records, cursor=CursorMove(self.label, self.group, read.position))
+            reader.ack(read.position.keys_at_last)  # stored: only now may the broker forget them
+
+    def read_window(self, start: datetime, end: datetime) -> Iterator[Arrived]:
+        """A stream keeps no time index to re-read a window from."""
+        raise SourceError(
+            f"{self.pipeline} reads a Redis stream: a stream keeps no time index to re-read "
+            "a window from (its entries are acknowledged once stored)"
+        )
+
+    def sample(self, target: str | None) -> Sample | None:
+        """Nothing to infer from: a stream pipeline declares its columns and classes."""
+        return Sample(columns=[], target_values=None)

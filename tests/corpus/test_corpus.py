@@ -25,11 +25,10 @@ from typing import Any
 import polars as pl
 import pytest
 
-import tidemill.flows.cycle as cycle_module
 import tidemill.tasks.sources.files as landing_module
 from tidemill.config import load_config
-from tidemill.flows.cycle import BatchFailed, run_cycle
-from tidemill.flows.runtime import Runtime
+from tidemill.flows.engine.cycle import BatchFailed, run_cycle
+from tidemill.flows.engine.runtime import Runtime
 from tidemill.settings import Settings
 
 HERE = Path(__file__).parent
@@ -286,7 +285,7 @@ def _replaced_while_streamed(
         "data.csv",
         lambda p: p.write_bytes((HERE / "cases" / "rewritten_v1.csv").read_bytes()),
     )
-    real = cycle_module.read_arrival
+    real = landing_module.read_arrival
     calls = []
 
     def replace_then_read(arrival: Any, *args: Any) -> Any:
@@ -301,7 +300,7 @@ def _replaced_while_streamed(
         return real(arrival, *args)
 
     monkeypatch.setattr(landing_module, "IN_MEMORY_BYTES", 16)
-    monkeypatch.setattr(cycle_module, "read_arrival", replace_then_read)
+    monkeypatch.setattr(landing_module, "read_arrival", replace_then_read)
     _drain(runtime, case["kind"])
     assert calls == [str(path), str(path)]
     monkeypatch.undo()

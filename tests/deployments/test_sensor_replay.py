@@ -10,8 +10,8 @@ import pytest
 from tidemill.config import load_config
 from tidemill.deployments import redis_server, stack
 from tidemill.deployments.replayer import SENSORS, replay_sensors
-from tidemill.flows.cycle import run_cycle
-from tidemill.flows.runtime import Runtime
+from tidemill.flows.engine.cycle import run_cycle
+from tidemill.flows.engine.runtime import Runtime
 
 REPO = Path(__file__).parents[2]
 

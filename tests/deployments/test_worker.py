@@ -10,8 +10,8 @@ import pytest
 
 from tidemill.config import TidemillConfig, load_config
 from tidemill.deployments.worker import open_pipelines
-from tidemill.flows.cycle import run_cycle
-from tidemill.flows.runtime import Runtime
+from tidemill.flows.engine.cycle import run_cycle
+from tidemill.flows.engine.runtime import Runtime
 from tidemill.warehouse.registry import ArtifactIntegrityError
 
 

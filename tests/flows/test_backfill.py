@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 
 from tidemill.config import load_config
-from tidemill.flows.backfill_window import BackfillError, run_backfill
-from tidemill.flows.cycle import run_cycle
-from tidemill.flows.runtime import Runtime
+from tidemill.flows.engine.backfill import BackfillError, run_backfill
+from tidemill.flows.engine.cycle import run_cycle
+from tidemill.flows.engine.runtime import Runtime
 from tidemill.tasks.features.aggregate import window_partials
 from tidemill.warehouse import backfills
 
@@ -70,7 +70,7 @@ def test_a_backfill_inserts_exactly_the_missing_rows_and_recomputes_their_window
     assert _one(runtime, "SELECT count(DISTINCT id) FROM raw.flights") == 2000
     assert seen[-1] == (report.rows_in_window, report.rows_in_window) and len(seen) > 2  # progress
     # every aggregate equals a recomputation from all clean rows
-    config = runtime.pipelines["flights"].config
+    config = runtime.pipelines.states["flights"].config
     clean = runtime.con.sql("SELECT * EXCLUDE (batch_id) FROM clean.flights").pl()
     for spec in config.aggregates:
         expected = window_partials(clean, config, spec).sort("window_start", *spec.by)
@@ -121,7 +121,7 @@ def test_retrain_registers_a_candidate_and_leaves_the_champion_serving(runtime: 
     assert (
         _one(runtime, "SELECT version FROM ml.model_versions WHERE status = 'champion'") == champion
     )
-    assert runtime.pipelines["flights"].version == champion
+    assert runtime.pipelines.states["flights"].version == champion
     assert _one(runtime, "SELECT candidate_version FROM _backfills") == report.candidate_version
 
 

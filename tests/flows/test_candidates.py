@@ -11,8 +11,8 @@ import numpy as np
 import polars as pl
 
 from tidemill.config import load_config
-from tidemill.flows.cycle import run_cycle
-from tidemill.flows.runtime import Runtime
+from tidemill.flows.engine.cycle import run_cycle
+from tidemill.flows.engine.runtime import Runtime
 
 TOML = """
 [pipelines.s]
@@ -180,7 +180,7 @@ def test_lag_features_keep_the_latest_labels_per_series(tmp_path: Path) -> None:
     runtime = _runtime(tmp_path, 'lags = [{ name = "prev", by = ["sensor"], n = 2 }]')
     _stream(tmp_path / "landing" / "a.csv", 300)
     _drain(runtime)
-    state = runtime.pipelines["s"]
+    state = runtime.pipelines.states["s"]
     assert {"prev_lag1", "prev_lag2"} <= set(state.model.feature_names)
     stored = runtime.con.sql(
         "SELECT sensor, list(value ORDER BY event_at) FROM agg.s_lag_prev GROUP BY 1 ORDER BY 1"
@@ -193,12 +193,12 @@ def test_lag_features_keep_the_latest_labels_per_series(tmp_path: Path) -> None:
 
 
 def test_the_prefect_artifact_shows_champion_challengers_and_drift(tmp_path: Path) -> None:
-    from tidemill.flows.micro_batch import _markdown_metrics
+    from tidemill.flows.engine.artifacts import metrics_markdown
 
     runtime = _runtime(tmp_path, 'challengers = [{ name = "nb", estimator = "gaussian_nb" }]')
     _stream(tmp_path / "landing" / "a.csv", 200)
     _drain(runtime)
-    markdown = _markdown_metrics(runtime, "s")
+    markdown = metrics_markdown(runtime, "s")
     assert "| main | champion |" in markdown and "| nb | challenger |" in markdown
     assert "## Drift events\n\nNone so far." in markdown
     last = [line for line in markdown.splitlines() if line.startswith("| 4 | ")]
@@ -256,7 +256,7 @@ def test_a_clustering_pipeline_learns_every_row_and_reports_inertia(tmp_path: Pa
     assert {c for (c,) in clusters} <= {"0", "1", "2"}
     drift = con.sql("SELECT min(batch_id) FROM ml.drift_events WHERE detector = 'page_hinkley'")
     assert drift.fetchall()[0][0] == 10  # rows 900.. are batch 10
-    from tidemill.flows.replay_model import replay_model
+    from tidemill.flows.engine.replay import replay_model
 
-    config = runtime.pipelines["sensors"].config
+    config = runtime.pipelines.states["sensors"].config
     assert replay_model(con, config, 12, runtime.state_dir).equal

@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 
 from tidemill.config import TidemillConfig
-from tidemill.flows.cycle import run_cycle
-from tidemill.flows.runtime import Runtime
+from tidemill.flows.engine.cycle import run_cycle
+from tidemill.flows.engine.runtime import Runtime
 from tidemill.warehouse.registry import ArtifactIntegrityError, RegistryError
 
 
@@ -54,7 +54,7 @@ def test_rollback_returns_to_the_champion_before_the_last_promotion(runtime: Run
     runtime.change_champion("elec", 1, action="promote", actor="a", reason="try v1")
     back = runtime.change_champion("elec", None, action="rollback", actor="a", reason="v1 is worse")
     assert back.version == 4
-    assert runtime.pipelines["elec"].version == 4
+    assert runtime.pipelines.states["elec"].version == 4
     statuses = dict(runtime.con.sql("SELECT version, status FROM ml.model_versions").fetchall())
     assert [v for v, s in statuses.items() if s == "champion"] == [4]
     # with no promotion to undo, rollback goes to the parent

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 
 from tidemill.config import TidemillConfig, load_config
-from tidemill.flows.cycle import BatchFailed, run_cycle
-from tidemill.flows.runtime import Runtime
+from tidemill.flows.engine.cycle import BatchFailed, run_cycle
+from tidemill.flows.engine.runtime import Runtime
 
 REPO = Path(__file__).parents[2]
 
@@ -138,7 +138,7 @@ def test_a_batch_that_fails_before_commit_writes_nothing_and_is_retried(
         raise OSError("disk full (injected)")
 
     monkeypatch.setattr(batches, "_upsert_window", broken)
-    champion_before = flights.pipelines["flights"].version
+    champion_before = flights.pipelines.states["flights"].version
     with pytest.raises(BatchFailed, match="disk full"):
         run_cycle(flights, "flights", drain=True)
     monkeypatch.undo()
@@ -146,7 +146,9 @@ def test_a_batch_that_fails_before_commit_writes_nothing_and_is_retried(
     assert _one(flights, "SELECT count(*) FROM raw.flights_inbox") == 1750
     assert _one(flights, "SELECT count(*) FROM ml.model_versions") == 2  # main + mlp, batch 1
     assert _one(flights, "SELECT status FROM _batches ORDER BY batch_id DESC LIMIT 1") == "failed"
-    assert flights.pipelines["flights"].version == champion_before  # reloaded, not half-learned
+    assert (
+        flights.pipelines.states["flights"].version == champion_before
+    )  # reloaded, not half-learned
     artifacts = list((flights.state_dir / "artifacts" / "flights").glob("*.joblib"))
     assert len(artifacts) == 4  # v1, v2 (main, mlp) and the orphans of the failed attempt
     _drain(flights)
@@ -232,7 +234,7 @@ def test_features_and_classes_left_out_of_the_config_come_from_the_landing_files
     ]
     (tmp_path / "in" / "a.csv").write_text("\n".join(lines) + "\n")
     _drain(runtime, "elec")
-    state = runtime.pipelines["elec"]
+    state = runtime.pipelines.states["elec"]
     assert state.config.features == ["price", "demand"]
     assert state.model.classes == ["DOWN", "UP"]
     (tmp_path / "in" / "b.csv").write_text(

@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 
 from tidemill.config import ConfigError, TidemillConfig, load_config
-from tidemill.flows.cycle import run_cycle
-from tidemill.flows.replay_model import replay_model
-from tidemill.flows.runtime import Runtime
+from tidemill.flows.engine.cycle import run_cycle
+from tidemill.flows.engine.replay import replay_model
+from tidemill.flows.engine.runtime import Runtime
 
 
 def _config(elec_config: Callable[..., TidemillConfig], distributed: str) -> TidemillConfig:
@@ -45,7 +45,9 @@ def test_sharded_versions_record_their_shards_and_replay_equal(
         assert len(shards) == 8  # 4 batches x 2 candidates, every one in 2 shards
         assert all(n == 2 and rows == 200 and (a, b) == (0, 200) for _, _, n, rows, a, b in shards)
         for version in (7, 8):  # the last of each candidate
-            report = replay_model(con, runtime.pipelines["elec"].config, version, runtime.state_dir)
+            report = replay_model(
+                con, runtime.pipelines.states["elec"].config, version, runtime.state_dir
+            )
             assert report.equal, report
     finally:
         runtime.close()
@@ -61,7 +63,7 @@ def test_auto_keeps_small_batches_in_one_process(
         while run_cycle(runtime, "elec", drain=True).status == "committed":
             pass
         assert runtime.con.sql("SELECT count(*) FROM ml.model_version_shards").fetchall() == [(0,)]
-        assert runtime._clients == {}  # no cluster was started for nothing
+        assert runtime.placement._clients == {}  # no cluster was started for nothing
     finally:
         runtime.close()
 

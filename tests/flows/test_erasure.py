@@ -13,11 +13,11 @@ import polars as pl
 import pytest
 
 from tidemill.config import load_config
-from tidemill.flows.backfill_window import run_backfill
-from tidemill.flows.cycle import run_cycle
-from tidemill.flows.erasure import erase_subject
-from tidemill.flows.replay_model import replay_model
-from tidemill.flows.runtime import Runtime
+from tidemill.flows.engine.backfill import run_backfill
+from tidemill.flows.engine.cycle import run_cycle
+from tidemill.flows.engine.erase import erase_subject
+from tidemill.flows.engine.replay import replay_model
+from tidemill.flows.engine.runtime import Runtime
 from tidemill.warehouse.connection import database_path
 from tidemill.warehouse.snapshot import snapshot_path
 
@@ -178,7 +178,7 @@ def test_every_rebuilt_model_equals_one_trained_without_the_subject(erased: Eras
     live, control, _, _ = erased
     heads = "SELECT candidate, params_sha256, rows_seen FROM ml.model_versions WHERE status IN ('champion', 'challenger') ORDER BY 1"
     assert live.con.sql(heads).fetchall() == control.con.sql(heads).fetchall()
-    config = live.pipelines["shop"].config
+    config = live.pipelines.states["shop"].config
     for (version,) in live.con.sql(
         "SELECT version FROM ml.model_versions WHERE status IN ('champion', 'challenger')"
     ).fetchall():

@@ -18,10 +18,9 @@ from prefect.exceptions import ParameterTypeError
 from prefect.testing.utilities import prefect_test_harness
 
 from tidemill.config import ConfigError, TidemillConfig
-from tidemill.flows.cycle import run_cycle
+from tidemill.flows.engine.cycle import run_cycle
+from tidemill.flows.engine.runtime import Runtime, install
 from tidemill.flows.maintenance import maintenance
-from tidemill.flows.resident import install
-from tidemill.flows.runtime import Runtime
 from tidemill.tasks.judge.retention import RetentionPolicy
 from tidemill.warehouse.retention import run_maintenance
 

@@ -37,9 +37,9 @@ import pytest
 
 from tidemill.config import TidemillConfig, load_config
 from tidemill.deployments.owner import commands
-from tidemill.flows.backfill_window import run_backfill
-from tidemill.flows.cycle import run_cycle
-from tidemill.flows.runtime import Runtime
+from tidemill.flows.engine.backfill import run_backfill
+from tidemill.flows.engine.cycle import run_cycle
+from tidemill.flows.engine.runtime import Runtime
 from tidemill.keys import get_key
 from tidemill.tasks.records.pii import pseudonym
 from tidemill.tasks.synthetic.flights import landing_rows
@@ -463,9 +463,9 @@ def test_prefect_runs_leave_no_plaintext_in_artifacts_logs_events_or_database(
     from prefect.artifacts import create_markdown_artifact
 
     from tidemill.flows.backfill import backfill
+    from tidemill.flows.engine.runtime import install
     from tidemill.flows.erasure import erasure_flow
     from tidemill.flows.micro_batch import micro_batch
-    from tidemill.flows.resident import install
     from tidemill.tasks.records.pii import subject_digest, subject_value
 
     def flow_batches() -> int:

@@ -15,9 +15,9 @@ import psycopg
 import pytest
 
 from tidemill.config import load_config
-from tidemill.flows.backfill_window import run_backfill
-from tidemill.flows.cycle import CycleReport, run_cycle
-from tidemill.flows.runtime import Runtime
+from tidemill.flows.engine.backfill import run_backfill
+from tidemill.flows.engine.cycle import CycleReport, run_cycle
+from tidemill.flows.engine.runtime import Runtime
 from tidemill.tasks.sources.postgres import SourceError, row_line
 
 pytestmark = pytest.mark.slow

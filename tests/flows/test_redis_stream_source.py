@@ -20,8 +20,8 @@ import redis
 
 from tidemill.config import load_config
 from tidemill.deployments import redis_server
-from tidemill.flows.cycle import CycleReport, run_cycle
-from tidemill.flows.runtime import Runtime
+from tidemill.flows.engine.cycle import CycleReport, run_cycle
+from tidemill.flows.engine.runtime import Runtime
 from tidemill.tasks.sources.redis_stream import StreamError, entry_line
 from tidemill.tasks.synthetic.sensors import publish_readings, replay_readings, sensor_readings
 

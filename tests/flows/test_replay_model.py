@@ -8,9 +8,9 @@ import polars as pl
 import pytest
 
 from tidemill.config import load_config
-from tidemill.flows.cycle import run_cycle
-from tidemill.flows.replay_model import ReplayError, replay_model
-from tidemill.flows.runtime import Runtime
+from tidemill.flows.engine.cycle import run_cycle
+from tidemill.flows.engine.replay import ReplayError, replay_model
+from tidemill.flows.engine.runtime import Runtime
 
 REPO = Path(__file__).parents[2]
 
@@ -41,7 +41,7 @@ def replayed(tmp_path_factory: pytest.TempPathFactory, flight_rows: pl.DataFrame
 
 
 def test_every_candidate_version_is_rebuilt_exactly(replayed: Runtime) -> None:
-    config = replayed.pipelines["flights"].config
+    config = replayed.pipelines.states["flights"].config
     rows = replayed.con.sql(
         "SELECT candidate, max(version) FROM ml.model_versions GROUP BY 1 ORDER BY 1"
     ).fetchall()
@@ -57,7 +57,7 @@ def test_every_candidate_version_is_rebuilt_exactly(replayed: Runtime) -> None:
 
 
 def test_a_changed_row_breaks_the_proof(replayed: Runtime) -> None:
-    config = replayed.pipelines["flights"].config
+    config = replayed.pipelines.states["flights"].config
     version = replayed.con.sql(
         "SELECT max(version) FROM ml.model_versions WHERE candidate = 'main'"
     ).fetchall()[0][0]

@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from tidemill.config import load_config
-from tidemill.flows.runtime import Runtime
+from tidemill.flows.engine.runtime import Runtime
 from tidemill.warehouse import snapshot
 from tidemill.warehouse.connection import database_path
 
@@ -80,17 +80,17 @@ def test_a_snapshot_copied_while_batches_commit_is_the_checkpointed_state(
     runtime = _runtime(tmp_path)
     con = runtime.con
     con.execute("CREATE TABLE raw.big AS SELECT range AS i, random() AS v FROM range(4000000)")
-    runtime.unpublished = True
+    runtime.publication.changed()
     runtime.after_cycle(committed=True)  # checkpoints, then starts the copy
-    assert runtime.publisher.busy
+    assert runtime.publication.publisher.busy
     writes = 0
-    while runtime.publisher.busy:
+    while runtime.publication.publisher.busy:
         with runtime.lock:  # as a batch does; 150k rows: written straight to the file
             con.execute("INSERT INTO raw.big SELECT range, 0.5 FROM range(150000)")
         runtime.after_cycle(committed=True)  # no checkpoint while the copy runs
         writes += 1
-    runtime.publisher.wait()
-    assert writes >= 3 and runtime.publisher.published == 1
+    runtime.publication.publisher.wait()
+    assert writes >= 3 and runtime.publication.publisher.published == 1
     with duckdb.connect(str(runtime.state_dir / "snapshot.duckdb"), read_only=True) as snap:
         assert snap.sql("SELECT count(*), count(DISTINCT i) FROM raw.big").fetchall() == [
             (4_000_000, 4_000_000)

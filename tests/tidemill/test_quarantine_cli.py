@@ -182,8 +182,8 @@ def test_readmission_goes_through_the_owner_while_one_runs(
 ) -> None:
     from tidemill.config import load_config
     from tidemill.deployments import owner
-    from tidemill.flows.cycle import run_cycle
-    from tidemill.flows.runtime import Runtime
+    from tidemill.flows.engine.cycle import run_cycle
+    from tidemill.flows.engine.runtime import Runtime
 
     config, ids = quarantined
     runtime = Runtime.open(load_config(config))

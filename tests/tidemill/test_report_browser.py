@@ -95,8 +95,8 @@ def test_the_report_loads_without_console_errors_and_shows_every_chart(
     elec_csv: Callable[..., pl.DataFrame],
     tmp_path: Path,
 ) -> None:
-    from tidemill.flows.cycle import run_cycle
-    from tidemill.flows.runtime import Runtime
+    from tidemill.flows.engine.cycle import run_cycle
+    from tidemill.flows.engine.runtime import Runtime
 
     config = elec_config(batch_rows=40)
     landing = Path(config.pipeline("elec").source.path).parent

@@ -28,8 +28,8 @@ import sklearn.base
 from sklearn.linear_model import SGDClassifier
 
 from tidemill.config import load_config
-from tidemill.flows.cycle import run_cycle
-from tidemill.flows.runtime import Runtime
+from tidemill.flows.engine.cycle import run_cycle
+from tidemill.flows.engine.runtime import Runtime
 from tidemill.keys import get_key
 from tidemill.tasks.drift.detectors import Adwin
 from tidemill.tasks.drift.shift import FeatureShift

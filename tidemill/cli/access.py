@@ -76,7 +76,7 @@ def command(config: TidemillConfig, op: str, **payload: Any) -> dict[str, Any]:
     except OwnerUnavailable:
         pass
     from tidemill.deployments.owner import commands
-    from tidemill.flows.runtime import Runtime
+    from tidemill.flows.engine.runtime import Runtime
 
     runtime = Runtime.open(config)
     try:

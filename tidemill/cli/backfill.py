@@ -78,8 +78,8 @@ def backfill(
 def _backfill_here(
     config: TidemillConfig, pipeline: str, start: datetime, end: datetime, retrain: bool
 ) -> None:
-    from tidemill.flows.backfill_window import run_backfill
-    from tidemill.flows.runtime import Runtime
+    from tidemill.flows.engine.backfill import run_backfill
+    from tidemill.flows.engine.runtime import Runtime
 
     runtime = Runtime.open(config)
     try:

@@ -85,8 +85,8 @@ def quarantine_show(
 ) -> None:
     """One quarantined record: its file and line, every reason, its raw text, the fields
     it splits into, and whether it was re-admitted."""
-    from tidemill.config import FilesSource
     from tidemill.tasks.records.parse import record_fields
+    from tidemill.tasks.sources.loader import source_for
 
     owner = session.owner(pipeline)
     spec = owner.pipeline(pipeline)
@@ -98,7 +98,7 @@ def quarantine_show(
         )
     record = rows[0]
     header = str(record.pop("header") or "").split(",")
-    fmt = spec.source.format if isinstance(spec.source, FilesSource) else "ndjson"
+    fmt = source_for(spec, owner.state_dir).record_format
     required = [c for c in (spec.key, spec.event_time, *(spec.features or []), spec.target) if c]
     try:
         fields: dict[str, Any] = record_fields(str(record["raw_text"]), fmt, header, required)

@@ -32,8 +32,9 @@ def run(
     `tidemill query` reaches the warehouse through this process.
     """
     from tidemill.deployments import owner
-    from tidemill.flows.cycle import BatchFailed, run_cycle
-    from tidemill.flows.runtime import Runtime
+    from tidemill.flows.engine.drive import drive
+    from tidemill.flows.engine.runtime import Runtime
+    from tidemill.tasks.sources.loader import source_for
 
     config = session.owner(pipeline)
     spec = config.pipeline(pipeline)
@@ -41,68 +42,49 @@ def run(
     service = owner.serve(runtime)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    reports = []
+    reports: list[Any] = []
     started = time.perf_counter()
     try:
         if drain:
             # nobody needs a snapshot per batch while draining: one every 5 s, one at the end
-            runtime.snapshot_every_seconds = max(runtime.snapshot_every_seconds, 5.0)
-            reports = _drain(runtime, pipeline, max_batches)
+            publication = runtime.publication
+            publication.every_seconds = max(publication.every_seconds, 5.0)
+            with progress_bar("rows") as progress:
+                bar = progress.add_task(f"draining {pipeline}", total=None)
+                seen: list[Any] = []
+
+                def show(report: Any) -> None:
+                    seen.append(report)
+                    if report.status == "failed":
+                        err.print(f"[red]batch {report.batch_id} failed: {report.error}[/red]")
+                    elif report.status == "committed":
+                        done = sum(r.rows_in for r in seen if r.status == "committed")
+                        progress.update(bar, completed=done, total=done + report.backlog)
+
+                reports = drive(
+                    runtime, pipeline, pace="drain", on_cycle=show, max_batches=max_batches
+                )
+            if seen and seen[-1].status == "waiting":
+                source = source_for(spec, config.state_dir)
+                raise TidemillError(f"{pipeline}: no landing files match {source.label}")
         else:
             err.print(f"running {pipeline} every {spec.every_seconds:g}s; Ctrl-C stops")
-            while not stop.is_set():
-                tick = time.monotonic()
-                try:
-                    report = run_cycle(runtime, pipeline)
-                except BatchFailed as failure:
-                    err.print(f"[red]{failure}[/red]")
-                    report = failure.report
-                if report.status == "committed":
-                    reports.append(report)
+
+            def say(report: Any) -> None:
+                if report.status == "failed":
+                    err.print(f"[red]batch {report.batch_id} failed: {report.error}[/red]")
+                elif report.status == "committed":
                     err.print(_one_line(report))
-                if max_batches and len(reports) >= max_batches:
-                    break
-                stop.wait(max(0.0, spec.every_seconds - (time.monotonic() - tick)))
+
+            reports = drive(
+                runtime, pipeline, pace="live", on_cycle=say, stop=stop, max_batches=max_batches
+            )
     except KeyboardInterrupt:
         err.print("stopped")
     finally:
         service.close()
         runtime.close()
     _summary(pipeline, reports, time.perf_counter() - started)
-
-
-def _drain(runtime: Any, pipeline: str, max_batches: int | None) -> list[Any]:
-    from tidemill.flows.cycle import BatchFailed, run_cycle
-
-    reports = []
-    failures = 0
-    with progress_bar("rows") as progress:
-        task = progress.add_task(f"draining {pipeline}", total=None)
-        done = 0
-        while True:
-            try:
-                report = run_cycle(runtime, pipeline, drain=True)
-            except BatchFailed as failure:
-                failures += 1
-                err.print(f"[red]{failure}[/red]")
-                if failures >= 3:
-                    raise TidemillError(
-                        f"{pipeline}: 3 batches failed in a row; see `tidemill status`"
-                    ) from None
-                continue
-            failures = 0
-            if report.status == "waiting":
-                raise TidemillError(
-                    f"{pipeline}: no landing files match {runtime.config.pipeline(pipeline).source.path}"
-                )
-            if report.status != "committed":
-                break
-            reports.append(report)
-            done += report.rows_in
-            progress.update(task, completed=done, total=done + report.backlog)
-            if max_batches and len(reports) >= max_batches:
-                break
-    return reports
 
 
 def _one_line(report: Any) -> str:

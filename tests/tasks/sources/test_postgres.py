@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 
 from tidemill.config import ConfigError, PostgresSource, parse_config
+from tidemill.tasks.sources.base import CursorPosition
 from tidemill.tasks.sources.postgres import (
-    CursorPosition,
     SourceError,
     Unreadable,
     next_position,

@@ -11,7 +11,7 @@ import pytest
 
 from tidemill.config import ConfigError, RedisStreamSource, parse_config
 from tidemill.tasks.records.lines import MAX_FIELD_BYTES
-from tidemill.tasks.sources.postgres import CursorPosition
+from tidemill.tasks.sources.base import CursorPosition
 from tidemill.tasks.sources.redis_stream import (
     StreamError,
     StreamReader,

@@ -11,36 +11,36 @@ second run of the same window inserts nothing.
 
 from __future__ import annotations
 
-import glob
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import polars as pl
 from polars.exceptions import PanicException
 
-from tidemill.config import PostgresSource, RedisStreamSource
+from tidemill import utc
 from tidemill.errors import TidemillError
-from tidemill.flows.cycle import batch_features, drop_erased, pii_key, raw_format
-from tidemill.flows.runtime import PipelineState, Runtime, fresh_model
+from tidemill.flows.engine.ingest import stored_form
+from tidemill.flows.engine.models import PipelineState
+from tidemill.flows.engine.runtime import Runtime
 from tidemill.tasks.features.aggregate import (
     previous_window_keys,
     target_value,
     window_partials,
     window_start,
 )
+from tidemill.tasks.features.batch import batch_features
 from tidemill.tasks.features.clean import clean_rows
 from tidemill.tasks.features.lags import lag_history
+from tidemill.tasks.learn.fresh import fresh_model
 from tidemill.tasks.learn.prequential import prequential_step
 from tidemill.tasks.learn.state import parameters_sha256
-from tidemill.tasks.records.pii import protected_records
 from tidemill.tasks.records.validate import content_hashes, validate_records
-from tidemill.tasks.sources.files import Arrival, read_arrival
-from tidemill.tasks.sources.postgres import read_window
+from tidemill.tasks.sources.loader import source_for
 from tidemill.warehouse import backfills, erasure, registry
 from tidemill.warehouse.batches import BatchRecord, next_batch_id, window_stats
 from tidemill.warehouse.batches import lag_history as stored_lag_history
-from tidemill.warehouse.pipeline_tables import declared_columns
+from tidemill.warehouse.connection import Connection
 
 Progress = Callable[[int, int], None]
 
@@ -64,59 +64,27 @@ class BackfillError(TidemillError, RuntimeError):
     """A backfill that cannot run; the message says why."""
 
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 def source_records(
-    state: PipelineState, start: datetime, end: datetime, pii_key: bytes
+    runtime: Runtime, state: PipelineState, start: datetime, end: datetime
 ) -> pl.DataFrame:
-    """Every record of the source with event time in [start, end), with `_file`: of the
-    landing files, or of the table (straight from it, whatever its cursor says). Personal
-    fields are protected with `pii_key` as the live ingest does (tasks/records/pii.py)."""
+    """Every record of the source with event time in [start, end), with `_file`, as it
+    may be stored (personal fields protected, erased subjects left out, as the live
+    ingest does), in event-time order."""
     config = state.config
-    source = config.source
-    if isinstance(source, RedisStreamSource):
-        raise BackfillError(
-            f"{config.name} reads a Redis stream: a stream keeps no time index to re-read "
-            "a window from (its entries are acknowledged once stored)"
-        )
-    if isinstance(source, PostgresSource):
-        assert config.key is not None  # the config refuses a postgres source without one
-        rows = read_window(
-            source.dsn,
-            source.table,
-            config.key,
-            declared_columns(config),
-            config.event_time,
-            start,
-            end,
-            source.label,
-        )
-        rows = protected_records(rows, config.pii, pii_key, raw_format="json")
-        return rows.sort("_event_at", "_file", "_line")
-    frames = []
-    for path in sorted(glob.glob(source.path)):
-        with open(path, "rb") as handle:
-            data = handle.read()
-        arrival = Arrival(path, len(data), 0, "", "backfill", 0, data)
-        header, records = read_arrival(
-            arrival, source.format, declared_columns(config), None, config.event_time
-        )
-        records = protected_records(
-            records, config.pii, pii_key, raw_format=raw_format(source), header=header
-        )
-        frames.append(records.with_columns(pl.lit(path).alias("_file")))
+    source = source_for(config, runtime.state_dir)
+    with runtime.writing() as con:
+        erased = erasure.erased_digests(con, config.name)
+    frames = [
+        stored_form(config, runtime.state_dir, source, arrived, erased)[0]
+        for arrived in source.read_window(start, end)
+    ]
     if not frames:
         return pl.DataFrame()
-    everything = pl.concat(frames, how="vertical_relaxed")
-    return everything.filter((pl.col("_event_at") >= start) & (pl.col("_event_at") < end)).sort(
-        "_event_at", "_file", "_line"
-    )
+    return pl.concat(frames, how="vertical_relaxed").sort("_event_at", "_file", "_line")
 
 
 def _recompute(
-    runtime: Runtime, state: PipelineState, new_clean: pl.DataFrame
+    con: Connection, state: PipelineState, new_clean: pl.DataFrame
 ) -> dict[str, tuple[pl.DataFrame, pl.DataFrame]]:
     """Per aggregate: the windows `new_clean` adds to, and their stats recomputed from
     the stored clean rows of those windows plus `new_clean`."""
@@ -130,9 +98,7 @@ def _recompute(
             continue
         first = windows["window_start"].min()
         last = windows["window_start"].max() + timedelta(seconds=spec.every_seconds)  # type: ignore[operator]
-        stored = backfills.clean_rows_between(
-            runtime.con, config.name, config.event_time, first, last
-        )  # type: ignore[arg-type]
+        stored = backfills.clean_rows_between(con, config.name, config.event_time, first, last)  # type: ignore[arg-type]
         rows = pl.concat([stored.select(new_clean.columns), new_clean], how="vertical_relaxed")
         stats = window_partials(rows, config, spec).join(
             windows, on=["window_start", *spec.by], how="semi", nulls_equal=True
@@ -142,23 +108,23 @@ def _recompute(
 
 
 def _insert_chunk(
-    runtime: Runtime, state: PipelineState, backfill_id: int, chunk: pl.DataFrame
+    con: Connection, state: PipelineState, backfill_id: int, chunk: pl.DataFrame
 ) -> None:
     config = state.config
-    started = _now()
-    validated = validate_records(chunk, config, _now())
+    started = utc.now()
+    validated = validate_records(chunk, config, utc.now())
     accepted = validated.accepted
     identity = (
-        accepted[config.key] if config.key else content_hashes(accepted, declared_columns(config))
+        accepted[config.key] if config.key else content_hashes(accepted, config.source_columns)
     )
-    stored = backfills.stored_identities(runtime.con, config, identity)
+    stored = backfills.stored_identities(con, config, identity)
     fresh = ~identity.is_in(stored.implode())
     new = accepted.filter(fresh)
     clean = clean_rows(new, config)
-    recompute = _recompute(runtime, state, clean)
+    recompute = _recompute(con, state, clean)
     ts = clean[config.event_time]
     record = BatchRecord(
-        batch_id=next_batch_id(runtime.con),
+        batch_id=next_batch_id(con),
         pipeline=config.name,
         status="backfill",
         window_start_at=ts.min() if clean.height else None,  # type: ignore[arg-type]
@@ -169,17 +135,17 @@ def _insert_chunk(
         rows_learned=0,
         model_version=state.version,
         started_at=started,
-        finished_at=_now(),
+        finished_at=utc.now(),
     )
-    raw = new.select([*declared_columns(config), "_file", "_line"]).with_columns(
-        content_hashes(new, declared_columns(config))
+    raw = new.select([*config.source_columns, "_file", "_line"]).with_columns(
+        content_hashes(new, config.source_columns)
     )
     backfills.commit_chunk(
-        runtime.con,
+        con,
         config,
         backfill_id,
         backfills.ChunkWrite(
-            lags=_lag_histories(runtime, state, clean),
+            lags=_lag_histories(con, state, clean),
             record=record,
             raw=raw,
             clean=clean,
@@ -191,14 +157,14 @@ def _insert_chunk(
 
 
 def _lag_histories(
-    runtime: Runtime, state: PipelineState, new_clean: pl.DataFrame
+    con: Connection, state: PipelineState, new_clean: pl.DataFrame
 ) -> dict[str, pl.DataFrame]:
     """Per lag: the stored history of the series `new_clean` touches, with its labels in."""
     config = state.config
     valued = new_clean.with_columns(target_value(config).alias("_value"))
     return {
         lag.name: lag_history(
-            stored_lag_history(runtime.con, config, lag, new_clean.select(lag.by)),
+            stored_lag_history(con, config, lag, new_clean.select(lag.by)),
             valued,
             event_time=config.event_time,
             by=lag.by,
@@ -214,21 +180,21 @@ def _train_candidate(
     """A fresh model learned prequentially on the window's clean rows, registered as a
     candidate of model.name's lineage; None when the window has no labelled row."""
     config = state.config
-    with runtime.lock:
-        rows = backfills.clean_rows_between(runtime.con, config.name, config.event_time, start, end)
+    with runtime.writing() as con:
+        rows = backfills.clean_rows_between(con, config.name, config.event_time, start, end)
     model = fresh_model(config)
     totals: dict[str, float] = {}
     scored = 0
     for chunk in rows.iter_slices(config.batch_rows):
-        with runtime.lock:
+        with runtime.writing() as con:
             windows = {
                 spec.name: window_stats(
-                    runtime.con, config, spec, previous_window_keys(chunk, config, spec)
+                    con, config, spec, previous_window_keys(chunk, config, spec)
                 )
                 for spec in config.aggregates
             }
             histories = {
-                lag.name: stored_lag_history(runtime.con, config, lag, chunk.select(lag.by))
+                lag.name: stored_lag_history(con, config, lag, chunk.select(lag.by))
                 for lag in config.lags
             }
         features, _ = batch_features(chunk, config, windows, histories)
@@ -240,23 +206,23 @@ def _train_candidate(
     if not model.fitted:
         return None
     metrics = {name: total / scored for name, total in totals.items()} if scored else {}
-    with runtime.lock:
+    with runtime.writing() as con:
         row = registry.write_version(
-            runtime.con,
+            con,
             runtime.state_dir,
             config.name,
             model,
             estimator=config.model.estimator,
             params=config.model.params,
             parent_version=None,
-            batch_id=next_batch_id(runtime.con) - 1,
+            batch_id=next_batch_id(con) - 1,
             status="candidate",
             metrics=metrics,
-            created_at=_now(),
+            created_at=utc.now(),
             candidate=config.model.name,
             params_sha256=parameters_sha256(model),
         )
-        registry.record(runtime.con, row)
+        registry.record(con, row)
     return row, metrics
 
 
@@ -278,54 +244,44 @@ def run_backfill(
         )
     state = runtime.pipeline(name)
     if state is None:
-        raise BackfillError(
-            f"{name} has no data yet: nothing has landed in {runtime.config.pipeline(name).source.path}"
-        )
-    with runtime.lock:
-        backfill_id = backfills.begin(runtime.con, name, start, end, retrain, requested_by)
+        source = source_for(runtime.config.pipeline(name), runtime.state_dir)
+        raise BackfillError(f"{name} has no data yet: nothing has landed in {source.label}")
+    with runtime.writing() as con:
+        backfill_id = backfills.begin(con, name, start, end, retrain, requested_by)
     try:
-        records = source_records(state, start, end, pii_key(runtime, state.config))
-        with runtime.lock:
-            erased = erasure.erased_digests(runtime.con, name)
-        records = drop_erased(runtime, state.config, records, erased)
+        records = source_records(runtime, state, start, end)
         total = records.height
         if total:
-            with runtime.lock:
-                elsewhere = backfills.waiting_or_quarantined(runtime.con, name)
-                backfills.set_total(runtime.con, backfill_id, total)
+            with runtime.writing() as con:
+                elsewhere = backfills.waiting_or_quarantined(con, name)
+                backfills.set_total(con, backfill_id, total)
             records = records.join(elsewhere, on=["_file", "_line"], how="anti")
             skipped = total - records.height
             if skipped:
-                with runtime.lock:
-                    runtime.con.execute(
-                        "UPDATE _backfills SET rows_done = rows_done + ?, rows_present = rows_present + ? "
-                        "WHERE backfill_id = ?",
-                        [skipped, skipped, backfill_id],
-                    )
+                with runtime.writing() as con:
+                    backfills.count_present(con, backfill_id, skipped)
             if progress:
                 progress(skipped, total)
             done = skipped
             for chunk in records.iter_slices(chunk_rows):
-                with runtime.lock:
-                    _insert_chunk(runtime, state, backfill_id, chunk)
+                with runtime.writing() as con:
+                    _insert_chunk(con, state, backfill_id, chunk)
                 done += chunk.height
                 if progress:
                     progress(done, total)
         candidate = _train_candidate(runtime, state, start, end) if retrain else None
-        with runtime.lock:
+        with runtime.writing() as con:
             backfills.finish(
-                runtime.con,
+                con,
                 backfill_id,
                 "done",
                 candidate_version=candidate[0].version if candidate else None,
             )
-            row = backfills.get(runtime.con, backfill_id)
-            runtime.unpublished = True
+            row = backfills.get(con, backfill_id)
+            runtime.publication.changed()
     except (Exception, PanicException) as error:
-        with runtime.lock:
-            backfills.finish(
-                runtime.con, backfill_id, "failed", error=f"{type(error).__name__}: {error}"
-            )
+        with runtime.writing() as con:
+            backfills.finish(con, backfill_id, "failed", error=f"{type(error).__name__}: {error}")
         raise
     return BackfillReport(
         backfill_id=backfill_id,

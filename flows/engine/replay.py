@@ -19,15 +19,15 @@ import polars as pl
 
 from tidemill.config import PipelineConfig
 from tidemill.errors import TidemillError
-from tidemill.flows.cycle import batch_features
-from tidemill.flows.runtime import fresh_model
 from tidemill.tasks.features.aggregate import (
     merge_window_stats,
     previous_window_keys,
     target_value,
     window_partials,
 )
+from tidemill.tasks.features.batch import batch_features
 from tidemill.tasks.features.clean import in_batch_order
+from tidemill.tasks.learn.fresh import fresh_model
 from tidemill.tasks.learn.prequential import Step, learn_here, prequential_step
 from tidemill.tasks.learn.shards import sharded_learner
 from tidemill.tasks.learn.state import ModelState, parameters_sha256

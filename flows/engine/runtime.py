@@ -1,0 +1,192 @@
+"""The process that owns a warehouse file: its one connection and the lock every write
+takes, cursors of their own for readers, and the jobs that share them (the resident
+pipelines, snapshot publication, Dask placement).
+
+DuckDB allows one writing process per file. Keeping the connection and the models open
+between micro-batches is what makes a 5 s cadence cheap: no process start, no re-import,
+no model load per batch. Writers get the connection only through `writing()` (the lock
+held); readers get a cursor of their own through `reader()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import threadpoolctl
+
+from tidemill.config import TidemillConfig, load_config
+from tidemill.flows.engine.models import PipelineState, change_champion
+from tidemill.flows.engine.pipelines import Pipelines
+from tidemill.flows.engine.placement import Placement
+from tidemill.flows.engine.publication import Publication
+from tidemill.settings import Settings, get_settings
+from tidemill.warehouse import registry
+from tidemill.warehouse.compact import Compacted, compact
+from tidemill.warehouse.connection import (
+    STORAGE_VERSION,
+    CheckpointFailed,
+    Connection,
+    checkpoint,
+    database_path,
+    open_warehouse,
+)
+from tidemill.warehouse.readonly import QueryResult, run_readonly
+
+log = logging.getLogger("tidemill")
+
+
+@dataclass
+class Runtime:
+    """The owner of one warehouse file and the models of its pipelines."""
+
+    config: TidemillConfig
+    con: Connection
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    memory_limit: str | None = None  # DuckDB's, kept to reopen the file after a rewrite
+    pipelines: Pipelines = field(init=False)
+    publication: Publication = field(init=False)
+    placement: Placement = field(default_factory=Placement)
+    _readers: set[Connection] = field(default_factory=set)
+    _idle: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._idle = threading.Condition(self.lock)
+        self.pipelines = Pipelines(self.config)
+        self.publication = Publication(self.state_dir)
+
+    @classmethod
+    def open(cls, config: TidemillConfig, settings: Settings | None = None) -> Runtime:
+        """Open the warehouse of `config` for writing (OwnedElsewhere if another process
+        holds it)."""
+        settings = settings or get_settings()
+        # for the whole process: scikit-learn's BLAS threads fight over the cores
+        threadpoolctl.threadpool_limits(limits=settings.learn_threads)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        con = open_warehouse(database_path(config.state_dir), settings.duckdb_memory_limit)
+        runtime = cls(config=config, con=con, memory_limit=settings.duckdb_memory_limit)
+        runtime.publication.every_seconds = settings.snapshot_every_seconds
+        runtime.publication.checkpoint_every_cycles = settings.checkpoint_every_cycles
+        return runtime
+
+    @property
+    def state_dir(self) -> Path:
+        return self.config.state_dir
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """The warehouse connection, with the owner's lock held for the block."""
+        with self.lock:
+            yield self.con
+
+    @contextmanager
+    def reader(self) -> Iterator[Connection]:
+        """A cursor of its own on the warehouse, for work that reads beside the batches
+        (owner queries, replays, artifacts); `rewrite_file` interrupts it."""
+        with self.lock:
+            cursor = self.con.cursor()
+            self._readers.add(cursor)
+        try:
+            yield cursor
+        finally:
+            with self.lock:
+                self._readers.discard(cursor)
+                cursor.close()
+                self._idle.notify_all()
+
+    def read(self, sql: str) -> QueryResult:
+        """Run read-only `sql` on a cursor of its own (see warehouse/readonly.py)."""
+        with self.reader() as cursor:
+            return run_readonly(cursor, sql)
+
+    def pipeline(self, name: str) -> PipelineState | None:
+        """The pipeline's resident state, set up on first use (see pipelines.py)."""
+        if name in self.pipelines.states:
+            return self.pipelines.states[name]
+        with self.writing() as con:
+            return self.pipelines.open(con, name)
+
+    def reload_model(self, name: str) -> None:
+        """Forget the in-memory models of `name` and load the committed ones again."""
+        self.pipelines.forget(name)
+        self.pipeline(name)
+
+    def after_cycle(self, *, committed: bool) -> None:
+        """Checkpoint and publish when due (see publication.py)."""
+        with self.writing() as con:
+            self.publication.after_cycle(con, committed=committed)
+
+    def publish_now(self, *, keep_previous: bool = True) -> None:
+        """Checkpoint and publish the snapshot before returning; nothing else runs meanwhile."""
+        with self.writing() as con:
+            self.publication.publish_now(con, keep_previous=keep_previous)
+
+    def change_champion(
+        self, name: str, to_version: int | None, *, action: str, actor: str, reason: str
+    ) -> registry.ModelVersion:
+        """Promote `to_version` of `name` (rollback: to the previous champion when None)."""
+        state = self.pipeline(name)
+        if state is None:
+            raise registry.RegistryError(f"{name} has no tables yet")
+        with self.writing() as con:
+            changed = change_champion(
+                con, self.state_dir, state, to_version, action=action, actor=actor, reason=reason
+            )
+            self.publication.changed()
+        return changed
+
+    def rewrite_file(self, *, wait_seconds: float = 30.0) -> Compacted:
+        """Rewrite the warehouse file so the bytes of deleted rows are gone (after an
+        erasure; see warehouse/compact.py), then publish a fresh snapshot, since the old
+        one still holds them. Readers are interrupted; batches wait meanwhile."""
+        path = database_path(self.state_dir)
+        with self.lock:
+            for cursor in list(self._readers):
+                cursor.interrupt()
+            if not self._idle.wait_for(lambda: not self._readers, timeout=wait_seconds):
+                raise RuntimeError(f"readers still hold {path} after {wait_seconds:g} s")
+            self.publication.publisher.wait()
+            checkpoint(self.con)
+            self.con.close()
+            try:
+                done = compact(path, STORAGE_VERSION)
+            finally:
+                self.con = open_warehouse(path, self.memory_limit)
+            self.publish_now(keep_previous=False)
+        return done
+
+    def close(self) -> None:
+        """Checkpoint, publish a last snapshot and close the file and the Dask clients."""
+        with self.lock:
+            try:
+                self.publish_now()
+            except (CheckpointFailed, OSError) as error:
+                log.warning("final checkpoint or snapshot failed: %s", error)
+            self.con.close()
+        self.placement.close()
+
+
+_resident_lock = threading.Lock()
+_resident: Runtime | None = None
+
+
+def install(runtime: Runtime | None) -> None:
+    """Make `runtime` the one every flow run executed in this process uses (the worker
+    installs its own before it starts executing runs; None forgets it)."""
+    global _resident
+    with _resident_lock:
+        _resident = runtime
+
+
+def resident_runtime() -> Runtime:
+    """This process's Runtime: the installed one, else one opened from the configured
+    file (a flow run executed anywhere else, provided no other process owns the file)."""
+    global _resident
+    with _resident_lock:
+        if _resident is None:
+            _resident = Runtime.open(load_config(get_settings().config))
+        return _resident
