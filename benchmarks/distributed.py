@@ -148,7 +148,7 @@ def synthetic(rows: int = SYNTHETIC_ROWS, seed: int = 11) -> Stream:
 
 
 def fresh(stream: Stream, estimator: str) -> ModelState:
-    """An untrained model for `stream`, built as flows/runtime.py `fresh_model` builds one
+    """An untrained model for `stream`, built as flows/engine/runtime.py `fresh_model` builds one
     (no drift detector: it runs on the coordinator either way)."""
     return ModelState(
         estimator=make_estimator(estimator, dict(ESTIMATORS[estimator]), "classification"),

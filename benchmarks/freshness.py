@@ -64,7 +64,7 @@ from tidemill.deployments.replayer import load_flights
 from tidemill.deployments.worker import ready_file
 from tidemill.settings import get_settings
 from tidemill.tasks.synthetic.flights import flight_events, landing_rows
-from tidemill.warehouse.snapshot import snapshot_path
+from tidemill.warehouse.serving.snapshot import snapshot_path
 
 CADENCE = 5
 ROWS_PER_SECOND = 19.0  # what `make run` replays (1800x real time)

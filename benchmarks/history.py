@@ -36,7 +36,7 @@ from tidemill.config import load_config
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.runtime import Runtime
 from tidemill.warehouse.connection import database_path
-from tidemill.warehouse.snapshot import publish_snapshot, snapshot_path
+from tidemill.warehouse.serving.snapshot import publish_snapshot, snapshot_path
 
 BATCH_ROWS = 500
 SENSORS = 200

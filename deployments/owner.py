@@ -20,10 +20,12 @@ from tidemill.flows.engine.runtime import Runtime
 from tidemill.keys import get_key
 from tidemill.tasks.records.pii import protected_changes
 from tidemill.tasks.sources.loader import source_for
-from tidemill.warehouse import backfills, registry
+from tidemill.warehouse import artifacts
+from tidemill.warehouse.artifacts import ArtifactIntegrityError
+from tidemill.warehouse.ledger import backfills
 from tidemill.warehouse.quarantine import Fix, ReadmitRefused
 from tidemill.warehouse.quarantine import readmit as put_back
-from tidemill.warehouse.registry import ArtifactIntegrityError, RegistryError
+from tidemill.warehouse.registry import RegistryError
 
 
 def _champion(runtime: Runtime) -> Command:
@@ -177,7 +179,7 @@ def _sign(runtime: Runtime) -> Command:
     def sign(request: dict[str, Any]) -> dict[str, Any]:
         pipeline = str(request["pipeline"])
         with runtime.writing() as con:
-            signed = registry.sign_versions(
+            signed = artifacts.sign_versions(
                 con, runtime.state_dir, pipeline, resign=bool(request.get("resign"))
             )
         return {"signed": signed.signed, "refused": {str(k): v for k, v in signed.refused.items()}}

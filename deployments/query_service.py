@@ -8,7 +8,7 @@ the owner too. One JSON line in ({"sql": ...} or {"op": NAME, ...}), one JSON li
 mode 0600, so only the owner's user can reach it.
 
 A query runs on a cursor of the writer's connection, fenced three ways (see
-warehouse/readonly.py): the statement allowlist, a READ ONLY transaction, and the
+warehouse/serving/readonly.py): the statement allowlist, a READ ONLY transaction, and the
 writer's locked-down connection (no files, no extensions, frozen settings). It is also
 interrupted after `query_timeout` seconds and refused past `max_rows` rows, so nobody's
 SQL holds the owner's cores or memory for long.
@@ -28,7 +28,7 @@ from typing import Any
 
 from tidemill.errors import TidemillError
 from tidemill.warehouse.connection import Connection
-from tidemill.warehouse.readonly import (
+from tidemill.warehouse.serving.readonly import (
     QueryResult,
     run_readonly,
 )

@@ -29,8 +29,8 @@ from tidemill.flows.erasure import erasure_flow
 from tidemill.flows.maintenance import maintenance
 from tidemill.flows.micro_batch import micro_batch
 from tidemill.settings import get_settings
-from tidemill.warehouse import backfills
-from tidemill.warehouse.registry import ArtifactIntegrityError
+from tidemill.warehouse.artifacts import ArtifactIntegrityError
+from tidemill.warehouse.ledger import backfills
 
 log = logging.getLogger("tidemill.worker")
 

@@ -20,8 +20,8 @@ from tidemill.config import PipelineConfig
 from tidemill.errors import TidemillError
 from tidemill.tasks.records.parse import amend_record
 from tidemill.tasks.records.validate import parse_timestamp, validate_records
-from tidemill.warehouse.batches import known_keys
 from tidemill.warehouse.inbox import headers
+from tidemill.warehouse.ledger.batches import known_keys
 from tidemill.warehouse.pipeline_tables import PipelineTables, lit, q
 from tidemill.warehouse.transaction import transaction
 

@@ -9,7 +9,7 @@ import polars as pl
 
 from tidemill.tasks.report.page import ReportData
 from tidemill.warehouse.pipeline_tables import PipelineTables, lit
-from tidemill.warehouse.readonly import QueryResult
+from tidemill.warehouse.serving.readonly import QueryResult
 
 Read = Callable[[str], QueryResult]
 """Runs read-only SQL on the warehouse: through the CLI's access, or on an owner's cursor."""

@@ -42,7 +42,7 @@ from tidemill.tasks.judge.retention import (
     RetentionPolicy,
     prunable_versions,
 )
-from tidemill.warehouse.registry import ARTIFACTS_DIR
+from tidemill.warehouse.artifacts import ARTIFACTS_DIR
 from tidemill.warehouse.transaction import transaction
 
 log = logging.getLogger("tidemill")

@@ -37,10 +37,12 @@ from tidemill.tasks.learn.prequential import prequential_step
 from tidemill.tasks.learn.state import parameters_sha256
 from tidemill.tasks.records.validate import content_hashes, validate_records
 from tidemill.tasks.sources.loader import source_for
-from tidemill.warehouse import backfills, erasure, registry
-from tidemill.warehouse.batches import BatchRecord, next_batch_id, window_stats
-from tidemill.warehouse.batches import lag_history as stored_lag_history
+from tidemill.warehouse import artifacts, registry
 from tidemill.warehouse.connection import Connection
+from tidemill.warehouse.ledger import backfills
+from tidemill.warehouse.ledger import erasures as erasure
+from tidemill.warehouse.ledger.batches import BatchRecord, next_batch_id, window_stats
+from tidemill.warehouse.ledger.batches import lag_history as stored_lag_history
 
 Progress = Callable[[int, int], None]
 
@@ -207,7 +209,7 @@ def _train_candidate(
         return None
     metrics = {name: total / scored for name, total in totals.items()} if scored else {}
     with runtime.writing() as con:
-        row = registry.write_version(
+        row = artifacts.write_version(
             con,
             runtime.state_dir,
             config.name,

@@ -40,8 +40,9 @@ from tidemill.tasks.learn.prequential import Step, prequential_step
 from tidemill.tasks.learn.state import parameters_sha256
 from tidemill.tasks.records.validate import content_hashes, validate_records
 from tidemill.tasks.sources.loader import source_for
-from tidemill.warehouse import inbox, registry
-from tidemill.warehouse.batches import (
+from tidemill.warehouse import artifacts, inbox, registry
+from tidemill.warehouse.connection import Connection
+from tidemill.warehouse.ledger.batches import (
     BatchRecord,
     BatchWrite,
     commit_batch,
@@ -51,8 +52,7 @@ from tidemill.warehouse.batches import (
     record_failure,
     window_stats,
 )
-from tidemill.warehouse.batches import lag_history as stored_lag_history
-from tidemill.warehouse.connection import Connection
+from tidemill.warehouse.ledger.batches import lag_history as stored_lag_history
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,7 @@ def _record_failure(
         log.warning("could not record failed batch %s: %s", failed.batch_id, unrecorded)
     try:
         runtime.reload_model(name)
-    except registry.ArtifactIntegrityError as refused:  # the batch's failure is the news
+    except artifacts.ArtifactIntegrityError as refused:  # the batch's failure is the news
         runtime.pipelines.forget(name)  # the next cycle tries (and says) again
         log.error("%s: the committed model cannot be loaded again: %s", name, refused)
 
@@ -375,7 +375,7 @@ def _write_versions(
         model = verdict.models[name]
         spec = specs.get(name)
         written.append(
-            registry.write_version(
+            artifacts.write_version(
                 con,
                 state_dir,
                 config.name,

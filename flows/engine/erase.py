@@ -42,10 +42,12 @@ from tidemill.tasks.judge.promotion import ScoreWindow
 from tidemill.tasks.learn.prequential import ShardRecord
 from tidemill.tasks.learn.state import ModelState, parameters_sha256
 from tidemill.tasks.records.pii import subject_digest
-from tidemill.warehouse import erasure, history, registry
-from tidemill.warehouse.backfills import replace_windows
-from tidemill.warehouse.batches import replace_lag_history
+from tidemill.warehouse import artifacts, registry
 from tidemill.warehouse.connection import Connection
+from tidemill.warehouse.ledger import erasures as erasure
+from tidemill.warehouse.ledger import history
+from tidemill.warehouse.ledger.backfills import replace_windows
+from tidemill.warehouse.ledger.batches import replace_lag_history
 from tidemill.warehouse.pipeline_tables import PipelineTables
 from tidemill.warehouse.transaction import transaction
 
@@ -155,7 +157,7 @@ def _rebuild(
         if start is None:
             model = fresh_candidate(config, chain[0])
         elif start.artifact_pruned_at is None:
-            model = registry.load_artifact(state_dir, start)
+            model = artifacts.load_artifact(state_dir, start)
         else:
             model = replay_version(con, config, chain[:first])[0]
         parent = start.version if start else None
@@ -165,7 +167,7 @@ def _rebuild(
             if not step.rows_learned:
                 continue
             model = step.learned
-            row = registry.write_version(
+            row = artifacts.write_version(
                 con,
                 state_dir,
                 config.name,

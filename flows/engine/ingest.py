@@ -16,8 +16,9 @@ from tidemill.config import PipelineConfig
 from tidemill.keys import get_key
 from tidemill.tasks.records.pii import protected_header, protected_records, without_erased
 from tidemill.tasks.sources.base import Arrived, CursorPosition, Known, Source
-from tidemill.warehouse import cursors, erasure, inbox
+from tidemill.warehouse import cursors, inbox
 from tidemill.warehouse.connection import Connection
+from tidemill.warehouse.ledger import erasures as erasure
 
 log = logging.getLogger("tidemill")
 

@@ -12,7 +12,7 @@ from tidemill.tasks.judge.promotion import ScoreWindow
 from tidemill.tasks.learn.fresh import fresh_model
 from tidemill.tasks.learn.metrics import DEFAULT_METRIC
 from tidemill.tasks.learn.state import ModelState
-from tidemill.warehouse import registry
+from tidemill.warehouse import artifacts, registry
 from tidemill.warehouse.connection import Connection
 
 
@@ -58,12 +58,12 @@ def load_candidates(con: Connection, state_dir: Path, config: PipelineConfig) ->
     for spec in config.candidates:
         head = heads.get(spec.name)
         models[spec.name] = (
-            registry.load_artifact(state_dir, head) if head else fresh_model(config, spec)
+            artifacts.load_artifact(state_dir, head) if head else fresh_model(config, spec)
         )
         versions[spec.name] = head.version if head else None
     champion = next((h for h in heads.values() if h.status == "champion"), None)
     if champion is not None and champion.candidate not in models:  # no longer in the config
-        models[champion.candidate] = registry.load_artifact(state_dir, champion)
+        models[champion.candidate] = artifacts.load_artifact(state_dir, champion)
         versions[champion.candidate] = champion.version
     state = PipelineState(
         config=config,
@@ -97,7 +97,7 @@ def change_champion(
     row = registry.get_version(con, name, target)
     if row is None:
         raise registry.RegistryError(f"{name} has no version {target}")
-    model = registry.load_artifact(state_dir, row)
+    model = artifacts.load_artifact(state_dir, row)
     changed = registry.change_champion(con, name, target, action=action, actor=actor, reason=reason)
     state.models[changed.candidate] = model
     state.versions[changed.candidate] = changed.version

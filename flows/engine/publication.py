@@ -1,5 +1,5 @@
 """When the owner checkpoints and publishes the read-only snapshot (the copy itself is
-warehouse/snapshot.py): a checkpoint every N cycles (an idle pipeline's heartbeats would
+warehouse/serving/snapshot.py): a checkpoint every N cycles (an idle pipeline's heartbeats would
 otherwise pile up in the WAL), and a publication once it is due and something committed
 since. No checkpoint while a copy runs: the copy needs the main file unchanged."""
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tidemill.warehouse.connection import CheckpointFailed, Connection, checkpoint, database_path
-from tidemill.warehouse.snapshot import SnapshotPublisher, publish_snapshot, snapshot_path
+from tidemill.warehouse.serving.snapshot import SnapshotPublisher, publish_snapshot, snapshot_path
 
 log = logging.getLogger("tidemill")
 

@@ -31,8 +31,9 @@ from tidemill.tasks.learn.fresh import fresh_model
 from tidemill.tasks.learn.prequential import Step, learn_here, prequential_step
 from tidemill.tasks.learn.shards import sharded_learner
 from tidemill.tasks.learn.state import ModelState, parameters_sha256
-from tidemill.warehouse import history, registry
+from tidemill.warehouse import artifacts, registry
 from tidemill.warehouse.connection import Connection
+from tidemill.warehouse.ledger import history
 
 Progress = Callable[[int, int], None]
 
@@ -184,7 +185,7 @@ def replay_model(
     model, rows_learned = replay_version(con, config, chain, progress)
     rebuilt = parameters_sha256(model)
     artifact = (
-        parameters_sha256(registry.load_artifact(state_dir, target))
+        parameters_sha256(artifacts.load_artifact(state_dir, target))
         if target.artifact_pruned_at is None
         else None
     )

@@ -26,7 +26,6 @@ from tidemill.flows.engine.placement import Placement
 from tidemill.flows.engine.publication import Publication
 from tidemill.settings import Settings, get_settings
 from tidemill.warehouse import registry
-from tidemill.warehouse.compact import Compacted, compact
 from tidemill.warehouse.connection import (
     STORAGE_VERSION,
     CheckpointFailed,
@@ -35,7 +34,8 @@ from tidemill.warehouse.connection import (
     database_path,
     open_warehouse,
 )
-from tidemill.warehouse.readonly import QueryResult, run_readonly
+from tidemill.warehouse.serving.compact import Compacted, compact
+from tidemill.warehouse.serving.readonly import QueryResult, run_readonly
 
 log = logging.getLogger("tidemill")
 
@@ -99,7 +99,7 @@ class Runtime:
                 self._idle.notify_all()
 
     def read(self, sql: str) -> QueryResult:
-        """Run read-only `sql` on a cursor of its own (see warehouse/readonly.py)."""
+        """Run read-only `sql` on a cursor of its own (see warehouse/serving/readonly.py)."""
         with self.reader() as cursor:
             return run_readonly(cursor, sql)
 
@@ -141,7 +141,7 @@ class Runtime:
 
     def rewrite_file(self, *, wait_seconds: float = 30.0) -> Compacted:
         """Rewrite the warehouse file so the bytes of deleted rows are gone (after an
-        erasure; see warehouse/compact.py), then publish a fresh snapshot, since the old
+        erasure; see warehouse/serving/compact.py), then publish a fresh snapshot, since the old
         one still holds them. Readers are interrupted; batches wait meanwhile."""
         path = database_path(self.state_dir)
         with self.lock:

@@ -3,7 +3,7 @@
 A pipeline is ONE consumer of a consumer group: it reads its own pending entries first
 (delivered to it before but never stored: the process stopped before its commit), then
 new ones (`XREADGROUP ... >`), and acknowledges them (`XACK`) only after the records
-and the entry ids have committed in the warehouse (flows/cycle.py). So an entry is
+and the entry ids have committed in the warehouse (flows/engine/cycle.py). So an entry is
 acknowledged once it is stored, and the broker re-delivers every other one:
 
 - a crash before the commit leaves the entries pending for this consumer: the next read

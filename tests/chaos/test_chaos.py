@@ -63,8 +63,8 @@ from tidemill.deployments.replayer import load_flights
 from tidemill.deployments.supervisor import read_status
 from tidemill.settings import get_settings
 from tidemill.tasks.synthetic.flights import flight_events, landing_rows
+from tidemill.warehouse.artifacts import sha256_of
 from tidemill.warehouse.connection import open_readonly
-from tidemill.warehouse.registry import sha256_of
 from tidemill.warehouse.retention import sweep_artifacts
 
 REPO = Path(__file__).parents[2]

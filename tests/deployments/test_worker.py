@@ -12,7 +12,7 @@ from tidemill.config import TidemillConfig, load_config
 from tidemill.deployments.worker import open_pipelines
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.runtime import Runtime
-from tidemill.warehouse.registry import ArtifactIntegrityError
+from tidemill.warehouse.artifacts import ArtifactIntegrityError
 
 
 def test_a_refused_artifact_stops_its_pipeline_only(

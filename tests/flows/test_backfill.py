@@ -13,7 +13,7 @@ from tidemill.flows.engine.backfill import BackfillError, run_backfill
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.runtime import Runtime
 from tidemill.tasks.features.aggregate import window_partials
-from tidemill.warehouse import backfills
+from tidemill.warehouse.ledger import backfills
 
 REPO = Path(__file__).parents[2]
 START, END = datetime(2013, 1, 1, 14), datetime(2013, 1, 1, 18)

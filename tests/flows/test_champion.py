@@ -11,7 +11,8 @@ import pytest
 from tidemill.config import TidemillConfig
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.runtime import Runtime
-from tidemill.warehouse.registry import ArtifactIntegrityError, RegistryError
+from tidemill.warehouse.artifacts import ArtifactIntegrityError
+from tidemill.warehouse.registry import RegistryError
 
 
 def _drain(runtime: Runtime) -> None:

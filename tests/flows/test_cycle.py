@@ -132,7 +132,7 @@ def test_a_batch_that_fails_before_commit_writes_nothing_and_is_retried(
     flights: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_cycle(flights, "flights", drain=True)
-    import tidemill.warehouse.batches as batches
+    import tidemill.warehouse.ledger.batches as batches
 
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full (injected)")

@@ -19,7 +19,7 @@ from tidemill.flows.engine.erase import erase_subject
 from tidemill.flows.engine.replay import replay_model
 from tidemill.flows.engine.runtime import Runtime
 from tidemill.warehouse.connection import database_path
-from tidemill.warehouse.snapshot import snapshot_path
+from tidemill.warehouse.serving.snapshot import snapshot_path
 
 SUBJECT = "cust-0007@shop.example"
 TOML = """

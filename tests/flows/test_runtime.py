@@ -11,8 +11,8 @@ import pytest
 
 from tidemill.config import load_config
 from tidemill.flows.engine.runtime import Runtime
-from tidemill.warehouse import snapshot
 from tidemill.warehouse.connection import database_path
+from tidemill.warehouse.serving import snapshot
 
 
 def _runtime(tmp_path: Path) -> Runtime:

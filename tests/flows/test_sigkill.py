@@ -13,8 +13,8 @@ import polars as pl
 import pytest
 
 from tidemill.deployments.query_service import OwnerUnavailable, QueryRefused, ask_owner
+from tidemill.warehouse.artifacts import sha256_of
 from tidemill.warehouse.connection import open_readonly
-from tidemill.warehouse.registry import sha256_of
 
 REPO = Path(__file__).parents[2]
 pytestmark = pytest.mark.slow

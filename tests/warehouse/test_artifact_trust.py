@@ -35,11 +35,11 @@ from tidemill.tasks.drift.detectors import Adwin
 from tidemill.tasks.drift.shift import FeatureShift
 from tidemill.tasks.features.encode import FeatureEncoder
 from tidemill.tasks.learn.state import ModelState, learn, parameters_sha256
-from tidemill.warehouse import registry
+from tidemill.warehouse import artifacts, registry
 from tidemill.warehouse.connection import open_warehouse
 from tidemill.warehouse.retention import run_maintenance
 
-ArtifactIntegrityError = registry.ArtifactIntegrityError
+ArtifactIntegrityError = artifacts.ArtifactIntegrityError
 
 
 class _Tripwire:
@@ -71,7 +71,7 @@ def _model(tmp_path: Path, tag: str, **extra: object) -> types.SimpleNamespace:
 def _register(
     con: duckdb.DuckDBPyConnection, tmp_path: Path, version: int, **extra: object
 ) -> registry.ModelVersion:
-    row = registry.write_version(
+    row = artifacts.write_version(
         con,
         tmp_path,
         "p",
@@ -98,7 +98,7 @@ def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
 
 def _refused(state_dir: Path, row: registry.ModelVersion, match: str) -> str:
     with pytest.raises(ArtifactIntegrityError, match=match) as refused:
-        registry.load_artifact(state_dir, row)
+        artifacts.load_artifact(state_dir, row)
     message = str(refused.value)
     assert "\n" not in message and f"{row.pipeline} v{row.version}" in message
     return message
@@ -111,7 +111,7 @@ def test_a_version_written_by_the_registry_loads_as_it_was_written(
     assert row.artifact_signature is not None and len(row.artifact_signature) == 64
     stored = registry.get_version(con, "p", 1)
     assert stored == row
-    loaded = registry.load_artifact(tmp_path, stored)
+    loaded = artifacts.load_artifact(tmp_path, stored)
     assert np.array_equal(loaded.weights, np.arange(2000, dtype=np.float64))
     assert _markers(tmp_path) == ["unpickled-v1"]  # the tripwire works
 
@@ -126,7 +126,7 @@ def test_one_flipped_byte_is_refused_before_anything_is_unpickled(
     path.write_bytes(bytes(data))
     _refused(tmp_path, row, "does not match the registry")
     # someone who can write the warehouse too records the new hash: the signature holds
-    forged = dataclasses.replace(row, sha256=registry.sha256_of(path))
+    forged = dataclasses.replace(row, sha256=artifacts.sha256_of(path))
     _refused(tmp_path, forged, "does not carry the registry's signature")
     assert _markers(tmp_path) == []
 
@@ -163,14 +163,14 @@ def test_a_foreign_pickle_in_the_folder_is_never_loaded(
         joblib.dump(foreign, folder / name)
     # every registered version loads, from its own file
     for row in registry.versions(con, "p"):
-        registry.load_artifact(tmp_path, row)
+        artifacts.load_artifact(tmp_path, row)
     assert _markers(tmp_path) == [f"unpickled-v{r.version}" for r in rows]
     # a row forged to point at the foreign file, with its true hash, signed or not
     forged = dataclasses.replace(
         rows[-1],
         version=4,
         artifact_path="artifacts/p/v000004-b4.joblib",
-        sha256=registry.sha256_of(folder / "v000004-b4.joblib"),
+        sha256=artifacts.sha256_of(folder / "v000004-b4.joblib"),
     )
     _refused(tmp_path, forged, "does not carry the registry's signature")
     _refused(tmp_path, dataclasses.replace(forged, artifact_signature=None), "has no signature")
@@ -212,12 +212,12 @@ def test_an_unsigned_row_is_refused_until_someone_signs_it(
     message = _refused(tmp_path, legacy, "has no signature")
     assert "`tidemill models sign p`" in message
     (tmp_path / bad.artifact_path).write_bytes(b"not what was registered")
-    signed = registry.sign_versions(con, tmp_path, "p")
+    signed = artifacts.sign_versions(con, tmp_path, "p")
     assert signed.signed == [1] and list(signed.refused) == [2]
     assert "does not match the registry" in signed.refused[2]
     row = registry.get_version(con, "p", 1)
     assert row is not None and row.artifact_signature == good.artifact_signature
-    registry.load_artifact(tmp_path, row)
+    artifacts.load_artifact(tmp_path, row)
     assert _markers(tmp_path) == ["unpickled-v1"]
 
 
@@ -229,11 +229,11 @@ def test_another_artifact_key_refuses_every_version_until_they_are_signed_again(
     row = registry.get_version(con, "p", 1)
     assert row is not None
     _refused(tmp_path, row, "another artifact key")
-    assert registry.sign_versions(con, tmp_path, "p").signed == []  # signed rows stay as they are
-    assert registry.sign_versions(con, tmp_path, "p", resign=True).signed == [1]
+    assert artifacts.sign_versions(con, tmp_path, "p").signed == []  # signed rows stay as they are
+    assert artifacts.sign_versions(con, tmp_path, "p", resign=True).signed == [1]
     resigned = registry.get_version(con, "p", 1)
     assert resigned is not None
-    registry.load_artifact(tmp_path, resigned)
+    artifacts.load_artifact(tmp_path, resigned)
 
 
 @pytest.mark.parametrize(
@@ -268,7 +268,7 @@ def test_an_artifact_of_other_library_versions_is_refused_with_both_versions(
         assert f"this process runs {library} {running}" in message
         assert _markers(tmp_path) == []
     else:
-        registry.load_artifact(tmp_path, changed)
+        artifacts.load_artifact(tmp_path, changed)
         assert _markers(tmp_path) == ["unpickled-v1"]
 
 
@@ -382,7 +382,7 @@ def test_an_artifact_pickled_under_the_old_top_level_names_loads_as_todays_class
         shift=FeatureShift(features=["x"], reference_rows=10, window_rows=10),
     )
     learned = learn(state, np.array([[0.0], [1.0], [2.0], [3.0]]), np.array(["0", "0", "1", "1"]))
-    row = registry.write_version(
+    row = artifacts.write_version(
         con,
         tmp_path,
         "p",
@@ -407,9 +407,9 @@ def test_an_artifact_pickled_under_the_old_top_level_names_loads_as_todays_class
     sha = hashlib.sha256(legacy).hexdigest()
     key = get_key(tmp_path, "artifact")
     row = dataclasses.replace(
-        row, sha256=sha, artifact_signature=registry.artifact_signature(key, "p", 1, sha)
+        row, sha256=sha, artifact_signature=artifacts.artifact_signature(key, "p", 1, sha)
     )
-    loaded = registry.load_artifact(tmp_path, row)
+    loaded = artifacts.load_artifact(tmp_path, row)
     assert type(loaded) is ModelState
     assert type(loaded.encoder) is FeatureEncoder and type(loaded.detector) is Adwin
     assert type(loaded.shift) is FeatureShift

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import duckdb
 
-from tidemill.warehouse.compact import compact
+from tidemill.warehouse.serving.compact import compact
 
 SECRET = b"subject-00042@example.com"
 

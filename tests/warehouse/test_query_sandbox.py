@@ -27,10 +27,10 @@ import pytest
 import tidemill.cli.access
 from tidemill.cli.access import read_sql
 from tidemill.deployments.query_service import QueryRefused, QueryService
-from tidemill.warehouse import readonly
 from tidemill.warehouse.connection import database_path, open_warehouse
-from tidemill.warehouse.readonly import QueryFailed, QueryResult, ReadOnlyViolation
-from tidemill.warehouse.snapshot import publish_snapshot, snapshot_path
+from tidemill.warehouse.serving import readonly
+from tidemill.warehouse.serving.readonly import QueryFailed, QueryResult, ReadOnlyViolation
+from tidemill.warehouse.serving.snapshot import publish_snapshot, snapshot_path
 
 PATHS = ["owner", "file", "snapshot"]
 OWNER_TIMEOUT = 2.0

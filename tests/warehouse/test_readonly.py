@@ -10,7 +10,7 @@ import time
 import duckdb
 import pytest
 
-from tidemill.warehouse.readonly import QueryLimitExceeded, ReadOnlyViolation, run_readonly
+from tidemill.warehouse.serving.readonly import QueryLimitExceeded, ReadOnlyViolation, run_readonly
 
 
 @pytest.fixture

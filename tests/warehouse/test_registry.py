@@ -4,13 +4,13 @@ from pathlib import Path
 import pytest
 
 from tidemill.keys import get_key
-from tidemill.warehouse import registry
+from tidemill.warehouse import artifacts, registry
 from tidemill.warehouse.connection import open_warehouse
 
 
 def _version(tmp_path: Path, con, number: int, payload: object) -> registry.ModelVersion:
-    relpath = registry.artifact_relpath("p", number, number)
-    sha = registry.write_artifact(tmp_path, relpath, payload)
+    relpath = artifacts.artifact_relpath("p", number, number)
+    sha = artifacts.write_artifact(tmp_path, relpath, payload)
     version = registry.ModelVersion(
         pipeline="p",
         version=number,
@@ -23,11 +23,11 @@ def _version(tmp_path: Path, con, number: int, payload: object) -> registry.Mode
         sha256=sha,
         estimator="sgd_classifier",
         params_json="{}",
-        library_versions=registry.library_versions(),
+        library_versions=artifacts.library_versions(),
         feature_names=["x"],
         status="champion",
         metrics_json='{"accuracy": 0.5}',
-        artifact_signature=registry.artifact_signature(
+        artifact_signature=artifacts.artifact_signature(
             get_key(tmp_path, "artifact"), "p", number, sha
         ),
     )
@@ -43,7 +43,7 @@ def test_one_champion_at_a_time_and_lineage_is_kept(tmp_path: Path) -> None:
     champion = registry.champion(con, "p")
     assert champion is not None and champion.version == 3 and champion.parent_version == 2
     assert [v.status for v in registry.versions(con, "p")] == ["retired", "retired", "champion"]
-    assert registry.load_artifact(tmp_path, champion) == {"n": 3}
+    assert artifacts.load_artifact(tmp_path, champion) == {"n": 3}
     assert champion.metrics == {"accuracy": 0.5}
 
 
@@ -55,11 +55,11 @@ def test_an_artifact_that_does_not_match_its_hash_is_never_loaded(tmp_path: Path
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(registry.ArtifactIntegrityError, match="does not match the registry"):
-        registry.load_artifact(tmp_path, second)
+    with pytest.raises(artifacts.ArtifactIntegrityError, match="does not match the registry"):
+        artifacts.load_artifact(tmp_path, second)
     (tmp_path / first.artifact_path).unlink()
-    with pytest.raises(registry.ArtifactIntegrityError, match="missing"):
-        registry.load_artifact(tmp_path, first)
+    with pytest.raises(artifacts.ArtifactIntegrityError, match="missing"):
+        artifacts.load_artifact(tmp_path, first)
 
 
 def test_rows_read_back_carry_their_signature_and_the_key_stays_out_of_the_warehouse(

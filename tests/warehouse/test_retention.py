@@ -13,7 +13,7 @@ import pytest
 
 from tidemill.keys import get_key
 from tidemill.tasks.judge.retention import RetentionPolicy
-from tidemill.warehouse import registry
+from tidemill.warehouse import artifacts, registry
 from tidemill.warehouse.connection import open_warehouse
 from tidemill.warehouse.retention import prune_artifacts, run_maintenance, sweep_artifacts
 
@@ -23,8 +23,8 @@ POLICY = RetentionPolicy(keep_last=3, hourly_hours=0, daily_days=0)
 
 def _add(con: duckdb.DuckDBPyConnection, state_dir: Path, version: int, status: str) -> Path:
     """Register version `version` of pipeline p (parent: the one before) with its file."""
-    relpath = registry.artifact_relpath("p", version, 100 + version)
-    sha256 = registry.write_artifact(state_dir, relpath, {"version": version})
+    relpath = artifacts.artifact_relpath("p", version, 100 + version)
+    sha256 = artifacts.write_artifact(state_dir, relpath, {"version": version})
     con.execute(
         "INSERT INTO ml.model_versions (pipeline, version, parent_version, batch_id, rows_seen, "
         "batches_seen, created_at, artifact_path, sha256, estimator, params_json, "
@@ -37,9 +37,9 @@ def _add(con: duckdb.DuckDBPyConnection, state_dir: Path, version: int, status: 
             datetime(2024, 1, 1) + timedelta(minutes=version),
             relpath,
             sha256,
-            registry.library_versions(),
+            artifacts.library_versions(),
             status,
-            registry.artifact_signature(get_key(state_dir, "artifact"), "p", version, sha256),
+            artifacts.artifact_signature(get_key(state_dir, "artifact"), "p", version, sha256),
         ],
     )
     return state_dir / relpath
@@ -93,11 +93,11 @@ def test_pruning_deletes_the_files_the_policy_lets_go_and_marks_their_rows(
         assert row is not None
         if version in gone:
             with pytest.raises(
-                registry.ArtifactIntegrityError, match="pruned by the retention policy"
+                artifacts.ArtifactIntegrityError, match="pruned by the retention policy"
             ):
-                registry.load_artifact(tmp_path, row)
+                artifacts.load_artifact(tmp_path, row)
         else:
-            assert registry.load_artifact(tmp_path, row) == {"version": version}
+            assert artifacts.load_artifact(tmp_path, row) == {"version": version}
     # applying it again prunes nothing more
     assert prune_artifacts(con, tmp_path, "p", POLICY, NOW) == (0, 0, False)
 

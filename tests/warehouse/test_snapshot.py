@@ -9,7 +9,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tidemill.warehouse.snapshot import SNAPSHOT_DIR, open_snapshot, publish_snapshot, snapshot_path
+from tidemill.warehouse.serving.snapshot import (
+    SNAPSHOT_DIR,
+    open_snapshot,
+    publish_snapshot,
+    snapshot_path,
+)
 
 
 def _database(path: Path, rows: int) -> Path:

@@ -5,7 +5,7 @@ read-only (works when nothing owns it), the published snapshot (works always, as
 as its last publication). Commands go to the owner, or run here on the file when no
 process owns it.
 
-Every path is read-only three times over (warehouse/readonly.py): the statement
+Every path is read-only three times over (warehouse/serving/readonly.py): the statement
 allowlist, a READ ONLY transaction, and a locked-down connection (the owner's, or one
 opened here read-only without file or extension access).
 """
@@ -26,8 +26,8 @@ from tidemill.deployments.query_service import (
 )
 from tidemill.errors import TidemillError
 from tidemill.warehouse.connection import OwnedElsewhere, database_path, open_readonly
-from tidemill.warehouse.readonly import QueryLimitExceeded, QueryResult, run_readonly
-from tidemill.warehouse.snapshot import open_snapshot, snapshot_path
+from tidemill.warehouse.serving.readonly import QueryLimitExceeded, QueryResult, run_readonly
+from tidemill.warehouse.serving.snapshot import open_snapshot, snapshot_path
 
 
 class NothingToRead(TidemillError, FileNotFoundError):

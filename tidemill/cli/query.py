@@ -15,8 +15,8 @@ from tidemill.config import TidemillConfig
 from tidemill.errors import TidemillError
 from tidemill.tasks.report.charts import page_charts
 from tidemill.tasks.report.page import render_page
-from tidemill.warehouse.readonly import QueryResult
 from tidemill.warehouse.reports import known_pipelines_sql, report_data, status_sql
+from tidemill.warehouse.serving.readonly import QueryResult
 
 
 def query(

@@ -12,19 +12,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import duckdb
 import polars as pl
 
 from tidemill.config import AggregateSpec, LagSpec, PipelineConfig
 from tidemill.tasks.judge.verdict import DriftEvent, Promotion, Scored
+from tidemill.tasks.learn.prequential import ShardRecord
 from tidemill.warehouse.pipeline_tables import PipelineTables, lit, q
 from tidemill.warehouse.registry import ModelVersion, record_event, record_heads, record_shards
 from tidemill.warehouse.transaction import transaction
-
-if TYPE_CHECKING:
-    from tidemill.tasks.learn.prequential import ShardRecord
 
 
 @dataclass(frozen=True)

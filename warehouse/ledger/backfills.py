@@ -11,7 +11,12 @@ import polars as pl
 
 from tidemill.config import AggregateSpec, PipelineConfig
 from tidemill.errors import TidemillError
-from tidemill.warehouse.batches import BatchRecord, insert_frame, record_batch, replace_lag_history
+from tidemill.warehouse.ledger.batches import (
+    BatchRecord,
+    insert_frame,
+    record_batch,
+    replace_lag_history,
+)
 from tidemill.warehouse.pipeline_tables import PipelineTables, q
 from tidemill.warehouse.transaction import transaction
 

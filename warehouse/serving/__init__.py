@@ -1,0 +1,1 @@
+"""Reading the warehouse beside its owner: read-only SQL, snapshots, file rewrites."""
