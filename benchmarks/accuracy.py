@@ -49,7 +49,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from streams import Stream, drift_stream, flights_stream, phishing_stream
 
-from tidemill.config import PipelineConfig, TidemillConfig, parse_config
+from tidemill.config.load import TidemillConfig, parse_config
+from tidemill.config.pipeline import PipelineConfig
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.runtime import Runtime
 from tidemill.tasks.features.clean import clean_rows

@@ -31,7 +31,7 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tidemill.config import load_config
+from tidemill.config.load import load_config
 from tidemill.deployments.replayer import load_flights
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.runtime import Runtime

@@ -58,7 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tidemill.cli.access import read_sql
-from tidemill.config import TidemillConfig, load_config
+from tidemill.config.load import TidemillConfig, load_config
 from tidemill.deployments import stack
 from tidemill.deployments.replayer import load_flights
 from tidemill.deployments.worker import ready_file

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from history import CONFIG, batch_file
 
-from tidemill.config import load_config
+from tidemill.config.load import load_config
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.runtime import Runtime
 from tidemill.tasks.judge.retention import RetentionPolicy

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 
 from tidemill import utc
-from tidemill.config import deployment_name
+from tidemill.config.fields import deployment_name
 from tidemill.deployments.query_service import Command, QueryService, Refused
 from tidemill.flows.engine.erase import ErasureError, erase_subject
 from tidemill.flows.engine.maintain import maintain as maintain_now

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 from tidemill import layout
-from tidemill.config import LOCAL_BROKER, RedisStreamSource, TidemillConfig
+from tidemill.config.load import TidemillConfig
+from tidemill.config.sources import LOCAL_BROKER, RedisStreamSource
 from tidemill.deployments import processes
 
 HOST = "127.0.0.1"

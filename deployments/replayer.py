@@ -32,13 +32,9 @@ from typing import cast
 import polars as pl
 
 from tidemill import layout
-from tidemill.config import (
-    LOCAL_BROKER,
-    ConfigError,
-    FilesSource,
-    RedisStreamSource,
-    TidemillConfig,
-)
+from tidemill.config.fields import ConfigError
+from tidemill.config.load import TidemillConfig
+from tidemill.config.sources import LOCAL_BROKER, FilesSource, RedisStreamSource
 from tidemill.durable import write_atomic
 from tidemill.tasks.synthetic.flights import (
     EVENT_COLUMNS,

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tidemill import layout
-from tidemill.config import FilesSource, RedisStreamSource, TidemillConfig
+from tidemill.config.load import TidemillConfig
+from tidemill.config.sources import FilesSource, RedisStreamSource
 from tidemill.deployments import processes, redis_server, supervisor
 from tidemill.deployments.prefect_server import start_server, stop_server
 from tidemill.deployments.replayer import DATASETS, REPLAYABLE, SENSORS

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tidemill import layout
-from tidemill.config import TidemillConfig, load_config
+from tidemill.config.load import TidemillConfig, load_config
 from tidemill.deployments import postgres, processes, redis_server
 from tidemill.deployments.prefect_server import MARKER as SERVER_MARKER
 from tidemill.deployments.prefect_server import NAME as SERVER_NAME

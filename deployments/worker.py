@@ -19,7 +19,8 @@ from uuid import UUID
 import httpx
 from prefect import Flow
 
-from tidemill.config import TidemillConfig, deployment_name
+from tidemill.config.fields import deployment_name
+from tidemill.config.load import TidemillConfig
 from tidemill.deployments import owner
 from tidemill.deployments.executor import InProcessExecutor, ensure_deployment
 from tidemill.deployments.supervisor import ready_file

@@ -23,7 +23,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from tidemill import utc
-from tidemill.config import deployment_name
+from tidemill.config.fields import deployment_name
 from tidemill.flows.engine.artifacts import backfill_rows, backfill_summary
 from tidemill.flows.engine.backfill import run_backfill
 from tidemill.flows.engine.runtime import resident_runtime

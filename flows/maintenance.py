@@ -19,7 +19,7 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from tidemill.config import deployment_name
+from tidemill.config.fields import deployment_name
 from tidemill.flows.engine import artifacts
 from tidemill.flows.engine.maintain import maintain
 from tidemill.flows.engine.runtime import resident_runtime

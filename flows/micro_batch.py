@@ -16,7 +16,7 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from tidemill.config import deployment_name
+from tidemill.config.fields import deployment_name
 from tidemill.flows.engine import artifacts
 from tidemill.flows.engine.cycle import CycleReport
 from tidemill.flows.engine.drive import drive

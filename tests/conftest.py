@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from tidemill.config import TidemillConfig, load_config
+from tidemill.config.load import TidemillConfig, load_config
 from tidemill.deployments.replayer import load_flights
 from tidemill.tasks.synthetic.flights import flight_events, landing_rows
 

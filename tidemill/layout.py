@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tidemill.config import ConfigError, TidemillConfig
+from tidemill.config.fields import ConfigError
+from tidemill.config.load import TidemillConfig
 from tidemill.durable import write_atomic
 from tidemill.errors import TidemillError
 

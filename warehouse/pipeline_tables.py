@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from tidemill.config import PipelineConfig
+from tidemill.config.pipeline import PipelineConfig
 from tidemill.errors import TidemillError
 from tidemill.tasks.features.clean import time_feature_column
 from tidemill.warehouse.transaction import transaction

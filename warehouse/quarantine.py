@@ -16,7 +16,7 @@ from datetime import datetime
 import duckdb
 import polars as pl
 
-from tidemill.config import PipelineConfig
+from tidemill.config.pipeline import PipelineConfig
 from tidemill.errors import TidemillError
 from tidemill.tasks.records.parse import amend_record
 from tidemill.tasks.records.validate import parse_timestamp, validate_records

@@ -22,7 +22,7 @@ import polars as pl
 from polars.exceptions import PanicException
 
 from tidemill import utc
-from tidemill.config import PipelineConfig
+from tidemill.config.pipeline import PipelineConfig
 from tidemill.errors import TidemillError
 from tidemill.flows.engine.ingest import ingest
 from tidemill.flows.engine.models import PipelineState

@@ -31,7 +31,7 @@ from pathlib import Path
 import polars as pl
 
 from tidemill import utc
-from tidemill.config import PipelineConfig
+from tidemill.config.pipeline import PipelineConfig
 from tidemill.errors import TidemillError
 from tidemill.flows.engine.models import PipelineState
 from tidemill.flows.engine.replay import fresh_candidate, lineage, relearn, replay_version

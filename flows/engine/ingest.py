@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tidemill.config import PipelineConfig
+from tidemill.config.pipeline import PipelineConfig
 from tidemill.keys import get_key
 from tidemill.tasks.records.pii import protected_header, protected_records, without_erased
 from tidemill.tasks.sources.base import Arrived, CursorPosition, Known, Source

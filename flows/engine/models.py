@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tidemill.config import PipelineConfig
+from tidemill.config.pipeline import PipelineConfig
 from tidemill.tasks.judge.promotion import ScoreWindow
 from tidemill.tasks.learn.fresh import fresh_model
 from tidemill.tasks.learn.metrics import DEFAULT_METRIC

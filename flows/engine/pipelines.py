@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tidemill.config import PipelineConfig, TidemillConfig
+from tidemill.config.load import TidemillConfig
+from tidemill.config.pipeline import PipelineConfig
 from tidemill.flows.engine.models import PipelineState, load_candidates
 from tidemill.tasks.records.validate import class_labels
 from tidemill.tasks.sources.loader import source_for

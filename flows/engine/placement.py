@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tidemill.config import DistributedSpec, PipelineConfig
+from tidemill.config.models import DistributedSpec
+from tidemill.config.pipeline import PipelineConfig
 from tidemill.tasks.learn.prequential import Learner, learn_here
 from tidemill.tasks.learn.shards import dask_map, sharded_learner, should_distribute
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tidemill.config import PipelineConfig
+from tidemill.config.pipeline import PipelineConfig
 from tidemill.errors import TidemillError
 from tidemill.tasks.features.aggregate import (
     merge_window_stats,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import threadpoolctl
 
-from tidemill.config import TidemillConfig, load_config
+from tidemill.config.load import TidemillConfig, load_config
 from tidemill.flows.engine.models import PipelineState, change_champion
 from tidemill.flows.engine.pipelines import Pipelines
 from tidemill.flows.engine.placement import Placement

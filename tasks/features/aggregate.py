@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import polars as pl
 
-from tidemill.config import AggregateSpec, PipelineConfig
+from tidemill.config.pipeline import AggregateSpec, PipelineConfig
 
 STAT_COLUMNS = ("n_rows", "n_labelled", "target_sum")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from tidemill.config import PipelineConfig
+from tidemill.config.pipeline import PipelineConfig
 from tidemill.tasks.features.aggregate import target_value, with_window_features
 from tidemill.tasks.features.lags import lag_history, with_target_lags
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from tidemill.config import PipelineConfig
+from tidemill.config.pipeline import PipelineConfig
 
 TIME_FEATURE_EXPRS = {
     "hour": lambda ts: ts.dt.hour().cast(pl.Int8),

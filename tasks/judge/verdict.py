@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from tidemill.config import PipelineConfig
+from tidemill.config.pipeline import PipelineConfig
 from tidemill.tasks.drift.shift import PSI_ALERT
 from tidemill.tasks.judge.promotion import ScoreWindow, decide
 from tidemill.tasks.learn.fresh import fresh_model

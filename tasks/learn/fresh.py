@@ -3,7 +3,8 @@ estimator, the encoder of its inputs and the drift detectors that watch it."""
 
 from __future__ import annotations
 
-from tidemill.config import ModelSpec, PipelineConfig
+from tidemill.config.models import ModelSpec
+from tidemill.config.pipeline import PipelineConfig
 from tidemill.tasks.drift.detectors import Adwin, PageHinkley
 from tidemill.tasks.drift.shift import FeatureShift
 from tidemill.tasks.features.aggregate import aggregate_feature_names

@@ -43,7 +43,8 @@ from typing import Any, Literal
 
 import polars as pl
 
-from tidemill.config import PiiRule, PipelineConfig
+from tidemill.config.fields import PiiRule
+from tidemill.config.pipeline import PipelineConfig
 
 HASH_HEX_CHARS = 32
 """Length of a pseudonym: 128 bits of HMAC-SHA256, far from any collision at data scale."""

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
-from tidemill.config import PipelineConfig
+from tidemill.config.pipeline import PipelineConfig
 
 _TIMESTAMP_FORMATS = (
     "%Y-%m-%dT%H:%M:%S%.fZ",

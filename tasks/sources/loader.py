@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tidemill.config import FilesSource, PipelineConfig, PostgresSource
+from tidemill.config.pipeline import PipelineConfig
+from tidemill.config.sources import FilesSource, PostgresSource
 from tidemill.tasks.sources.base import Source
 from tidemill.tasks.sources.files import LandingFiles
 from tidemill.tasks.sources.postgres import PostgresTable

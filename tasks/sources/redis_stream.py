@@ -51,7 +51,7 @@ from typing import Any
 import polars as pl
 
 from tidemill import layout
-from tidemill.config import LOCAL_BROKER
+from tidemill.config.sources import LOCAL_BROKER
 from tidemill.errors import first_line
 from tidemill.tasks.records.lines import MAX_FIELD_BYTES, PREVIEW_BYTES
 from tidemill.tasks.records.pii import RawFormat

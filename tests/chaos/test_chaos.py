@@ -53,7 +53,7 @@ import httpx
 import polars as pl
 import pytest
 
-from tidemill.config import TidemillConfig, load_config
+from tidemill.config.load import TidemillConfig, load_config
 from tidemill.deployments import processes, stack
 from tidemill.deployments.prefect_server import MARKER as SERVER_MARKER
 from tidemill.deployments.prefect_server import NAME as SERVER_NAME

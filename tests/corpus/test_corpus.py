@@ -26,7 +26,7 @@ import polars as pl
 import pytest
 
 import tidemill.tasks.sources.files as landing_module
-from tidemill.config import load_config
+from tidemill.config.load import load_config
 from tidemill.flows.engine.cycle import BatchFailed, run_cycle
 from tidemill.flows.engine.runtime import Runtime
 from tidemill.settings import Settings

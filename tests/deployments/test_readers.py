@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from tidemill.cli.access import read_sql
-from tidemill.config import TidemillConfig, load_config
+from tidemill.config.load import TidemillConfig, load_config
 from tidemill.deployments import stack
 
 pytestmark = pytest.mark.slow

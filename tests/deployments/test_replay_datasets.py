@@ -9,7 +9,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tidemill.config import ConfigError, TidemillConfig, load_config
+from tidemill.config.fields import ConfigError
+from tidemill.config.load import TidemillConfig, load_config
 from tidemill.deployments import stack
 from tidemill.deployments.replayer import UnknownDataSet, dataset, replay_dataset, serve_replay
 from tidemill.tasks.synthetic.transactions import EVENT_COLUMNS

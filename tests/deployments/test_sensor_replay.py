@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tidemill.config import load_config
+from tidemill.config.load import load_config
 from tidemill.deployments import redis_server, stack
 from tidemill.deployments.replayer import SENSORS, replay_sensors
 from tidemill.flows.engine.cycle import run_cycle

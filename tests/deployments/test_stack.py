@@ -14,7 +14,7 @@ import pytest
 
 from tidemill import layout
 from tidemill.cli.access import read_sql
-from tidemill.config import TidemillConfig, load_config
+from tidemill.config.load import TidemillConfig, load_config
 from tidemill.deployments import processes, stack
 from tidemill.deployments.supervisor import worker_processes
 

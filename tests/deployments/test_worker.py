@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tidemill.config import TidemillConfig, load_config
+from tidemill.config.load import TidemillConfig, load_config
 from tidemill.deployments.worker import open_pipelines
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.runtime import Runtime

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tidemill.config import load_config
+from tidemill.config.load import load_config
 from tidemill.flows.engine.backfill import BackfillError, run_backfill
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.runtime import Runtime

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tidemill.config import TidemillConfig
+from tidemill.config.load import TidemillConfig
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.runtime import Runtime
 from tidemill.warehouse.artifacts import ArtifactIntegrityError

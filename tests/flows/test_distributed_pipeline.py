@@ -9,7 +9,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tidemill.config import ConfigError, TidemillConfig, load_config
+from tidemill.config.fields import ConfigError
+from tidemill.config.load import TidemillConfig, load_config
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.replay import replay_model
 from tidemill.flows.engine.runtime import Runtime

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tidemill.config import load_config
+from tidemill.config.load import load_config
 from tidemill.flows.engine.backfill import run_backfill
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.erase import erase_subject

@@ -17,7 +17,8 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.exceptions import ParameterTypeError
 from prefect.testing.utilities import prefect_test_harness
 
-from tidemill.config import ConfigError, TidemillConfig
+from tidemill.config.fields import ConfigError
+from tidemill.config.load import TidemillConfig
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.runtime import Runtime, install
 from tidemill.flows.maintenance import maintenance

@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tidemill.config import TidemillConfig, load_config
+from tidemill.config.load import TidemillConfig, load_config
 from tidemill.deployments.owner import commands
 from tidemill.flows.engine.backfill import run_backfill
 from tidemill.flows.engine.cycle import run_cycle

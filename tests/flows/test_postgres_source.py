@@ -14,7 +14,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from tidemill.config import load_config
+from tidemill.config.load import load_config
 from tidemill.flows.engine.backfill import run_backfill
 from tidemill.flows.engine.cycle import CycleReport, run_cycle
 from tidemill.flows.engine.runtime import Runtime

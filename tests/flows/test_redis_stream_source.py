@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 import redis
 
-from tidemill.config import load_config
+from tidemill.config.load import load_config
 from tidemill.deployments import redis_server
 from tidemill.flows.engine.cycle import CycleReport, run_cycle
 from tidemill.flows.engine.runtime import Runtime

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tidemill.config import load_config
+from tidemill.config.load import load_config
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.replay import ReplayError, replay_model
 from tidemill.flows.engine.runtime import Runtime

@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tidemill.config import load_config
+from tidemill.config.load import load_config
 from tidemill.flows.engine.runtime import Runtime
 from tidemill.warehouse.connection import database_path
 from tidemill.warehouse.serving import snapshot

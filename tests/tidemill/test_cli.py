@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from tidemill.cli.app import main
-from tidemill.config import TidemillConfig
+from tidemill.config.load import TidemillConfig
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from tidemill.config import ConfigError, load_config
+from tidemill.config.fields import ConfigError
+from tidemill.config.load import load_config
 
 GOOD = """
 [state]

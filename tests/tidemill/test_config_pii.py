@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from tidemill.config import ConfigError, load_config, parse_config
+from tidemill.config.fields import ConfigError
+from tidemill.config.load import load_config, parse_config
 
 
 def _load(tmp_path: Path, **pipeline: Any):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from tidemill import layout
-from tidemill.config import TidemillConfig, load_config
+from tidemill.config.load import TidemillConfig, load_config
 
 
 @pytest.fixture

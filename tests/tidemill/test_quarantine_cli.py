@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from tidemill.cli.app import main
-from tidemill.config import TidemillConfig
+from tidemill.config.load import TidemillConfig
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -180,7 +180,7 @@ def test_a_corrected_record_is_readmitted_once_and_validated_by_the_next_batch(
 def test_readmission_goes_through_the_owner_while_one_runs(
     quarantined: tuple[Path, dict[str, int]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tidemill.config import load_config
+    from tidemill.config.load import load_config
     from tidemill.deployments import owner
     from tidemill.flows.engine.cycle import run_cycle
     from tidemill.flows.engine.runtime import Runtime

@@ -18,7 +18,7 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from tidemill.cli.query import report_page
-from tidemill.config import TidemillConfig
+from tidemill.config.load import TidemillConfig
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [

@@ -27,7 +27,7 @@ import sklearn
 import sklearn.base
 from sklearn.linear_model import SGDClassifier
 
-from tidemill.config import load_config
+from tidemill.config.load import load_config
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.runtime import Runtime
 from tidemill.keys import get_key

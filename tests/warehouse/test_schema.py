@@ -3,7 +3,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tidemill.config import parse_config
+from tidemill.config.load import parse_config
 from tidemill.warehouse.connection import open_warehouse
 from tidemill.warehouse.migrate import available_migrations, migrate
 from tidemill.warehouse.pipeline_tables import SchemaMismatch, ensure_pipeline_tables

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tidemill.config import TidemillConfig
+from tidemill.config.load import TidemillConfig
 from tidemill.deployments.query_service import (
     QUERY_TIMEOUT_SECONDS,
     OwnerUnavailable,

@@ -11,7 +11,8 @@ import typer
 from tidemill.cli import session
 from tidemill.cli.access import read_sql
 from tidemill.cli.output import Format, err, print_result, progress_bar
-from tidemill.config import TidemillConfig, deployment_name
+from tidemill.config.fields import deployment_name
+from tidemill.config.load import TidemillConfig
 from tidemill.errors import TidemillError
 from tidemill.warehouse.reports import backfill_progress_sql, backfill_summary_sql
 

@@ -11,7 +11,7 @@ from tidemill import layout
 from tidemill.cli import session
 from tidemill.cli.access import NothingToRead, read_sql
 from tidemill.cli.output import Format, out, print_result
-from tidemill.config import TidemillConfig
+from tidemill.config.load import TidemillConfig
 from tidemill.errors import TidemillError
 from tidemill.tasks.report.charts import page_charts
 from tidemill.tasks.report.page import render_page

@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 
 from tidemill import layout
-from tidemill.config import TidemillConfig, load_config
+from tidemill.config.load import TidemillConfig, load_config
 
 _path: Path | None = None
 _config: TidemillConfig | None = None

@@ -14,7 +14,7 @@ import typer
 from tidemill import layout
 from tidemill.cli import session
 from tidemill.cli.output import err, out
-from tidemill.config import deployment_name
+from tidemill.config.fields import deployment_name
 from tidemill.errors import TidemillError
 from tidemill.settings import get_settings
 

@@ -9,7 +9,7 @@ from datetime import datetime
 import duckdb
 import polars as pl
 
-from tidemill.config import AggregateSpec, PipelineConfig
+from tidemill.config.pipeline import AggregateSpec, PipelineConfig
 from tidemill.errors import TidemillError
 from tidemill.warehouse.ledger.batches import (
     BatchRecord,

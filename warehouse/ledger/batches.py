@@ -16,7 +16,7 @@ from datetime import datetime
 import duckdb
 import polars as pl
 
-from tidemill.config import AggregateSpec, LagSpec, PipelineConfig
+from tidemill.config.pipeline import AggregateSpec, LagSpec, PipelineConfig
 from tidemill.tasks.judge.verdict import DriftEvent, Promotion, Scored
 from tidemill.tasks.learn.prequential import ShardRecord
 from tidemill.warehouse.pipeline_tables import PipelineTables, lit, q

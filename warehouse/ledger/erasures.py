@@ -14,7 +14,7 @@ from datetime import datetime
 import duckdb
 import polars as pl
 
-from tidemill.config import PipelineConfig
+from tidemill.config.pipeline import PipelineConfig
 from tidemill.warehouse.pipeline_tables import PipelineTables, q
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import duckdb
 import polars as pl
 
-from tidemill.config import AggregateSpec, LagSpec, PipelineConfig
+from tidemill.config.pipeline import AggregateSpec, LagSpec, PipelineConfig
 from tidemill.warehouse.pipeline_tables import PipelineTables, q
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tidemill.config import parse_config
+from tidemill.config.load import parse_config
 from tidemill.tasks.features.aggregate import (
     merge_window_stats,
     previous_window_keys,

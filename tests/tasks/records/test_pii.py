@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tidemill.config import PipelineConfig, parse_config
+from tidemill.config.load import parse_config
+from tidemill.config.pipeline import PipelineConfig
 from tidemill.tasks.records.csv_text import parse_csv
 from tidemill.tasks.records.lines import MAX_LINE_BYTES
 from tidemill.tasks.records.ndjson import parse_ndjson

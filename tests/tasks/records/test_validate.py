@@ -4,7 +4,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tidemill.config import parse_config
+from tidemill.config.load import parse_config
 from tidemill.tasks.records.csv_text import parse_csv
 from tidemill.tasks.records.validate import (
     canonical_label,

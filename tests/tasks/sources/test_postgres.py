@@ -11,7 +11,9 @@ from uuid import UUID
 import polars as pl
 import pytest
 
-from tidemill.config import ConfigError, PostgresSource, parse_config
+from tidemill.config.fields import ConfigError
+from tidemill.config.load import parse_config
+from tidemill.config.sources import PostgresSource
 from tidemill.tasks.sources.base import CursorPosition
 from tidemill.tasks.sources.postgres import (
     SourceError,

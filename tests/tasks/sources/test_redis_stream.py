@@ -9,7 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tidemill.config import ConfigError, RedisStreamSource, parse_config
+from tidemill.config.fields import ConfigError
+from tidemill.config.load import parse_config
+from tidemill.config.sources import RedisStreamSource
 from tidemill.tasks.records.lines import MAX_FIELD_BYTES
 from tidemill.tasks.sources.base import CursorPosition
 from tidemill.tasks.sources.redis_stream import (

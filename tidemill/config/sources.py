@@ -1,0 +1,143 @@
+"""Where a pipeline's records come from, as config: a landing folder, a PostgreSQL table,
+a Redis stream (tasks/sources/ reads them)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+
+from tidemill.config.fields import Strict
+
+
+class FilesSource(Strict):
+    """A landing folder: every file matching `path` is read once (see tasks/sources.py)."""
+
+    kind: Literal["files"] = Field(description="A landing folder of files.")
+    path: str = Field(description="Glob of landing files, relative to the config file's folder.")
+    format: Literal["csv", "parquet", "ndjson"] = Field(
+        default="csv", description="File format of the landing files."
+    )
+    settle_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="A file modified less than this long ago is left for the next cycle "
+        "(its writer may still be writing). Drains ignore it.",
+    )
+
+
+_IDENTIFIER_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
+
+
+class PostgresSource(Strict):
+    """A PostgreSQL table read incrementally by a cursor column (see tasks/sources/postgres.py).
+
+    Reads are inclusive on the last cursor value and de-duplicated on the pipeline's key
+    (like dlt), so rows written with the same cursor value as the last read's maximum are
+    neither missed nor read twice.
+    """
+
+    kind: Literal["postgres"] = Field(description="A PostgreSQL table read by a cursor column.")
+    dsn: str = Field(
+        description="libpq connection string or URL; leave the password out and let libpq "
+        "read PGPASSWORD or ~/.pgpass."
+    )
+    table: str = Field(description="Table or view to read, `name` or `schema.name`.")
+    cursor: str = Field(
+        description="Column that grows when a row is written (updated_at, an id, ...)."
+    )
+    read_rows: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Most rows one read takes; default 10 x batch_rows.",
+    )
+
+    @field_validator("table")
+    @classmethod
+    def _table_is_a_name(cls, value: str) -> str:
+        if not _IDENTIFIER_PATH.match(value):
+            raise ValueError("must be a table name, `name` or `schema.name`")
+        return value
+
+    @field_validator("cursor")
+    @classmethod
+    def _cursor_is_a_name(cls, value: str) -> str:
+        if not _IDENTIFIER_PATH.match(value) or "." in value:
+            raise ValueError("must be a column name")
+        return value
+
+    @property
+    def label(self) -> str:
+        """How records name their origin (`_file`): `postgres:<table>`."""
+        return f"postgres:{self.table}"
+
+
+# --- redis_stream source (tasks/sources/redis_stream.py) ---------------------------------------
+LOCAL_BROKER = "local"
+_STREAM_NAME = re.compile(r"^[^\s\x00-\x1f]{1,200}$")
+
+
+class RedisStreamSource(Strict):
+    """A Redis stream read through a consumer group (see tasks/sources/redis_stream.py).
+
+    The pipeline is one consumer of the group: it takes its own unacknowledged entries
+    first, then new ones, and acknowledges them only once they are stored, so a crash
+    re-delivers them and their ids (kept in _cursors) stop them being stored twice.
+    """
+
+    kind: Literal["redis_stream"] = Field(
+        description="A Redis stream read through a consumer group."
+    )
+    url: str = Field(
+        description='"local": the broker `tidemill up` runs in the state folder '
+        "(deployments/redis_server.py); else redis://[:PASSWORD@]HOST:PORT/DB (rediss:// "
+        "for TLS) of a server of yours."
+    )
+    stream: str = Field(description="The stream's key.")
+    group: str = Field(
+        default="tidemill",
+        description="Consumer group; created at the stream's first entry when missing.",
+    )
+    consumer: str = Field(
+        default="worker-1",
+        description="This pipeline's name in the group. Keep it: its unacknowledged "
+        "entries are re-delivered to this name only.",
+    )
+    read_rows: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Most entries one read takes; default 10 x batch_rows.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_redis(cls, value: str) -> str:
+        if value == LOCAL_BROKER:
+            return value
+        if not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        try:
+            urlsplit(value).port  # noqa: B018 (reading it checks it is a number)
+        except ValueError:
+            raise ValueError("must be a redis:// or rediss:// URL with a numeric port") from None
+        return value
+
+    @field_validator("stream", "group", "consumer")
+    @classmethod
+    def _name_is_plain(cls, value: str) -> str:
+        if not _STREAM_NAME.match(value):
+            raise ValueError("must be 1-200 characters without spaces or control characters")
+        return value
+
+    @property
+    def label(self) -> str:
+        """How records name their origin (`_file`): `redis:<stream>`."""
+        return f"redis:{self.stream}"
+
+
+Source = Annotated[FilesSource | PostgresSource | RedisStreamSource, Field(discriminator="kind")]
+SOURCE_KINDS = ("files", "postgres", "redis_stream")
