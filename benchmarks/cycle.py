@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tidemill.config.load import load_config
-from tidemill.deployments.replayer import load_flights
+from tidemill.data import load_flights
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.runtime import Runtime
 from tidemill.tasks.features.clean import clean_rows

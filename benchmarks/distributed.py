@@ -13,7 +13,7 @@ printed below the table). Timed: the whole step (encoder update, shipping, encod
 partial_fit on the workers, gathering, merging, the lineage digests); rows/s is the median
 of `--repeats` runs.
 
-Streams: the flights (tidemill's default data via deployments/replayer.py `load_flights`,
+Streams: the flights (tidemill's default data via tidemill/data `load_flights`,
 label `late`, 202 encoded columns) and a seeded synthetic stream with more rows and a
 non-linear concept. Estimators: the flights pipeline's sgd_classifier, gaussian_nb (cheap,
 merged exactly) and mlp_classifier (the heaviest partial_fit in the registry).
@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(REPO))
 
-from tidemill.deployments.replayer import load_flights
+from tidemill.data import load_flights
 from tidemill.tasks.features.encode import FeatureEncoder
 from tidemill.tasks.learn.estimators import make_estimator
 from tidemill.tasks.learn.prequential import prequential_step

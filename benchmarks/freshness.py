@@ -59,8 +59,8 @@ sys.path.insert(0, str(REPO))
 
 from tidemill.cli.access import read_sql
 from tidemill.config.load import TidemillConfig, load_config
-from tidemill.deployments import stack
-from tidemill.deployments.replayer import load_flights
+from tidemill.data import load_flights
+from tidemill.deployments.stack import stack
 from tidemill.deployments.worker import ready_file
 from tidemill.settings import get_settings
 from tidemill.tasks.synthetic.flights import flight_events, landing_rows

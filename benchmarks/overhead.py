@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from tidemill.cli.access import read_sql
 from tidemill.config.load import TidemillConfig, load_config
-from tidemill.deployments import stack
+from tidemill.deployments.stack import stack
 from tidemill.deployments.worker import ready_file
 from tidemill.settings import get_settings
 

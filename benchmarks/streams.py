@@ -99,7 +99,7 @@ class Stream:
 
 def flights_stream(rows: int | None = None) -> Stream:
     """tidemill's default data as the flights pipeline sees it, in scheduled-time order."""
-    from tidemill.deployments.replayer import load_flights
+    from tidemill.data import load_flights
     from tidemill.tasks.synthetic.flights import flight_events
 
     events = flight_events(load_flights()).select(

@@ -23,7 +23,7 @@ from tidemill.config.fields import deployment_name
 from tidemill.config.load import TidemillConfig
 from tidemill.deployments import owner
 from tidemill.deployments.executor import InProcessExecutor, ensure_deployment
-from tidemill.deployments.supervisor import ready_file
+from tidemill.deployments.stack.supervisor import ready_file
 from tidemill.flows.backfill import backfill
 from tidemill.flows.engine.runtime import Runtime, install
 from tidemill.flows.erasure import erasure_flow

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from tidemill.config.load import TidemillConfig, load_config
-from tidemill.deployments.replayer import load_flights
+from tidemill.data import load_flights
 from tidemill.tasks.synthetic.flights import flight_events, landing_rows
 
 ELEC_TOML = """
@@ -153,7 +153,7 @@ def prefect_api() -> Callable[[int], PrefectApi]:
 def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throwaway PostgreSQL for the session, started like the stack's (deployments/
     postgres.py: free 127.0.0.1 port, unprivileged as root); a libpq URL of its database."""
-    from tidemill.deployments import postgres
+    from tidemill.deployments.stack import postgres
 
     state_dir = tmp_path_factory.mktemp("postgres-source")
     url = postgres.start(state_dir)

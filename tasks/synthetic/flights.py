@@ -1,7 +1,7 @@
 """Turn a data set into a replayable event stream: the packaged flights here, the
 synthetic card payments in ``tasks/synthetic/transactions.py``.
 
-Pure Polars: the replayer in ``deployments/replayer.py`` owns the clock and the files.
+Pure Polars: the replay in ``deployments/replay/`` owns the clock and the files.
 An event frame has an ``id`` and its event time ``ts``, kept as ``Datetime("us", "UTC")``
 until :func:`landing_rows` formats it for the wire (for flights: the scheduled departure).
 """
@@ -9,7 +9,6 @@ until :func:`landing_rows` formats it for the wire (for flights: the scheduled d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
 
 import polars as pl
 
@@ -68,21 +67,6 @@ def flight_events(flights: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def events_between(events: pl.DataFrame, after: datetime | None, until: datetime) -> pl.DataFrame:
-    """Return the events whose ``ts`` lies in the half-open window ``(after, until]``.
-
-    ``after=None`` means "from the first event". Both bounds must be timezone-aware.
-    Consecutive windows ``(a, b]``, ``(b, c]`` therefore emit every event exactly once.
-    Row order is the input's order (event-time order for :func:`flight_events` output).
-    """
-    _require_aware(until, "until")
-    in_window = pl.col("ts") <= until
-    if after is not None:
-        _require_aware(after, "after")
-        in_window = in_window & (pl.col("ts") > after)
-    return events.filter(in_window)
-
-
 def landing_rows(events: pl.DataFrame, columns: Sequence[str] = EVENT_COLUMNS) -> pl.DataFrame:
     """Return ``events`` with ``ts`` formatted as ISO-8601 UTC text (``2013-01-01T10:15:00Z``).
 
@@ -92,20 +76,3 @@ def landing_rows(events: pl.DataFrame, columns: Sequence[str] = EVENT_COLUMNS) -
     return events.select(columns).with_columns(
         pl.col("ts").dt.convert_time_zone("UTC").dt.strftime(TS_FORMAT)
     )
-
-
-def sim_time(start_real: float, now_real: float, sim_start: datetime, speed: float) -> datetime:
-    """Return the simulated time when ``now_real - start_real`` real seconds have passed.
-
-    The simulated clock starts at ``sim_start`` when the real clock reads ``start_real``
-    and runs ``speed`` times faster than real time. Real times are seconds from any
-    monotonic clock (``time.monotonic()``).
-    """
-    if speed <= 0:
-        raise ValueError(f"speed must be > 0 (simulated seconds per real second), got {speed}")
-    return sim_start + timedelta(seconds=(now_real - start_real) * speed)
-
-
-def _require_aware(moment: datetime, name: str) -> None:
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"{name} must be timezone-aware (e.g. tzinfo=UTC), got {moment!r}")

@@ -19,16 +19,10 @@ The bottom of the module publishes readings to a Redis stream as the sensors wou
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
-
-from tidemill.tasks.sources.redis_stream import entry_fields, last_entry, publish
-from tidemill.tasks.synthetic.flights import events_between, sim_time
 
 EVENT_COLUMNS = ("id", "ts", "sensor", "temperature", "vibration", "rssi", "fault")
 """Columns of a readings frame and of every stream entry, in this order."""
@@ -141,65 +135,3 @@ def wire_rows(readings: pl.DataFrame) -> pl.DataFrame:
         pl.col("ts").dt.convert_time_zone("UTC").dt.strftime(TS_FORMAT),
         pl.exclude("ts").cast(pl.Utf8),
     )
-
-
-# ----------------------------------------------------------------- I/O
-
-
-@dataclass(frozen=True)
-class Published:
-    """What one call to :func:`replay_readings` did."""
-
-    entries: int
-    ticks: int
-    position: datetime | None
-    """Event time published up to (inclusive); None if nothing yet."""
-    exhausted: bool
-
-
-def publish_readings(url: str, stream: str, readings: pl.DataFrame) -> list[str]:
-    """XADD every reading to `stream` (all or none); their entry ids, in order."""
-    return publish(url, stream, entry_fields(wire_rows(readings)))
-
-
-def replay_readings(
-    url: str,
-    stream: str,
-    readings: pl.DataFrame,
-    speed: float,
-    *,
-    tick_seconds: float = 1.0,
-    stop: threading.Event | None = None,
-    max_ticks: int | None = None,
-) -> Published:
-    """Publish `readings` to `stream` as a clock running `speed` times faster than real
-    time passes their event times, one tick's readings per MULTI/EXEC.
-
-    Resumes after the event time of the stream's newest entry, so a replayer stopped
-    (or killed: a tick is published whole or not at all) and started again publishes
-    every reading once; the stream must hold nothing but these readings. Returns when
-    every reading is published, when `stop` is set, or after `max_ticks` ticks.
-    """
-    if speed <= 0 or tick_seconds <= 0:
-        raise ValueError(f"speed and tick_seconds must be > 0, got {speed} and {tick_seconds}")
-    stop = stop if stop is not None else threading.Event()
-    readings = readings.sort("ts", "id")
-    newest = last_entry(url, stream)
-    after = _event_time(newest["ts"]) if newest and newest.get("ts") else None
-    first, last = readings["ts"].min(), readings["ts"].max()
-    if not isinstance(first, datetime) or not isinstance(last, datetime):
-        return Published(0, 0, after, exhausted=True)
-    clock, begun, entries, ticks = after or first, time.monotonic(), 0, 0
-    while (after is None or after < last) and (max_ticks is None or ticks < max_ticks):
-        if stop.wait(tick_seconds):
-            break
-        until = sim_time(begun, time.monotonic(), clock, speed)
-        due = events_between(readings, after, until)
-        entries += len(publish_readings(url, stream, due))
-        ticks += 1
-        after = until
-    return Published(entries, ticks, after, exhausted=after is not None and after >= last)
-
-
-def _event_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)

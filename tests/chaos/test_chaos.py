@@ -54,13 +54,13 @@ import polars as pl
 import pytest
 
 from tidemill.config.load import TidemillConfig, load_config
-from tidemill.deployments import processes, stack
-from tidemill.deployments.prefect_server import MARKER as SERVER_MARKER
-from tidemill.deployments.prefect_server import NAME as SERVER_NAME
-from tidemill.deployments.prefect_server import is_healthy
+from tidemill.data import load_flights
 from tidemill.deployments.query_service import OwnerUnavailable, QueryRefused, ask_owner
-from tidemill.deployments.replayer import load_flights
-from tidemill.deployments.supervisor import read_status
+from tidemill.deployments.stack import processes, stack
+from tidemill.deployments.stack.prefect_server import MARKER as SERVER_MARKER
+from tidemill.deployments.stack.prefect_server import NAME as SERVER_NAME
+from tidemill.deployments.stack.prefect_server import is_healthy
+from tidemill.deployments.stack.supervisor import read_status
 from tidemill.settings import get_settings
 from tidemill.tasks.synthetic.flights import flight_events, landing_rows
 from tidemill.warehouse.artifacts import sha256_of

@@ -32,7 +32,7 @@ from prefect.states import Cancelling, Pending, Running
 from prefect.utilities.engine import propose_state
 
 from tidemill.deployments.executor import InProcessExecutor, ensure_deployment
-from tidemill.deployments.prefect_server import is_healthy, start_server, stop_server
+from tidemill.deployments.stack.prefect_server import is_healthy, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 

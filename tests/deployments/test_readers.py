@@ -14,7 +14,7 @@ import pytest
 
 from tidemill.cli.access import read_sql
 from tidemill.config.load import TidemillConfig, load_config
-from tidemill.deployments import stack
+from tidemill.deployments.stack import stack
 
 pytestmark = pytest.mark.slow
 RUNS = 30

@@ -1,5 +1,5 @@
 """A Redis stream as a source, against a real redis-server started like the stack's
-(deployments/redis_server.py): consumer-group reads acknowledged only after the warehouse
+(deployments/stack/redis_server.py): consumer-group reads acknowledged only after the warehouse
 commit, so every published entry reaches raw or quarantine exactly once, whenever the
 worker stops; and the sensor readings published and replayed into it."""
 
@@ -19,11 +19,12 @@ import pytest
 import redis
 
 from tidemill.config.load import load_config
-from tidemill.deployments import redis_server
+from tidemill.deployments.replay.sensors import publish_readings, replay_readings
+from tidemill.deployments.stack import redis_server
 from tidemill.flows.engine.cycle import CycleReport, run_cycle
 from tidemill.flows.engine.runtime import Runtime
 from tidemill.tasks.sources.redis_stream import StreamError, entry_line
-from tidemill.tasks.synthetic.sensors import publish_readings, replay_readings, sensor_readings
+from tidemill.tasks.synthetic.sensors import sensor_readings
 
 pytestmark = pytest.mark.slow
 

@@ -48,7 +48,7 @@ def up(
     `every_seconds`, concurrency 1) and runs their flow runs in-process. Stays in the
     foreground until Ctrl-C, then stops everything it started.
     """
-    from tidemill.deployments import stack
+    from tidemill.deployments.stack import stack
 
     config = session.config()
     err.print("starting the Prefect server, the worker and the replayer …")
@@ -100,7 +100,7 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 def down() -> None:
     """Stop the replayer, the worker and the Prefect server of this state folder."""
-    from tidemill.deployments import stack
+    from tidemill.deployments.stack import stack
 
     stopped = stack.down(session.config())
     err.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
@@ -121,7 +121,7 @@ def worker(
     """Run the long-lived worker (what `tidemill up` starts): own the warehouse, register
     the deployments, execute their scheduled runs in this process until SIGTERM."""
 
-    from tidemill.deployments.prefect_server import server_env
+    from tidemill.deployments.stack.prefect_server import server_env
 
     main = session.config()
     if "PREFECT_API_URL" not in os.environ:
@@ -151,7 +151,7 @@ def replay(
     transactions) into its pipeline's landing folder as small CSV files, at SPEED times
     their event times; or publish machine-sensor readings (12 sensors, 4 faulty) to the
     `sensors` pipeline's Redis stream, about 50 a second. Resumes where it stopped."""
-    from tidemill.deployments.replayer import serve_replay
+    from tidemill.deployments.replay.serve import serve_replay
 
     serve_replay(
         session.config(), dataset, speed, tick_seconds=tick, max_files=max_files, say=err.print

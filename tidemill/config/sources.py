@@ -93,7 +93,7 @@ class RedisStreamSource(Strict):
     )
     url: str = Field(
         description='"local": the broker `tidemill up` runs in the state folder '
-        "(deployments/redis_server.py); else redis://[:PASSWORD@]HOST:PORT/DB (rediss:// "
+        "(deployments/stack/redis_server.py); else redis://[:PASSWORD@]HOST:PORT/DB (rediss:// "
         "for TLS) of a server of yours."
     )
     stream: str = Field(description="The stream's key.")

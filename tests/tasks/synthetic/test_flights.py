@@ -9,13 +9,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from tidemill.tasks.synthetic.flights import (
-    EVENT_COLUMNS,
-    events_between,
-    flight_events,
-    landing_rows,
-    sim_time,
-)
+from tidemill.deployments.replay.clock import events_between, sim_time
+from tidemill.tasks.synthetic.flights import EVENT_COLUMNS, flight_events, landing_rows
 
 UTC_US = pl.Datetime("us", "UTC")
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from tidemill.config.load import load_config
-from tidemill.deployments import redis_server, stack
-from tidemill.deployments.replayer import SENSORS, replay_sensors
+from tidemill.deployments.replay.sensors import SENSORS, replay_sensors
+from tidemill.deployments.stack import redis_server, stack
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.runtime import Runtime
 
-REPO = Path(__file__).parents[2]
+REPO = Path(__file__).parents[3]
 
 
 def test_readings_published_to_the_local_broker_are_stored_once(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The local stack of `tidemill up` / `make run`: Prefect server, worker, replayers.
 
 `up` starts what is not already running (idempotent): the Prefect server, then the
-supervisor (deployments/supervisor.py), which starts the worker and restarts the
+supervisor (deployments/stack/supervisor.py), which starts the worker and restarts the
 worker, the server or its PostgreSQL whenever one dies. It waits until the worker has
 registered its deployments, prints where to look, and — unless detached — stays in
 the foreground until Ctrl-C, then stops everything it manages. `down` stops the
@@ -18,10 +18,12 @@ from pathlib import Path
 from tidemill import layout
 from tidemill.config.load import TidemillConfig
 from tidemill.config.sources import FilesSource, RedisStreamSource
-from tidemill.deployments import processes, redis_server, supervisor
-from tidemill.deployments.prefect_server import start_server, stop_server
-from tidemill.deployments.replayer import DATASETS, REPLAYABLE, SENSORS
-from tidemill.deployments.supervisor import command, environment, worker_processes
+from tidemill.deployments.replay.files import DATASETS
+from tidemill.deployments.replay.sensors import SENSORS
+from tidemill.deployments.replay.serve import REPLAYABLE
+from tidemill.deployments.stack import processes, redis_server, supervisor
+from tidemill.deployments.stack.prefect_server import start_server, stop_server
+from tidemill.deployments.stack.supervisor import command, environment, worker_processes
 from tidemill.errors import TidemillError
 
 WORKER = supervisor.WORKER

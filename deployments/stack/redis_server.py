@@ -8,7 +8,7 @@ Everything lives in the state folder: `<state_dir>/redis/` holds `redis.conf` (w
 at each start), `port` (chosen free at first start, then kept, so URLs in configs stay
 valid), `password` and `data/` (the append-only file); the log is
 `<state_dir>/logs/redis.log` and the pid file `<state_dir>/run/redis.pid` (see
-deployments/processes.py). The server listens on 127.0.0.1 over TCP only.
+deployments/stack/processes.py). The server listens on 127.0.0.1 over TCP only.
 
 Any local user can reach 127.0.0.1, so the default user has a random password (kept in
 a 0600 file) and no Lua scripting: the stream source needs none, and Redis 6.2's Lua is
@@ -28,7 +28,7 @@ from pathlib import Path
 from tidemill import layout
 from tidemill.config.load import TidemillConfig
 from tidemill.config.sources import LOCAL_BROKER, RedisStreamSource
-from tidemill.deployments import processes
+from tidemill.deployments.stack import processes
 
 HOST = "127.0.0.1"
 NAME = "redis"  # the process name in run/ and logs/

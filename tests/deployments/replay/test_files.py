@@ -9,7 +9,8 @@ from pathlib import Path
 
 import polars as pl
 
-from tidemill.deployments.replayer import load_flights, replay
+from tidemill.data import load_flights
+from tidemill.deployments.replay.files import replay
 from tidemill.tasks.synthetic.flights import EVENT_COLUMNS, flight_events
 
 START = datetime(2013, 1, 1, 10, 0, tzinfo=UTC)

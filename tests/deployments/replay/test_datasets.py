@@ -11,11 +11,12 @@ import pytest
 
 from tidemill.config.fields import ConfigError
 from tidemill.config.load import TidemillConfig, load_config
-from tidemill.deployments import stack
-from tidemill.deployments.replayer import UnknownDataSet, dataset, replay_dataset, serve_replay
+from tidemill.deployments.replay.files import UnknownDataSet, dataset, replay_dataset
+from tidemill.deployments.replay.serve import serve_replay
+from tidemill.deployments.stack import stack
 from tidemill.tasks.synthetic.transactions import EVENT_COLUMNS
 
-REPO = Path(__file__).parents[2]
+REPO = Path(__file__).parents[3]
 
 
 @pytest.fixture
@@ -70,8 +71,8 @@ def test_serve_replay_says_what_it_does(config: TidemillConfig) -> None:
 def test_a_replayer_stops_on_sigterm_after_its_file(config: TidemillConfig, tmp_path: Path) -> None:
     code = (
         "import sys; from pathlib import Path\n"
-        "from deployments.replayer import serve_replay\n"
-        "from tidemill.config import load_config\n"
+        "from tidemill.deployments.replay.serve import serve_replay\n"
+        "from tidemill.config.load import load_config\n"
         f"serve_replay(load_config(Path({str(config.path)!r})), 'transactions', 60, tick_seconds=0.05)\n"
     )
     proc = subprocess.Popen(

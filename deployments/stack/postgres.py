@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from tidemill.deployments import processes
+from tidemill.deployments.stack import processes
 
 HOST = "127.0.0.1"
 USER = "postgres"

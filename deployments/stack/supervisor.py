@@ -34,16 +34,16 @@ from typing import Any
 
 from tidemill import layout
 from tidemill.config.load import TidemillConfig, load_config
-from tidemill.deployments import postgres, processes, redis_server
-from tidemill.deployments.prefect_server import MARKER as SERVER_MARKER
-from tidemill.deployments.prefect_server import NAME as SERVER_NAME
-from tidemill.deployments.prefect_server import server_env, start_server
+from tidemill.deployments.stack import postgres, processes, redis_server
+from tidemill.deployments.stack.prefect_server import MARKER as SERVER_MARKER
+from tidemill.deployments.stack.prefect_server import NAME as SERVER_NAME
+from tidemill.deployments.stack.prefect_server import server_env, start_server
 from tidemill.settings import get_settings
 
 log = logging.getLogger("tidemill.supervisor")
 
 NAME = "supervisor"
-MARKER = ("tidemill.deployments.supervisor",)
+MARKER = ("tidemill.deployments.stack.supervisor",)
 WORKER = ("worker", ("tidemill", "worker"))
 
 

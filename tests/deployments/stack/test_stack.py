@@ -15,8 +15,8 @@ import pytest
 from tidemill import layout
 from tidemill.cli.access import read_sql
 from tidemill.config.load import TidemillConfig, load_config
-from tidemill.deployments import processes, stack
-from tidemill.deployments.supervisor import worker_processes
+from tidemill.deployments.stack import processes, stack
+from tidemill.deployments.stack.supervisor import worker_processes
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 
 The server runs as `python -m prefect server start` in its own session (process
 group), so a Ctrl-C in the terminal that started it reaches only our code, which
-decides when to stop it. Its database is PostgreSQL (deployments/postgres.py, started
+decides when to stop it. Its database is PostgreSQL (deployments/stack/postgres.py, started
 first, stopped last) or, with the setting `prefect_database = "sqlite"`, SQLite; the
 database, profiles and logs stay under `<state_dir>`; nothing is written to `~/.prefect`.
 """
@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Literal
 
-from tidemill.deployments import postgres, processes
+from tidemill.deployments.stack import postgres, processes
 from tidemill.settings import get_settings
 
 HOST = "127.0.0.1"

@@ -18,8 +18,13 @@ import pytest
 from prefect import flow
 from prefect.client.orchestration import PrefectClient
 
-from tidemill.deployments import postgres
-from tidemill.deployments.prefect_server import is_healthy, server_env, start_server, stop_server
+from tidemill.deployments.stack import postgres
+from tidemill.deployments.stack.prefect_server import (
+    is_healthy,
+    server_env,
+    start_server,
+    stop_server,
+)
 from tidemill.settings import get_settings
 
 pytestmark = pytest.mark.slow

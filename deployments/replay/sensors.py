@@ -1,0 +1,118 @@
+"""Replay machine-sensor readings (tasks/synthetic/sensors.py) to the Redis stream of the
+`sensors` pipeline, at about SENSOR_READINGS_PER_SECOND readings a second, through the
+replay clock (clock.py): one tick's readings per MULTI/EXEC, so a replayer stopped (or
+killed) and started again resumes after the stream's newest entry and publishes every
+reading once."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import polars as pl
+
+from tidemill import layout
+from tidemill.config.fields import ConfigError
+from tidemill.config.load import TidemillConfig
+from tidemill.config.sources import LOCAL_BROKER, RedisStreamSource
+from tidemill.deployments.replay.clock import play
+from tidemill.tasks.sources.redis_stream import entry_fields, last_entry, publish
+from tidemill.tasks.synthetic.sensors import sensor_readings, wire_rows
+
+SENSORS = "sensors"
+"""The stream data set: machine-sensor readings published to the Redis stream of the
+pipeline of that name."""
+SENSOR_READINGS_PER_SECOND = 50.0
+"""The sensors replay's pace in real time, whatever --speed (see `replay_sensors`)."""
+
+
+@dataclass(frozen=True)
+class Published:
+    """What one call to :func:`replay_readings` did."""
+
+    entries: int
+    ticks: int
+    position: datetime | None
+    """Event time published up to (inclusive); None if nothing yet."""
+    exhausted: bool
+
+
+def publish_readings(url: str, stream: str, readings: pl.DataFrame) -> list[str]:
+    """XADD every reading to `stream` (all or none); their entry ids, in order."""
+    return publish(url, stream, entry_fields(wire_rows(readings)))
+
+
+def replay_readings(
+    url: str,
+    stream: str,
+    readings: pl.DataFrame,
+    speed: float,
+    *,
+    tick_seconds: float = 1.0,
+    stop: threading.Event | None = None,
+    max_ticks: int | None = None,
+) -> Published:
+    """Publish `readings` to `stream` as the replay clock passes their event times, one
+    tick's readings per MULTI/EXEC, resuming after the event time of the stream's newest
+    entry (the stream must hold nothing but these readings). Returns when every reading
+    is published, when `stop` is set, or after `max_ticks` ticks that published."""
+    newest = last_entry(url, stream)
+    after = _event_time(newest["ts"]) if newest and newest.get("ts") else None
+
+    def send(due: pl.DataFrame, until: datetime) -> None:
+        publish_readings(url, stream, due)
+
+    played = play(
+        readings,
+        send,
+        speed,
+        after=after,
+        tick_seconds=tick_seconds,
+        stop=stop,
+        max_emits=max_ticks,
+    )
+    return Published(played.rows, played.emitted, played.position, played.exhausted)
+
+
+def sensor_stream(config: TidemillConfig) -> tuple[str, RedisStreamSource]:
+    """The broker URL and the source of the `sensors` pipeline (a redis_stream)."""
+    source = config.pipeline(SENSORS).source
+    if not isinstance(source, RedisStreamSource):
+        raise ConfigError(
+            f"{config.path}: pipelines.{SENSORS}.source: replaying sensors needs "
+            "kind = 'redis_stream'"
+        )
+    if source.url != LOCAL_BROKER:
+        return source.url, source
+    return layout.local_broker_url(config.state_dir), source
+
+
+def replay_sensors(
+    config: TidemillConfig,
+    speed: float,
+    *,
+    tick_seconds: float = 1.0,
+    stop: threading.Event | None = None,
+    max_ticks: int | None = None,
+) -> Published:
+    """Publish 12 sensors' readings (3 days of them) to the `sensors` pipeline's stream,
+    resuming after its newest entry. A reading every `12 * speed / 50` event-seconds per
+    sensor paces them at about SENSOR_READINGS_PER_SECOND real readings per second at
+    any `speed` (keep the speed between runs: the readings depend on it)."""
+    url, source = sensor_stream(config)
+    every = max(10.0, 12 * speed / SENSOR_READINGS_PER_SECOND)
+    readings = sensor_readings(rounds=int(3 * 86_400 / every), every_seconds=every, seed=0)
+    return replay_readings(
+        url,
+        source.stream,
+        readings,
+        speed,
+        tick_seconds=tick_seconds,
+        stop=stop,
+        max_ticks=max_ticks,
+    )
+
+
+def _event_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
