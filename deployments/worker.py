@@ -22,7 +22,8 @@ from prefect import Flow
 from tidemill.config.fields import deployment_name
 from tidemill.config.load import TidemillConfig
 from tidemill.deployments import owner
-from tidemill.deployments.executor import InProcessExecutor, ensure_deployment
+from tidemill.deployments.apply import ensure_deployment
+from tidemill.deployments.executor import InProcessExecutor
 from tidemill.deployments.stack.supervisor import ready_file
 from tidemill.flows.backfill import backfill
 from tidemill.flows.engine.runtime import Runtime, install

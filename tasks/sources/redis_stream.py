@@ -64,7 +64,7 @@ from tidemill.tasks.sources.base import (
     Sample,
     SourceError,
 )
-from tidemill.tasks.sources.postgres import Read, row_line
+from tidemill.tasks.sources.rows import Read, row_line
 
 TIMEOUT_SECONDS = 5
 _SEQ_BITS = 20  # entry id ms-seq -> ms << 20 | seq: fits 63 bits until the year 2248

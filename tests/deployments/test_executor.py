@@ -31,7 +31,8 @@ from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 from prefect.states import Cancelling, Pending, Running
 from prefect.utilities.engine import propose_state
 
-from tidemill.deployments.executor import InProcessExecutor, ensure_deployment
+from tidemill.deployments.apply import ensure_deployment
+from tidemill.deployments.executor import InProcessExecutor
 from tidemill.deployments.stack.prefect_server import is_healthy, start_server, stop_server
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,8 @@ from tidemill.config.load import load_config
 from tidemill.flows.engine.backfill import run_backfill
 from tidemill.flows.engine.cycle import CycleReport, run_cycle
 from tidemill.flows.engine.runtime import Runtime
-from tidemill.tasks.sources.postgres import SourceError, row_line
+from tidemill.tasks.sources.postgres import SourceError
+from tidemill.tasks.sources.rows import row_line
 
 pytestmark = pytest.mark.slow
 

@@ -15,11 +15,10 @@ from tidemill.config.fields import ConfigError
 from tidemill.config.load import parse_config
 from tidemill.config.sources import PostgresSource
 from tidemill.tasks.sources.base import CursorPosition
-from tidemill.tasks.sources.postgres import (
-    SourceError,
+from tidemill.tasks.sources.postgres import SourceError, read_since
+from tidemill.tasks.sources.rows import (
     Unreadable,
     next_position,
-    read_since,
     records_from_rows,
     row_line,
     value_text,
