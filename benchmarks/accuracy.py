@@ -232,7 +232,14 @@ def run_core(stream: Stream, model: Model, batch_rows: int, label: str) -> Run:
     row_of = {key: i for i, key in enumerate(events["id"].to_list())}
     batches = []
     for start in range(0, events.height, batch_rows):
-        cleaned = clean_rows(events.slice(start, batch_rows), config)
+        cleaned = clean_rows(
+            events.slice(start, batch_rows),
+            event_time=config.event_time,
+            key=config.key,
+            features=config.features or [],
+            target=config.target,
+            time_features=config.time_features,
+        )
         batches.append((cleaned, np.array([row_of[key] for key in cleaned["id"].to_list()])))
     correct = np.full(events.height, np.nan)
     state = fresh_model(config)

@@ -84,7 +84,12 @@ def _bare(rows: pl.DataFrame, batch_rows: int, workdir: Path) -> list[float]:
     for start in range(0, typed.height, batch_rows):
         began = time.perf_counter()
         batch = clean_rows(
-            typed.slice(start, batch_rows).with_columns(pl.col("id").cast(pl.Utf8)), bare
+            typed.slice(start, batch_rows).with_columns(pl.col("id").cast(pl.Utf8)),
+            event_time=bare.event_time,
+            key=bare.key,
+            features=bare.features or [],
+            target=bare.target,
+            time_features=bare.time_features,
         )
         model.encoder.update(batch)
         x = model.encoder.transform(batch)

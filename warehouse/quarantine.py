@@ -19,7 +19,7 @@ import polars as pl
 from tidemill.config.pipeline import PipelineConfig
 from tidemill.errors import TidemillError
 from tidemill.tasks.records.parse import amend_record
-from tidemill.tasks.records.validate import parse_timestamp, validate_records
+from tidemill.tasks.records.validate import RecordSchema, parse_timestamp, validate_records
 from tidemill.warehouse.inbox import headers
 from tidemill.warehouse.ledger.batches import known_keys
 from tidemill.warehouse.pipeline_tables import PipelineTables, lit, q
@@ -218,7 +218,10 @@ def _check(
     validates them: a key may be stored meanwhile)."""
     stored = known_keys(con, config, records[config.key]) if config.key else None
     checked = validate_records(
-        records.with_columns(pl.Series("_qid", ids, dtype=pl.Int64)), config, now, stored
+        records.with_columns(pl.Series("_qid", ids, dtype=pl.Int64)),
+        RecordSchema.of(config),
+        now,
+        stored,
     ).rejected
     if checked.height:
         first = checked.row(0, named=True)

@@ -35,7 +35,7 @@ from tidemill.tasks.features.lags import lag_history
 from tidemill.tasks.learn.fresh import fresh_model
 from tidemill.tasks.learn.prequential import prequential_step
 from tidemill.tasks.learn.state import parameters_sha256
-from tidemill.tasks.records.validate import content_hashes, validate_records
+from tidemill.tasks.records.validate import RecordSchema, content_hashes, validate_records
 from tidemill.tasks.sources.loader import source_for
 from tidemill.warehouse import artifacts, registry
 from tidemill.warehouse.connection import Connection
@@ -93,7 +93,7 @@ def _recompute(
     config = state.config
     out = {}
     for spec in config.aggregates:
-        keyed = new_clean.with_columns(window_start(config, spec).alias("window_start"))
+        keyed = new_clean.with_columns(window_start(config.event_time, spec).alias("window_start"))
         windows = keyed.select("window_start", *spec.by).unique()
         if windows.height == 0:
             out[spec.name] = (windows, windows)
@@ -102,9 +102,12 @@ def _recompute(
         last = windows["window_start"].max() + timedelta(seconds=spec.every_seconds)  # type: ignore[operator]
         stored = backfills.clean_rows_between(con, config.name, config.event_time, first, last)  # type: ignore[arg-type]
         rows = pl.concat([stored.select(new_clean.columns), new_clean], how="vertical_relaxed")
-        stats = window_partials(rows, config, spec).join(
-            windows, on=["window_start", *spec.by], how="semi", nulls_equal=True
-        )
+        stats = window_partials(
+            rows,
+            spec,
+            event_time=config.event_time,
+            value=target_value(config.target, config.positive_class),
+        ).join(windows, on=["window_start", *spec.by], how="semi", nulls_equal=True)
         out[spec.name] = (windows, stats)
     return out
 
@@ -114,7 +117,7 @@ def _insert_chunk(
 ) -> None:
     config = state.config
     started = utc.now()
-    validated = validate_records(chunk, config, utc.now())
+    validated = validate_records(chunk, RecordSchema.of(config), utc.now())
     accepted = validated.accepted
     identity = (
         accepted[config.key] if config.key else content_hashes(accepted, config.source_columns)
@@ -122,7 +125,14 @@ def _insert_chunk(
     stored = backfills.stored_identities(con, config, identity)
     fresh = ~identity.is_in(stored.implode())
     new = accepted.filter(fresh)
-    clean = clean_rows(new, config)
+    clean = clean_rows(
+        new,
+        event_time=config.event_time,
+        key=config.key,
+        features=config.features or [],
+        target=config.target,
+        time_features=config.time_features,
+    )
     recompute = _recompute(con, state, clean)
     ts = clean[config.event_time]
     record = BatchRecord(
@@ -163,7 +173,9 @@ def _lag_histories(
 ) -> dict[str, pl.DataFrame]:
     """Per lag: the stored history of the series `new_clean` touches, with its labels in."""
     config = state.config
-    valued = new_clean.with_columns(target_value(config).alias("_value"))
+    valued = new_clean.with_columns(
+        target_value(config.target, config.positive_class).alias("_value")
+    )
     return {
         lag.name: lag_history(
             stored_lag_history(con, config, lag, new_clean.select(lag.by)),
@@ -191,7 +203,10 @@ def _train_candidate(
         with runtime.writing() as con:
             windows = {
                 spec.name: window_stats(
-                    con, config, spec, previous_window_keys(chunk, config, spec)
+                    con,
+                    config,
+                    spec,
+                    previous_window_keys(chunk, spec, event_time=config.event_time),
                 )
                 for spec in config.aggregates
             }
@@ -199,7 +214,15 @@ def _train_candidate(
                 lag.name: stored_lag_history(con, config, lag, chunk.select(lag.by))
                 for lag in config.lags
             }
-        features, _ = batch_features(chunk, config, windows, histories)
+        features, _ = batch_features(
+            chunk,
+            event_time=config.event_time,
+            value=target_value(config.target, config.positive_class),
+            aggregates=config.aggregates,
+            lags=config.lags,
+            windows=windows,
+            histories=histories,
+        )
         step = prequential_step(model, features, config.target)
         for name, value in step.metrics.items():
             totals[name] = totals.get(name, 0.0) + value * step.n_scored

@@ -30,6 +30,7 @@ from tidemill.flows.engine.runtime import Runtime, log
 from tidemill.tasks.features.aggregate import (
     merge_window_stats,
     previous_window_keys,
+    target_value,
     window_partials,
 )
 from tidemill.tasks.features.batch import batch_features
@@ -38,7 +39,7 @@ from tidemill.tasks.judge.batch_size import next_batch_rows
 from tidemill.tasks.judge.verdict import DriftEvent, Promotion, Verdict, judge_batch
 from tidemill.tasks.learn.prequential import Step, prequential_step
 from tidemill.tasks.learn.state import parameters_sha256
-from tidemill.tasks.records.validate import content_hashes, validate_records
+from tidemill.tasks.records.validate import RecordSchema, content_hashes, validate_records
 from tidemill.tasks.sources.loader import source_for
 from tidemill.warehouse import artifacts, inbox, registry
 from tidemill.warehouse.connection import Connection
@@ -240,13 +241,21 @@ def _features(
     """The batch's model inputs, with the stored windows and lag histories it reads."""
     windows = {}
     for spec in config.aggregates:
-        wanted = previous_window_keys(clean, config, spec)
+        wanted = previous_window_keys(clean, spec, event_time=config.event_time)
         stored = window_stats(con, config, spec, wanted)
         windows[spec.name] = merge_window_stats(stored, partials[spec.name], spec)
     histories = {
         lag.name: stored_lag_history(con, config, lag, clean.select(lag.by)) for lag in config.lags
     }
-    return batch_features(clean, config, windows, histories)
+    return batch_features(
+        clean,
+        event_time=config.event_time,
+        value=target_value(config.target, config.positive_class),
+        aggregates=config.aggregates,
+        lags=config.lags,
+        windows=windows,
+        histories=histories,
+    )
 
 
 def _batch(
@@ -264,11 +273,26 @@ def _batch(
     config = state.config
     with timer("validate"):
         stored = known_keys(con, config, records[config.key]) if config.key else None
-        validated = validate_records(records, config, utc.now(), known_keys=stored)
+        validated = validate_records(records, RecordSchema.of(config), utc.now(), known_keys=stored)
     with timer("clean"):
-        clean = clean_rows(validated.accepted, config)
+        clean = clean_rows(
+            validated.accepted,
+            event_time=config.event_time,
+            key=config.key,
+            features=config.features or [],
+            target=config.target,
+            time_features=config.time_features,
+        )
     with timer("aggregate"):
-        partials = {spec.name: window_partials(clean, config, spec) for spec in config.aggregates}
+        partials = {
+            spec.name: window_partials(
+                clean,
+                spec,
+                event_time=config.event_time,
+                value=target_value(config.target, config.positive_class),
+            )
+            for spec in config.aggregates
+        }
         features, histories = _features(con, config, clean, partials)
     with timer("learn"):
         steps = {

@@ -99,12 +99,17 @@ def _recompute_windows(
     replaced = 0
     for spec in config.aggregates:
         windows = (
-            rows.with_columns(window_start(config, spec).alias("window_start"))
+            rows.with_columns(window_start(config.event_time, spec).alias("window_start"))
             .select("window_start", *spec.by)
             .unique()
         )
         left = history.window_rows_before(con, config, spec, windows, NO_BATCH)
-        stats = window_partials(left.drop("batch_id"), config, spec)
+        stats = window_partials(
+            left.drop("batch_id"),
+            spec,
+            event_time=config.event_time,
+            value=target_value(config.target, config.positive_class),
+        )
         replaced += replace_windows(con, t.aggregate(spec.name), spec, windows, stats, batch_id)
     return replaced
 
@@ -118,7 +123,7 @@ def _recompute_lags(con: Connection, config: PipelineConfig, rows: pl.DataFrame)
         fresh = left.select(
             *lag.by,
             pl.col(config.event_time).alias("event_at"),
-            target_value(config).alias("value"),
+            target_value(config.target, config.positive_class).alias("value"),
         )
         # series with no label left: their stored history must go too
         emptied = series.join(

@@ -77,14 +77,17 @@ def _windows(
     sums (each earlier batch's partials added in batch order, as the upserts did), then
     the batch's own partials."""
     out = {}
+    at, value = config.event_time, target_value(config.target, config.positive_class)
     for spec in config.aggregates:
-        wanted = previous_window_keys(clean, config, spec)
+        wanted = previous_window_keys(clean, spec, event_time=at)
         rows = history.window_rows_before(con, config, spec, wanted, batch_id)
-        stored = window_partials(clean.clear(), config, spec)
+        stored = window_partials(clean.clear(), spec, event_time=at, value=value)
         for _, part in sorted(rows.group_by("batch_id"), key=lambda group: int(group[0][0])):  # type: ignore[call-overload]
-            partial = window_partials(in_batch_order(part.drop("batch_id"), config), config, spec)
+            earlier = in_batch_order(part.drop("batch_id"), event_time=at, key=config.key)
+            partial = window_partials(earlier, spec, event_time=at, value=value)
             stored = merge_window_stats(stored, partial, spec)
-        out[spec.name] = merge_window_stats(stored, window_partials(clean, config, spec), spec)
+        own = window_partials(clean, spec, event_time=at, value=value)
+        out[spec.name] = merge_window_stats(stored, own, spec)
     return out
 
 
@@ -98,7 +101,7 @@ def _histories(
         out[lag.name] = rows.select(
             *lag.by,
             pl.col(config.event_time).alias("event_at"),
-            target_value(config).alias("value"),
+            target_value(config.target, config.positive_class).alias("value"),
         )
     return out
 
@@ -115,12 +118,19 @@ def relearn(
     like a live batch without labels."""
     shards = registry.shard_counts(con, config.name, [v.version for v in versions])
     for version in versions:
-        clean = in_batch_order(history.batch_clean_rows(con, config, version.batch_id), config)
+        clean = in_batch_order(
+            history.batch_clean_rows(con, config, version.batch_id),
+            event_time=config.event_time,
+            key=config.key,
+        )
         features, _ = batch_features(
             clean,
-            config,
-            _windows(con, config, clean, version.batch_id),
-            _histories(con, config, clean, version.batch_id),
+            event_time=config.event_time,
+            value=target_value(config.target, config.positive_class),
+            aggregates=config.aggregates,
+            lags=config.lags,
+            windows=_windows(con, config, clean, version.batch_id),
+            histories=_histories(con, config, clean, version.batch_id),
         )
         # a version learned in shards is rebuilt in as many (here, one after the other)
         learner = (

@@ -11,36 +11,37 @@ from datetime import timedelta
 
 import polars as pl
 
-from tidemill.config.pipeline import AggregateSpec, PipelineConfig
+from tidemill.config.pipeline import AggregateSpec
 
 STAT_COLUMNS = ("n_rows", "n_labelled", "target_sum")
 
 
-def target_value(config: PipelineConfig) -> pl.Expr:
-    """Numeric view of the target: 1/0 for the positive (last) class, the value itself for
-    regression, null when unlabelled or when the pipeline has no target (clustering)."""
-    if config.target is None:
+def target_value(target: str | None, positive_class: str | None) -> pl.Expr:
+    """Numeric view of the target: 1/0 for `positive_class` (classification), the value
+    itself when there is none (regression), null when unlabelled or when the pipeline
+    has no target (clustering)."""
+    if target is None:
         return pl.lit(None, dtype=pl.Float64)
-    target = pl.col(config.target)
-    if config.task == "classification":
-        positive = config.label_classes[-1]
-        return pl.when(target.is_null()).then(None).otherwise((target == positive).cast(pl.Float64))
-    return target.cast(pl.Float64)
+    column = pl.col(target)
+    if positive_class is not None:
+        labelled = (column == positive_class).cast(pl.Float64)
+        return pl.when(column.is_null()).then(None).otherwise(labelled)
+    return column.cast(pl.Float64)
 
 
-def window_start(config: PipelineConfig, spec: AggregateSpec) -> pl.Expr:
-    """Start of the event-time window each row falls in."""
-    return pl.col(config.event_time).dt.truncate(f"{spec.every_seconds}s")
+def window_start(event_time: str, spec: AggregateSpec) -> pl.Expr:
+    """Start of the event-time window of `spec` each row falls in."""
+    return pl.col(event_time).dt.truncate(f"{spec.every_seconds}s")
 
 
 def window_partials(
-    clean: pl.DataFrame, config: PipelineConfig, spec: AggregateSpec
+    clean: pl.DataFrame, spec: AggregateSpec, *, event_time: str, value: pl.Expr
 ) -> pl.DataFrame:
-    """Per (window_start, *by): rows, labelled rows and target sum contributed by `clean`."""
-    value = target_value(config)
+    """Per (window_start, *by): rows, labelled rows and the sum of `value` (the target's
+    numeric view, see `target_value`) contributed by `clean`."""
     return (
         clean.lazy()
-        .with_columns(window_start(config, spec).alias("window_start"), value.alias("_value"))
+        .with_columns(window_start(event_time, spec).alias("window_start"), value.alias("_value"))
         .group_by(["window_start", *spec.by])
         .agg(
             pl.len().cast(pl.Int64).alias("n_rows"),
@@ -53,13 +54,13 @@ def window_partials(
 
 
 def previous_window_keys(
-    clean: pl.DataFrame, config: PipelineConfig, spec: AggregateSpec
+    clean: pl.DataFrame, spec: AggregateSpec, *, event_time: str
 ) -> pl.DataFrame:
     """The (window_start, *by) of the window BEFORE each row's own: what its features read."""
     step = timedelta(seconds=spec.every_seconds)
     return (
         clean.lazy()
-        .select((window_start(config, spec) - step).alias("window_start"), *spec.by)
+        .select((window_start(event_time, spec) - step).alias("window_start"), *spec.by)
         .unique()
         .sort(["window_start", *spec.by])
         .collect()
@@ -72,7 +73,7 @@ def aggregate_feature_names(spec: AggregateSpec) -> list[str]:
 
 
 def with_window_features(
-    clean: pl.DataFrame, config: PipelineConfig, spec: AggregateSpec, previous: pl.DataFrame
+    clean: pl.DataFrame, spec: AggregateSpec, previous: pl.DataFrame, *, event_time: str
 ) -> pl.DataFrame:
     """`clean` plus the previous window's row count and target mean for the row's group.
 
@@ -94,7 +95,7 @@ def with_window_features(
     )
     return (
         clean.lazy()
-        .with_columns((window_start(config, spec) - step).alias("_prev_window"))
+        .with_columns((window_start(event_time, spec) - step).alias("_prev_window"))
         .join(
             stats,
             left_on=["_prev_window", *spec.by],

@@ -36,6 +36,35 @@ _FALSE = {"0", "false", "no", "0.0"}
 
 
 @dataclass(frozen=True)
+class RecordSchema:
+    """The fields of a pipeline that validation reads: which column is what, and types."""
+
+    pipeline: str
+    event_time: str
+    key: str | None
+    features: tuple[str, ...]
+    categorical: tuple[str, ...]
+    target: str | None
+    task: str
+    label_classes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, config: PipelineConfig) -> RecordSchema:
+        """The schema of a pipeline whose features are resolved."""
+        assert config.features is not None, "features must be resolved before validation"
+        return cls(
+            pipeline=config.name,
+            event_time=config.event_time,
+            key=config.key,
+            features=tuple(config.features),
+            categorical=tuple(config.categorical),
+            target=config.target,
+            task=config.task,
+            label_classes=tuple(config.label_classes),
+        )
+
+
+@dataclass(frozen=True)
 class Validated:
     """Result of :func:`validate_records`: typed good rows and rejected rows."""
 
@@ -100,61 +129,59 @@ def _typed(name: str) -> str:
     return f"{name}\x00typed"
 
 
-def typed_columns(config: PipelineConfig) -> dict[str, pl.Expr]:
+def typed_columns(schema: RecordSchema) -> dict[str, pl.Expr]:
     """Declared column -> expression turning its text into the declared type (null if not)."""
-    assert config.features is not None, "features must be resolved before validation"
-    exprs = {config.event_time: parse_timestamp(pl.col(config.event_time))}
-    if config.key:
-        exprs[config.key] = pl.col(config.key).str.strip_chars()
-    for name in config.features:
-        if name in config.categorical:
+    exprs = {schema.event_time: parse_timestamp(pl.col(schema.event_time))}
+    if schema.key:
+        exprs[schema.key] = pl.col(schema.key).str.strip_chars()
+    for name in schema.features:
+        if name in schema.categorical:
             text = pl.col(name).str.strip_chars()
             exprs[name] = pl.when(text == "").then(None).otherwise(text)
         else:
             exprs[name] = parse_number(pl.col(name))
-    if config.target is None:
+    if schema.target is None:
         return exprs
-    if config.task == "classification":
-        exprs[config.target] = canonical_label(pl.col(config.target))
+    if schema.task == "classification":
+        exprs[schema.target] = canonical_label(pl.col(schema.target))
     else:
-        exprs[config.target] = parse_number(pl.col(config.target))
+        exprs[schema.target] = parse_number(pl.col(schema.target))
     return exprs
 
 
 def _row_reasons(
-    config: PipelineConfig, now: datetime, known_keys: pl.Series | None
+    schema: RecordSchema, now: datetime, known_keys: pl.Series | None
 ) -> list[pl.Expr]:
-    assert config.features is not None
-    ts_text, ts = pl.col(config.event_time), pl.col(_typed(config.event_time))
+    ts_text, ts = pl.col(schema.event_time), pl.col(_typed(schema.event_time))
     horizon = now.replace(tzinfo=None) + FUTURE_SLACK
     empty_ts = ts_text.is_null() | (ts_text.str.strip_chars() == "")
     reasons = [
-        _reason(empty_ts, f"{config.event_time} is empty"),
+        _reason(empty_ts, f"{schema.event_time} is empty"),
         _reason(
             ts.is_null() & ~empty_ts,
-            pl.format("{} '{}' is not a timestamp", pl.lit(config.event_time), ts_text),
+            pl.format("{} '{}' is not a timestamp", pl.lit(schema.event_time), ts_text),
         ),
         _reason(
             (ts < EARLIEST) | (ts > horizon),
             pl.format(
                 "{} '{}' is outside {} .. {}",
-                pl.lit(config.event_time),
+                pl.lit(schema.event_time),
                 ts_text,
                 pl.lit(EARLIEST.date().isoformat()),
                 pl.lit(horizon.isoformat(timespec="seconds")),
             ),
         ),
     ]
-    if config.key:
-        key = pl.col(_typed(config.key))
-        reasons.append(_reason(key.is_null() | (key == ""), f"{config.key} is empty"))
+    if schema.key:
+        key = pl.col(_typed(schema.key))
+        reasons.append(_reason(key.is_null() | (key == ""), f"{schema.key} is empty"))
         if known_keys is not None and known_keys.len() > 0:
             reasons.append(
-                _reason(key.is_in(known_keys.implode()), f"duplicate {config.key}: already stored")
+                _reason(key.is_in(known_keys.implode()), f"duplicate {schema.key}: already stored")
             )
-    numeric = [f for f in config.features if f not in config.categorical]
-    if config.task == "regression" and config.target is not None:
-        numeric.append(config.target)
+    numeric = [f for f in schema.features if f not in schema.categorical]
+    if schema.task == "regression" and schema.target is not None:
+        numeric.append(schema.target)
     for name in numeric:
         value = pl.col(_typed(name))
         reasons.append(
@@ -173,46 +200,46 @@ def _row_reasons(
                 ),
             )
         )
-    if config.task == "classification" and config.target is not None:
-        target = pl.col(_typed(config.target))
+    if schema.task == "classification" and schema.target is not None:
+        target = pl.col(_typed(schema.target))
         reasons.append(
             _reason(
-                target.is_not_null() & ~target.is_in(config.label_classes),
+                target.is_not_null() & ~target.is_in(schema.label_classes),
                 pl.format(
                     "{} '{}' is not one of the classes {}; declare pipelines.{}.classes",
-                    pl.lit(config.target),
-                    pl.col(config.target),
-                    pl.lit(", ".join(config.label_classes)),
-                    pl.lit(config.name),
+                    pl.lit(schema.target),
+                    pl.col(schema.target),
+                    pl.lit(", ".join(schema.label_classes)),
+                    pl.lit(schema.pipeline),
                 ),
             )
         )
     return reasons
 
 
-def _row_reason(config: PipelineConfig, now: datetime, known_keys: pl.Series | None) -> pl.Expr:
+def _row_reason(schema: RecordSchema, now: datetime, known_keys: pl.Series | None) -> pl.Expr:
     """A structural reject stands alone; otherwise every failed check, joined."""
-    checks = pl.concat_str(_row_reasons(config, now, known_keys), separator="; ", ignore_nulls=True)
+    checks = pl.concat_str(_row_reasons(schema, now, known_keys), separator="; ", ignore_nulls=True)
     return pl.coalesce(pl.col("_reject"), pl.when(checks != "").then(checks))
 
 
-def _repeat_reason(config: PipelineConfig) -> pl.Expr:
+def _repeat_reason(schema: RecordSchema) -> pl.Expr:
     """Of the rows that passed every other check, the later ones of a repeated key (a
     bad first copy, quarantined anyway, does not push a good second one out)."""
-    if not config.key:
+    if not schema.key:
         return pl.col("_reason")
-    good_key = pl.when(pl.col("_reason").is_null()).then(pl.col(_typed(config.key)))
+    good_key = pl.when(pl.col("_reason").is_null()).then(pl.col(_typed(schema.key)))
     repeated = good_key.is_not_null() & ~good_key.is_first_distinct()
     return (
         pl.when(repeated)
-        .then(pl.lit(f"duplicate {config.key} within the batch"))
+        .then(pl.lit(f"duplicate {schema.key} within the batch"))
         .otherwise(pl.col("_reason"))
     )
 
 
 def validate_records(
     records: pl.DataFrame,
-    config: PipelineConfig,
+    schema: RecordSchema,
     now: datetime,
     known_keys: pl.Series | None = None,
 ) -> Validated:
@@ -223,12 +250,12 @@ def validate_records(
     bounds event times from above (plus a day of slack); `known_keys` are keys that
     are already stored.
     """
-    typed = typed_columns(config)
+    typed = typed_columns(schema)
     meta = [c for c in records.columns if c.startswith("_") and c not in ("_raw", "_reject")]
     checked = (
         records.with_columns([expr.alias(_typed(name)) for name, expr in typed.items()])
-        .with_columns(_row_reason(config, now, known_keys).alias("_reason"))
-        .with_columns(_repeat_reason(config).alias("_reason"))
+        .with_columns(_row_reason(schema, now, known_keys).alias("_reason"))
+        .with_columns(_repeat_reason(schema).alias("_reason"))
     )
     bad = pl.col("_reason").is_not_null()
     rejected = checked.filter(bad).select(*meta, "_raw", pl.col("_reason").alias("reason"))

@@ -12,7 +12,7 @@ from tidemill.config.load import load_config
 from tidemill.flows.engine.backfill import BackfillError, run_backfill
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.runtime import Runtime
-from tidemill.tasks.features.aggregate import window_partials
+from tidemill.tasks.features.aggregate import target_value, window_partials
 from tidemill.warehouse.ledger import backfills
 
 REPO = Path(__file__).parents[2]
@@ -73,7 +73,12 @@ def test_a_backfill_inserts_exactly_the_missing_rows_and_recomputes_their_window
     config = runtime.pipelines.states["flights"].config
     clean = runtime.con.sql("SELECT * EXCLUDE (batch_id) FROM clean.flights").pl()
     for spec in config.aggregates:
-        expected = window_partials(clean, config, spec).sort("window_start", *spec.by)
+        expected = window_partials(
+            clean,
+            spec,
+            event_time=config.event_time,
+            value=target_value(config.target, config.positive_class),
+        ).sort("window_start", *spec.by)
         stored = runtime.con.sql(
             f"SELECT window_start, {', '.join(spec.by)}, n_rows, n_labelled, target_sum "
             f"FROM agg.flights_{spec.name} ORDER BY ALL"

@@ -269,6 +269,12 @@ class PipelineConfig(Strict):
         target = [self.target] if self.target is not None else []
         return [*keyed, self.event_time, *self.features, *target]
 
+    @property
+    def positive_class(self) -> str | None:
+        """The class counted as 1 in aggregates and lags (the last label) of a
+        classification pipeline; None for regression and clustering."""
+        return self.label_classes[-1] if self.task == "classification" else None
+
     def resolved(self, features: list[str], classes: list[str] | None) -> PipelineConfig:
         """This pipeline with the features and classes the config left out filled in."""
         return self.model_copy(update={"features": features, "classes": classes})

@@ -7,6 +7,7 @@ from tidemill.config.load import parse_config
 from tidemill.tasks.features.aggregate import (
     merge_window_stats,
     previous_window_keys,
+    target_value,
     window_partials,
     with_window_features,
 )
@@ -49,7 +50,14 @@ def _rows() -> pl.DataFrame:
 
 
 def test_clean_sorts_by_event_time_and_adds_time_features() -> None:
-    clean = clean_rows(_rows(), CONFIG)
+    clean = clean_rows(
+        _rows(),
+        event_time=CONFIG.event_time,
+        key=CONFIG.key,
+        features=CONFIG.features or [],
+        target=CONFIG.target,
+        time_features=CONFIG.time_features,
+    )
     assert clean["ts"].is_sorted()
     assert clean.columns == ["ts", "origin", "d", "y", "event_hour", "event_weekday"]
     assert clean["event_hour"].to_list() == [9, 10, 10, 11, 11]
@@ -57,7 +65,19 @@ def test_clean_sorts_by_event_time_and_adds_time_features() -> None:
 
 
 def test_window_partials_count_rows_labels_and_positives_per_window_and_group() -> None:
-    partials = window_partials(clean_rows(_rows(), CONFIG), CONFIG, SPEC)
+    partials = window_partials(
+        clean_rows(
+            _rows(),
+            event_time=CONFIG.event_time,
+            key=CONFIG.key,
+            features=CONFIG.features or [],
+            target=CONFIG.target,
+            time_features=CONFIG.time_features,
+        ),
+        SPEC,
+        event_time=CONFIG.event_time,
+        value=target_value(CONFIG.target, CONFIG.positive_class),
+    )
     assert partials.rows() == [
         (datetime(2024, 1, 1, 9), "EWR", 1, 1, 1.0),
         (datetime(2024, 1, 1, 10), "JFK", 2, 1, 1.0),
@@ -67,11 +87,30 @@ def test_window_partials_count_rows_labels_and_positives_per_window_and_group() 
 
 
 def test_features_read_only_the_previous_window_never_the_rows_own() -> None:
-    clean = clean_rows(_rows(), CONFIG)
-    stats = merge_window_stats(
-        window_partials(clean.head(0), CONFIG, SPEC), window_partials(clean, CONFIG, SPEC), SPEC
+    clean = clean_rows(
+        _rows(),
+        event_time=CONFIG.event_time,
+        key=CONFIG.key,
+        features=CONFIG.features or [],
+        target=CONFIG.target,
+        time_features=CONFIG.time_features,
     )
-    out = with_window_features(clean, CONFIG, SPEC, stats)
+    stats = merge_window_stats(
+        window_partials(
+            clean.head(0),
+            SPEC,
+            event_time=CONFIG.event_time,
+            value=target_value(CONFIG.target, CONFIG.positive_class),
+        ),
+        window_partials(
+            clean,
+            SPEC,
+            event_time=CONFIG.event_time,
+            value=target_value(CONFIG.target, CONFIG.positive_class),
+        ),
+        SPEC,
+    )
+    out = with_window_features(clean, SPEC, stats, event_time=CONFIG.event_time)
     # 10:05 JFK reads JFK 09:00 (absent) -> 0 rows; 11:10 JFK reads 10:00 (2 rows, 1 of 1 late)
     assert out.select("ts", "origin", "hourly_prev_rows", "hourly_prev_mean").rows() == [
         (datetime(2024, 1, 1, 9, 59), "EWR", 0.0, None),
@@ -83,7 +122,14 @@ def test_features_read_only_the_previous_window_never_the_rows_own() -> None:
 
 
 def test_no_future_leakage_changing_a_later_row_never_changes_an_earlier_feature() -> None:
-    clean = clean_rows(_rows(), CONFIG)
+    clean = clean_rows(
+        _rows(),
+        event_time=CONFIG.event_time,
+        key=CONFIG.key,
+        features=CONFIG.features or [],
+        target=CONFIG.target,
+        time_features=CONFIG.time_features,
+    )
     changed = clean.with_columns(
         pl.when(pl.col("ts") >= datetime(2024, 1, 1, 11))
         .then(pl.lit("0"))
@@ -93,11 +139,21 @@ def test_no_future_leakage_changing_a_later_row_never_changes_an_earlier_feature
 
     def features(frame: pl.DataFrame) -> pl.DataFrame:
         stats = merge_window_stats(
-            frame.head(0).pipe(window_partials, CONFIG, SPEC),
-            window_partials(frame, CONFIG, SPEC),
+            frame.head(0).pipe(
+                window_partials,
+                SPEC,
+                event_time=CONFIG.event_time,
+                value=target_value(CONFIG.target, CONFIG.positive_class),
+            ),
+            window_partials(
+                frame,
+                SPEC,
+                event_time=CONFIG.event_time,
+                value=target_value(CONFIG.target, CONFIG.positive_class),
+            ),
             SPEC,
         )
-        return with_window_features(frame, CONFIG, SPEC, stats)
+        return with_window_features(frame, SPEC, stats, event_time=CONFIG.event_time)
 
     before = features(clean).filter(pl.col("ts") < datetime(2024, 1, 1, 12))
     after = features(changed).filter(pl.col("ts") < datetime(2024, 1, 1, 12))
@@ -107,8 +163,15 @@ def test_no_future_leakage_changing_a_later_row_never_changes_an_earlier_feature
 
 
 def test_previous_window_keys_and_merge_add_stored_and_batch_counts() -> None:
-    clean = clean_rows(_rows(), CONFIG)
-    keys = previous_window_keys(clean, CONFIG, SPEC)
+    clean = clean_rows(
+        _rows(),
+        event_time=CONFIG.event_time,
+        key=CONFIG.key,
+        features=CONFIG.features or [],
+        target=CONFIG.target,
+        time_features=CONFIG.time_features,
+    )
+    keys = previous_window_keys(clean, SPEC, event_time=CONFIG.event_time)
     assert keys.rows() == [
         (datetime(2024, 1, 1, 8), "EWR"),
         (datetime(2024, 1, 1, 9), "JFK"),
@@ -124,9 +187,16 @@ def test_previous_window_keys_and_merge_add_stored_and_batch_counts() -> None:
             "target_sum": [2.0],
         }
     )
-    merged = merge_window_stats(stored, window_partials(clean, CONFIG, SPEC), SPEC).sort(
-        "window_start", "origin"
-    )
+    merged = merge_window_stats(
+        stored,
+        window_partials(
+            clean,
+            SPEC,
+            event_time=CONFIG.event_time,
+            value=target_value(CONFIG.target, CONFIG.positive_class),
+        ),
+        SPEC,
+    ).sort("window_start", "origin")
     assert merged.filter(pl.col("origin") == "JFK").row(0) == (
         datetime(2024, 1, 1, 10),
         "JFK",

@@ -7,6 +7,7 @@ import pytest
 from tidemill.config.load import parse_config
 from tidemill.tasks.records.csv_text import parse_csv
 from tidemill.tasks.records.validate import (
+    RecordSchema,
     canonical_label,
     parse_number,
     parse_timestamp,
@@ -75,7 +76,7 @@ def test_each_bad_row_is_rejected_with_every_reason_and_good_rows_are_typed() ->
         "5,2024-01-03,2,,\n"
         "6,2024-01-03\n"
     )
-    result = validate_records(_records(text, config), config, NOW)
+    result = validate_records(_records(text, config), RecordSchema.of(config), NOW)
     assert result.accepted.rows() == [
         (datetime(2024, 1, 1), "1", 1.5, "a", "1", 2),
         (datetime(2024, 1, 3), "5", 2.0, None, None, 7),
@@ -95,7 +96,9 @@ def test_each_bad_row_is_rejected_with_every_reason_and_good_rows_are_typed() ->
 def test_keys_already_stored_are_rejected_as_duplicates() -> None:
     config = _config()
     text = "id,ts,f,c,target\n1,2024-01-01,1,a,1\n2,2024-01-01,1,a,0\n"
-    result = validate_records(_records(text, config), config, NOW, known_keys=pl.Series(["2"]))
+    result = validate_records(
+        _records(text, config), RecordSchema.of(config), NOW, known_keys=pl.Series(["2"])
+    )
     assert result.accepted["id"].to_list() == ["1"]
     assert result.rejected["reason"].to_list() == ["duplicate id: already stored"]
 
@@ -103,7 +106,7 @@ def test_keys_already_stored_are_rejected_as_duplicates() -> None:
 def test_regression_targets_must_be_numbers() -> None:
     config = _config(task="regression", model={"estimator": "sgd_regressor"})
     text = "id,ts,f,c,target\n1,2024-01-01,1,a,3.5\n2,2024-01-01,1,a,high\n"
-    result = validate_records(_records(text, config), config, NOW)
+    result = validate_records(_records(text, config), RecordSchema.of(config), NOW)
     assert result.accepted["target"].to_list() == [3.5]
     assert result.rejected["reason"].to_list() == ["target 'high' is not a finite number"]
 
@@ -112,5 +115,5 @@ def test_regression_targets_must_be_numbers() -> None:
 def test_small_inputs(rows: int) -> None:
     config = _config()
     text = "id,ts,f,c,target\n" + "1,2024-01-01,1,a,1\n" * rows
-    result = validate_records(_records(text, config), config, NOW)
+    result = validate_records(_records(text, config), RecordSchema.of(config), NOW)
     assert result.accepted.height == rows and result.rejected.height == 0
