@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from prefect.client.schemas.objects import FlowRun
+
 from tidemill import utc
 from tidemill.config.fields import deployment_name
 from tidemill.deployments.query_service import Command, QueryService, Refused
@@ -56,7 +58,7 @@ def _backfill(runtime: Runtime) -> Command:
             other = backfills.running(con, pipeline)
         if other is not None:
             raise Refused(backfills.refusal(other))
-        flow_run = run_deployment(
+        flow_run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call: a FlowRun
             name=f"backfill/{deployment_name(pipeline)}",
             parameters={
                 "pipeline": pipeline,

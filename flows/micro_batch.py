@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict
 from typing import Annotated, Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
@@ -63,7 +64,7 @@ async def _publish(runtime: Runtime, pipeline: str, committed: list[CycleReport]
     if run_id is not None:
         async with get_client() as client:
             name = artifacts.run_name(pipeline, [r.batch_id or 0 for r in committed])
-            await client.update_flow_run(run_id, name=name)
+            await client.update_flow_run(UUID(run_id), name=name)
     last = committed[-1]
     await acreate_table_artifact(
         table=artifacts.batch_rows(last),

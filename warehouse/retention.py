@@ -29,13 +29,14 @@ import re
 import time
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 import duckdb
 import polars as pl
 
+from tidemill import utc
 from tidemill.tasks.judge.retention import (
     HEAD_STATUSES,
     VERSION_SCHEMA,
@@ -85,10 +86,6 @@ class Swept(NamedTuple):
     orphans: int
     temp_files: int
     bytes_freed: int
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _has_candidates(con: duckdb.DuckDBPyConnection) -> bool:
@@ -152,7 +149,7 @@ def prune_artifacts(
             "UPDATE ml.model_versions SET artifact_pruned_at = $now WHERE pipeline = $pipeline "
             "AND artifact_pruned_at IS NULL AND version IN (SELECT unnest($versions::BIGINT[])) "
             "RETURNING artifact_path",
-            {"now": _now(), "pipeline": pipeline, "versions": chosen},
+            {"now": utc.now(), "pipeline": pipeline, "versions": chosen},
         ).fetchall()
     freed = 0
     for (relpath,) in marked:
@@ -223,7 +220,7 @@ def run_maintenance(
     it is released between chunks. `now` (naive UTC) is the policy's clock."""
     policy = policy or RetentionPolicy()
     guard = lock if lock is not None else contextlib.nullcontext()
-    started = _now()
+    started = utc.now()
     now = now or started
     pruned = freed = 0
     while True:
@@ -250,7 +247,7 @@ def run_maintenance(
             temp_files_removed=swept.temp_files,
             bytes_freed=freed + swept.bytes_freed,
             started_at=started,
-            finished_at=_now(),
+            finished_at=utc.now(),
         )
         con.execute(
             "INSERT INTO _maintenance_runs (run_id, pipeline, started_at, finished_at, "

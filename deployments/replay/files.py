@@ -26,7 +26,6 @@ import polars as pl
 
 from tidemill.config.fields import ConfigError
 from tidemill.config.load import TidemillConfig
-from tidemill.config.sources import FilesSource
 from tidemill.data import load_flights
 from tidemill.deployments.replay.clock import play
 from tidemill.durable import write_atomic
@@ -96,10 +95,10 @@ def dataset(name: str) -> DataSet:
 
 def landing_dir(config: TidemillConfig, name: str) -> Path:
     """Where data set `name` lands: the folder of the files pipeline of the same name."""
-    source = config.pipeline(name).source
-    if not isinstance(source, FilesSource):
+    folder = config.pipeline(name).source.landing_folder
+    if folder is None:
         raise ConfigError(f"{config.path}: pipelines.{name}.source: replaying needs kind = 'files'")
-    return Path(source.path).parent
+    return folder
 
 
 def replay_dataset(

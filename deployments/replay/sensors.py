@@ -15,7 +15,6 @@ import polars as pl
 from tidemill import layout
 from tidemill.config.fields import ConfigError
 from tidemill.config.load import TidemillConfig
-from tidemill.config.sources import LOCAL_BROKER, RedisStreamSource
 from tidemill.deployments.replay.clock import play
 from tidemill.tasks.sources.redis_stream import entry_fields, last_entry, publish
 from tidemill.tasks.synthetic.sensors import sensor_readings, wire_rows
@@ -75,17 +74,17 @@ def replay_readings(
     return Published(played.rows, played.emitted, played.position, played.exhausted)
 
 
-def sensor_stream(config: TidemillConfig) -> tuple[str, RedisStreamSource]:
-    """The broker URL and the source of the `sensors` pipeline (a redis_stream)."""
+def sensor_stream(config: TidemillConfig) -> tuple[str, str]:
+    """The broker URL and the stream of the `sensors` pipeline (a redis_stream)."""
     source = config.pipeline(SENSORS).source
-    if not isinstance(source, RedisStreamSource):
+    if source.stream is None or source.broker is None:
         raise ConfigError(
             f"{config.path}: pipelines.{SENSORS}.source: replaying sensors needs "
             "kind = 'redis_stream'"
         )
-    if source.url != LOCAL_BROKER:
-        return source.url, source
-    return layout.local_broker_url(config.state_dir), source
+    if source.uses_local_broker:
+        return layout.local_broker_url(config.state_dir), source.stream
+    return source.broker, source.stream
 
 
 def replay_sensors(
@@ -100,12 +99,12 @@ def replay_sensors(
     resuming after its newest entry. A reading every `12 * speed / 50` event-seconds per
     sensor paces them at about SENSOR_READINGS_PER_SECOND real readings per second at
     any `speed` (keep the speed between runs: the readings depend on it)."""
-    url, source = sensor_stream(config)
+    url, stream = sensor_stream(config)
     every = max(10.0, 12 * speed / SENSOR_READINGS_PER_SECOND)
     readings = sensor_readings(rounds=int(3 * 86_400 / every), every_seconds=every, seed=0)
     return replay_readings(
         url,
-        source.stream,
+        stream,
         readings,
         speed,
         tick_seconds=tick_seconds,

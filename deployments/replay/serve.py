@@ -55,8 +55,8 @@ def _serve_sensors(
 ) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    _, source = sensor_stream(config)
-    say(f"publishing sensor readings to stream {source.stream} at {speed:g}x; Ctrl-C stops")
+    _, stream = sensor_stream(config)
+    say(f"publishing sensor readings to stream {stream} at {speed:g}x; Ctrl-C stops")
     try:
         done = replay_sensors(
             config, speed, tick_seconds=tick_seconds, stop=stop, max_ticks=max_ticks

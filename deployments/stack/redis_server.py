@@ -27,7 +27,6 @@ from pathlib import Path
 
 from tidemill import layout
 from tidemill.config.load import TidemillConfig
-from tidemill.config.sources import LOCAL_BROKER, RedisStreamSource
 from tidemill.deployments.stack import processes
 
 HOST = "127.0.0.1"
@@ -37,10 +36,7 @@ _TAKEN = "Address already in use"
 
 def needed_by(config: TidemillConfig) -> bool:
     """Whether a pipeline of `config` reads a stream of this broker (`url = "local"`)."""
-    return any(
-        isinstance(p.source, RedisStreamSource) and p.source.url == LOCAL_BROKER
-        for p in config.pipelines.values()
-    )
+    return any(p.source.uses_local_broker for p in config.pipelines.values())
 
 
 def home(state_dir: Path) -> Path:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from tidemill import layout
 from tidemill.config.load import TidemillConfig
-from tidemill.config.sources import FilesSource, RedisStreamSource
 from tidemill.deployments.replay.files import DATASETS
 from tidemill.deployments.replay.sensors import SENSORS
 from tidemill.deployments.replay.serve import REPLAYABLE
@@ -41,10 +40,10 @@ def replayed(config: TidemillConfig) -> list[str]:
     names = [
         name
         for name in DATASETS
-        if name in config.pipelines and isinstance(config.pipelines[name].source, FilesSource)
+        if name in config.pipelines and config.pipelines[name].source.landing_folder is not None
     ]
     sensors = config.pipelines.get(SENSORS)
-    if sensors is not None and isinstance(sensors.source, RedisStreamSource):
+    if sensors is not None and sensors.source.stream is not None:
         names.append(SENSORS)
     return names
 

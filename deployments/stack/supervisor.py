@@ -1,6 +1,6 @@
 """Keeps the local stack running: starts the worker, and starts again whatever dies.
 
-`tidemill up` starts one supervisor per state folder (`python -m deployments.supervisor`,
+`tidemill up` starts one supervisor per state folder (`python -m tidemill.deployments.stack.supervisor`,
 in its own session, logging to logs/supervisor.log). It starts the worker, then looks
 every half second at PostgreSQL (when the Prefect server uses it), the Redis broker
 (when a pipeline reads a stream of it), the Prefect server and the worker, and starts
@@ -266,8 +266,8 @@ def _now() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m deployments.supervisor --config PATH --port N`."""
-    parser = argparse.ArgumentParser(prog="python -m deployments.supervisor")
+    """Entry point of `python -m tidemill.deployments.stack.supervisor --config PATH --port N`."""
+    parser = argparse.ArgumentParser(prog="python -m tidemill.deployments.stack.supervisor")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)

@@ -324,9 +324,9 @@ def _batch(
         with timer("artifact"):
             versions = _write_versions(con, runtime.state_dir, state, steps, verdict, batch_id)
         verdict.versions = {**verdict.versions, **{v.candidate: v.version for v in versions}}
-        verdict.promotions = [
-            replace(e, to_version=verdict.versions[verdict.champion]) for e in verdict.promotions
-        ]
+        serving_version = verdict.versions[verdict.champion]
+        assert serving_version is not None  # the champion learned the batch: it has a version
+        verdict.promotions = [replace(e, to_version=serving_version) for e in verdict.promotions]
     serving = steps[state.champion].scores
     predictions = None
     if serving is not None:

@@ -268,8 +268,8 @@ def erase_subject(
                     (runtime.state_dir / row.artifact_path).unlink(missing_ok=True)
             raise
         for r in rebuilt:
-            for version in r.tainted:
-                (runtime.state_dir / version.artifact_path).unlink(missing_ok=True)
+            for retired in r.tainted:
+                (runtime.state_dir / retired.artifact_path).unlink(missing_ok=True)
             if r.model is None:
                 runtime.pipelines.forget(name)  # the candidate starts afresh on reload
                 continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from tidemill.config.load import TidemillConfig
 from tidemill.config.pipeline import PipelineConfig
@@ -31,15 +32,17 @@ class Pipelines:
             return self.states[name]
         config = self.config.pipeline(name)
         stored = stored_schema(con, name)
+        classes: list[str] | None
         if stored is not None:  # what the config leaves out was fixed at creation
-            features = config.features or list(stored["features"])  # type: ignore[call-overload]
-            classes = config.classes or stored["classes"]
+            features = config.features or [str(f) for f in cast(list[object], stored["features"])]
+            kept = cast(list[object] | None, stored["classes"])
+            classes = config.classes or ([str(c) for c in kept] if kept else None)
         else:
             found = _from_source(config, self.config.state_dir)
             if found is None:
                 return None
             features, classes = found
-        config = config.resolved(features, list(classes) if classes else None)  # type: ignore[arg-type]
+        config = config.resolved(features, classes)
         ensure_pipeline_tables(con, config)
         state = load_candidates(con, self.config.state_dir, config)
         self.states[name] = state

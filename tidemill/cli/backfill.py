@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 import typer
 
+from tidemill import utc
 from tidemill.cli import session
 from tidemill.cli.access import read_sql
 from tidemill.cli.output import Format, err, print_result, progress_bar
@@ -24,7 +25,7 @@ def _moment(text: str, option: str) -> datetime:
         raise TidemillError(
             f"{option} {text!r} is not an ISO date or time (e.g. 2013-01-05 or 2013-01-05T06:00Z)"
         ) from None
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+    return utc.naive(moment)
 
 
 def backfill(

@@ -16,7 +16,7 @@ from tidemill.config.fields import (
     TimeFeature,
 )
 from tidemill.config.models import DistributedSpec, DriftSpec, ModelSpec, PromotionRule
-from tidemill.config.sources import PostgresSource, RedisStreamSource, Source
+from tidemill.config.sources import Source
 
 
 class LagSpec(Strict):
@@ -225,10 +225,13 @@ class PipelineConfig(Strict):
                     )
         if self.task == "classification" and self.classes is not None and len(self.classes) < 2:
             raise ValueError("classes needs at least two labels")
-        if isinstance(self.source, PostgresSource):
-            _postgres_needs(self)
-        if isinstance(self.source, RedisStreamSource):
-            _stream_needs(self)
+        self.source.check_pipeline(
+            key=self.key,
+            features=self.features,
+            task=self.task,
+            classes=self.classes,
+            pii=dict(self.pii),
+        )
         names = [a.name for a in self.aggregates]
         if len(set(names)) != len(names):
             raise ValueError("aggregate names must be unique")
@@ -280,19 +283,6 @@ class PipelineConfig(Strict):
         return self.model_copy(update={"features": features, "classes": classes})
 
 
-def _postgres_needs(config: PipelineConfig) -> None:
-    """What a postgres pipeline must declare: the key that de-duplicates reads at the last
-    cursor value, and the columns (they are not looked up in the table)."""
-    if not config.key:
-        raise ValueError(
-            "a postgres source needs `key` (rows at the last cursor value are told apart by it)"
-        )
-    if config.features is None:
-        raise ValueError("a postgres source needs `features` (they are not read from the table)")
-    if config.task == "classification" and config.classes is None:
-        raise ValueError("a postgres source needs `classes` (they are not read from the table)")
-
-
 def _pii_is_consistent(config: PipelineConfig) -> None:
     """What personal-data rules may and may not touch (one line each when refused)."""
     pii, key = config.pii, config.key
@@ -323,12 +313,6 @@ def _pii_is_consistent(config: PipelineConfig) -> None:
                 f"pii.{column} is a feature: list it in `categorical` (a pseudonym or a mask "
                 "is not a number)"
             )
-    source = config.source
-    if isinstance(source, PostgresSource) and {key, source.cursor} & set(pii):
-        raise ValueError(
-            "a postgres source's key and cursor are kept as read in _cursors: they cannot "
-            "be pii columns"
-        )
     subject = config.subject
     if subject is None:
         return
@@ -341,12 +325,3 @@ def _pii_is_consistent(config: PipelineConfig) -> None:
             f"subject '{subject}' must be the key or a feature (erasure finds a subject's rows "
             "by it)"
         )
-
-
-def _stream_needs(config: PipelineConfig) -> None:
-    """What a redis_stream pipeline must declare: its columns (no entry is read to
-    find them)."""
-    if config.features is None:
-        raise ValueError("a redis_stream source needs `features` (they are not read from entries)")
-    if config.task == "classification" and config.classes is None:
-        raise ValueError("a redis_stream source needs `classes` (they are not read from entries)")

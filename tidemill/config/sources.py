@@ -4,6 +4,7 @@ a Redis stream (tasks/sources/ reads them)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -13,7 +14,7 @@ from tidemill.config.fields import Strict
 
 
 class FilesSource(Strict):
-    """A landing folder: every file matching `path` is read once (see tasks/sources.py)."""
+    """A landing folder: every file matching `path` is read once (see tasks/sources/files.py)."""
 
     kind: Literal["files"] = Field(description="A landing folder of files.")
     path: str = Field(description="Glob of landing files, relative to the config file's folder.")
@@ -26,6 +27,37 @@ class FilesSource(Strict):
         description="A file modified less than this long ago is left for the next cycle "
         "(its writer may still be writing). Drains ignore it.",
     )
+
+    @property
+    def landing_folder(self) -> Path | None:
+        """Where the files land (a replay writes there)."""
+        return Path(self.path).parent
+
+    @property
+    def stream(self) -> str | None:
+        """No stream: records arrive as files."""
+        return None
+
+    @property
+    def broker(self) -> str | None:
+        """No broker."""
+        return None
+
+    @property
+    def uses_local_broker(self) -> bool:
+        """No broker."""
+        return False
+
+    def check_pipeline(
+        self,
+        *,
+        key: str | None,
+        features: list[str] | None,
+        task: str,
+        classes: object,
+        pii: dict[str, str],
+    ) -> None:
+        """A landing folder asks nothing of its pipeline (columns come from its files)."""
 
 
 _IDENTIFIER_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
@@ -73,6 +105,54 @@ class PostgresSource(Strict):
     def label(self) -> str:
         """How records name their origin (`_file`): `postgres:<table>`."""
         return f"postgres:{self.table}"
+
+    @property
+    def landing_folder(self) -> Path | None:
+        """No landing folder: rows are read from the table."""
+        return None
+
+    @property
+    def stream(self) -> str | None:
+        """No stream: rows are read from the table."""
+        return None
+
+    @property
+    def broker(self) -> str | None:
+        """No broker."""
+        return None
+
+    @property
+    def uses_local_broker(self) -> bool:
+        """No broker."""
+        return False
+
+    def check_pipeline(
+        self,
+        *,
+        key: str | None,
+        features: list[str] | None,
+        task: str,
+        classes: object,
+        pii: dict[str, str],
+    ) -> None:
+        """What a postgres pipeline must declare: the key that de-duplicates reads at the
+        last cursor value, and the columns (they are not looked up in the table); its key
+        and cursor are kept as read in _cursors, so they cannot be personal columns."""
+        if not key:
+            raise ValueError(
+                "a postgres source needs `key` (rows at the last cursor value are told apart by it)"
+            )
+        if features is None:
+            raise ValueError(
+                "a postgres source needs `features` (they are not read from the table)"
+            )
+        if task == "classification" and classes is None:
+            raise ValueError("a postgres source needs `classes` (they are not read from the table)")
+        if {key, self.cursor} & set(pii):
+            raise ValueError(
+                "a postgres source's key and cursor are kept as read in _cursors: they cannot "
+                "be pii columns"
+            )
 
 
 # --- redis_stream source (tasks/sources/redis_stream.py) ---------------------------------------
@@ -137,6 +217,41 @@ class RedisStreamSource(Strict):
     def label(self) -> str:
         """How records name their origin (`_file`): `redis:<stream>`."""
         return f"redis:{self.stream}"
+
+    @property
+    def landing_folder(self) -> Path | None:
+        """No landing folder: entries are read from the stream."""
+        return None
+
+    @property
+    def broker(self) -> str | None:
+        """The broker's URL (`local`: the state folder's own)."""
+        return self.url
+
+    @property
+    def uses_local_broker(self) -> bool:
+        """Whether the stream is on the state folder's own broker (`url = "local"`)."""
+        return self.url == LOCAL_BROKER
+
+    def check_pipeline(
+        self,
+        *,
+        key: str | None,
+        features: list[str] | None,
+        task: str,
+        classes: object,
+        pii: dict[str, str],
+    ) -> None:
+        """What a redis_stream pipeline must declare: its columns (no entry is read to
+        find them)."""
+        if features is None:
+            raise ValueError(
+                "a redis_stream source needs `features` (they are not read from entries)"
+            )
+        if task == "classification" and classes is None:
+            raise ValueError(
+                "a redis_stream source needs `classes` (they are not read from entries)"
+            )
 
 
 Source = Annotated[FilesSource | PostgresSource | RedisStreamSource, Field(discriminator="kind")]
