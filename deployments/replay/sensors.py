@@ -77,14 +77,14 @@ def replay_readings(
 def sensor_stream(config: TidemillConfig) -> tuple[str, str]:
     """The broker URL and the stream of the `sensors` pipeline (a redis_stream)."""
     source = config.pipeline(SENSORS).source
-    if source.stream is None or source.broker is None:
+    if source.stream_name is None or source.broker is None:
         raise ConfigError(
             f"{config.path}: pipelines.{SENSORS}.source: replaying sensors needs "
             "kind = 'redis_stream'"
         )
     if source.uses_local_broker:
-        return layout.local_broker_url(config.state_dir), source.stream
-    return source.broker, source.stream
+        return layout.local_broker_url(config.state_dir), source.stream_name
+    return source.broker, source.stream_name
 
 
 def replay_sensors(

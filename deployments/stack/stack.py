@@ -43,7 +43,7 @@ def replayed(config: TidemillConfig) -> list[str]:
         if name in config.pipelines and config.pipelines[name].source.landing_folder is not None
     ]
     sensors = config.pipelines.get(SENSORS)
-    if sensors is not None and sensors.source.stream is not None:
+    if sensors is not None and sensors.source.stream_name is not None:
         names.append(SENSORS)
     return names
 

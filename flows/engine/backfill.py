@@ -20,17 +20,14 @@ from polars.exceptions import PanicException
 
 from tidemill import utc
 from tidemill.errors import TidemillError
+from tidemill.flows.engine.features import batch_partials, clean_batch, model_inputs, target_of
 from tidemill.flows.engine.ingest import stored_form
 from tidemill.flows.engine.models import PipelineState
 from tidemill.flows.engine.runtime import Runtime
 from tidemill.tasks.features.aggregate import (
     previous_window_keys,
-    target_value,
-    window_partials,
     window_start,
 )
-from tidemill.tasks.features.batch import batch_features
-from tidemill.tasks.features.clean import clean_rows
 from tidemill.tasks.features.lags import lag_history
 from tidemill.tasks.learn.fresh import fresh_model
 from tidemill.tasks.learn.prequential import prequential_step
@@ -102,12 +99,9 @@ def _recompute(
         last = windows["window_start"].max() + timedelta(seconds=spec.every_seconds)  # type: ignore[operator]
         stored = backfills.clean_rows_between(con, config.name, config.event_time, first, last)  # type: ignore[arg-type]
         rows = pl.concat([stored.select(new_clean.columns), new_clean], how="vertical_relaxed")
-        stats = window_partials(
-            rows,
-            spec,
-            event_time=config.event_time,
-            value=target_value(config.target, config.positive_class),
-        ).join(windows, on=["window_start", *spec.by], how="semi", nulls_equal=True)
+        stats = batch_partials(config, rows, spec).join(
+            windows, on=["window_start", *spec.by], how="semi", nulls_equal=True
+        )
         out[spec.name] = (windows, stats)
     return out
 
@@ -125,14 +119,7 @@ def _insert_chunk(
     stored = backfills.stored_identities(con, config, identity)
     fresh = ~identity.is_in(stored.implode())
     new = accepted.filter(fresh)
-    clean = clean_rows(
-        new,
-        event_time=config.event_time,
-        key=config.key,
-        features=config.features or [],
-        target=config.target,
-        time_features=config.time_features,
-    )
+    clean = clean_batch(config, new)
     recompute = _recompute(con, state, clean)
     ts = clean[config.event_time]
     record = BatchRecord(
@@ -173,9 +160,7 @@ def _lag_histories(
 ) -> dict[str, pl.DataFrame]:
     """Per lag: the stored history of the series `new_clean` touches, with its labels in."""
     config = state.config
-    valued = new_clean.with_columns(
-        target_value(config.target, config.positive_class).alias("_value")
-    )
+    valued = new_clean.with_columns(target_of(config).alias("_value"))
     return {
         lag.name: lag_history(
             stored_lag_history(con, config, lag, new_clean.select(lag.by)),
@@ -214,15 +199,7 @@ def _train_candidate(
                 lag.name: stored_lag_history(con, config, lag, chunk.select(lag.by))
                 for lag in config.lags
             }
-        features, _ = batch_features(
-            chunk,
-            event_time=config.event_time,
-            value=target_value(config.target, config.positive_class),
-            aggregates=config.aggregates,
-            lags=config.lags,
-            windows=windows,
-            histories=histories,
-        )
+        features, _ = model_inputs(config, chunk, windows, histories)
         step = prequential_step(model, features, config.target)
         for name, value in step.metrics.items():
             totals[name] = totals.get(name, 0.0) + value * step.n_scored

@@ -24,17 +24,14 @@ from polars.exceptions import PanicException
 from tidemill import utc
 from tidemill.config.pipeline import PipelineConfig
 from tidemill.errors import TidemillError
+from tidemill.flows.engine.features import batch_partials, clean_batch, model_inputs
 from tidemill.flows.engine.ingest import ingest
 from tidemill.flows.engine.models import PipelineState
 from tidemill.flows.engine.runtime import Runtime, log
 from tidemill.tasks.features.aggregate import (
     merge_window_stats,
     previous_window_keys,
-    target_value,
-    window_partials,
 )
-from tidemill.tasks.features.batch import batch_features
-from tidemill.tasks.features.clean import clean_rows
 from tidemill.tasks.judge.batch_size import next_batch_rows
 from tidemill.tasks.judge.verdict import DriftEvent, Promotion, Verdict, judge_batch
 from tidemill.tasks.learn.prequential import Step, prequential_step
@@ -247,15 +244,7 @@ def _features(
     histories = {
         lag.name: stored_lag_history(con, config, lag, clean.select(lag.by)) for lag in config.lags
     }
-    return batch_features(
-        clean,
-        event_time=config.event_time,
-        value=target_value(config.target, config.positive_class),
-        aggregates=config.aggregates,
-        lags=config.lags,
-        windows=windows,
-        histories=histories,
-    )
+    return model_inputs(config, clean, windows, histories)
 
 
 def _batch(
@@ -275,24 +264,9 @@ def _batch(
         stored = known_keys(con, config, records[config.key]) if config.key else None
         validated = validate_records(records, RecordSchema.of(config), utc.now(), known_keys=stored)
     with timer("clean"):
-        clean = clean_rows(
-            validated.accepted,
-            event_time=config.event_time,
-            key=config.key,
-            features=config.features or [],
-            target=config.target,
-            time_features=config.time_features,
-        )
+        clean = clean_batch(config, validated.accepted)
     with timer("aggregate"):
-        partials = {
-            spec.name: window_partials(
-                clean,
-                spec,
-                event_time=config.event_time,
-                value=target_value(config.target, config.positive_class),
-            )
-            for spec in config.aggregates
-        }
+        partials = {spec.name: batch_partials(config, clean, spec) for spec in config.aggregates}
         features, histories = _features(con, config, clean, partials)
     with timer("learn"):
         steps = {

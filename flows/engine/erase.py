@@ -33,11 +33,12 @@ import polars as pl
 from tidemill import utc
 from tidemill.config.pipeline import PipelineConfig
 from tidemill.errors import TidemillError
+from tidemill.flows.engine.features import batch_partials, target_of
 from tidemill.flows.engine.models import PipelineState
 from tidemill.flows.engine.replay import fresh_candidate, lineage, relearn, replay_version
 from tidemill.flows.engine.runtime import Runtime
 from tidemill.keys import get_key
-from tidemill.tasks.features.aggregate import target_value, window_partials, window_start
+from tidemill.tasks.features.aggregate import window_start
 from tidemill.tasks.judge.promotion import ScoreWindow
 from tidemill.tasks.learn.prequential import ShardRecord
 from tidemill.tasks.learn.state import ModelState, parameters_sha256
@@ -104,12 +105,7 @@ def _recompute_windows(
             .unique()
         )
         left = history.window_rows_before(con, config, spec, windows, NO_BATCH)
-        stats = window_partials(
-            left.drop("batch_id"),
-            spec,
-            event_time=config.event_time,
-            value=target_value(config.target, config.positive_class),
-        )
+        stats = batch_partials(config, left.drop("batch_id"), spec)
         replaced += replace_windows(con, t.aggregate(spec.name), spec, windows, stats, batch_id)
     return replaced
 
@@ -123,7 +119,7 @@ def _recompute_lags(con: Connection, config: PipelineConfig, rows: pl.DataFrame)
         fresh = left.select(
             *lag.by,
             pl.col(config.event_time).alias("event_at"),
-            target_value(config.target, config.positive_class).alias("value"),
+            target_of(config).alias("value"),
         )
         # series with no label left: their stored history must go too
         emptied = series.join(

@@ -19,13 +19,12 @@ import polars as pl
 
 from tidemill.config.pipeline import PipelineConfig
 from tidemill.errors import TidemillError
+from tidemill.flows.engine.features import model_inputs, target_of
 from tidemill.tasks.features.aggregate import (
     merge_window_stats,
     previous_window_keys,
-    target_value,
     window_partials,
 )
-from tidemill.tasks.features.batch import batch_features
 from tidemill.tasks.features.clean import in_batch_order
 from tidemill.tasks.learn.fresh import fresh_model
 from tidemill.tasks.learn.prequential import Step, learn_here, prequential_step
@@ -77,7 +76,7 @@ def _windows(
     sums (each earlier batch's partials added in batch order, as the upserts did), then
     the batch's own partials."""
     out = {}
-    at, value = config.event_time, target_value(config.target, config.positive_class)
+    at, value = config.event_time, target_of(config)
     for spec in config.aggregates:
         wanted = previous_window_keys(clean, spec, event_time=at)
         rows = history.window_rows_before(con, config, spec, wanted, batch_id)
@@ -101,7 +100,7 @@ def _histories(
         out[lag.name] = rows.select(
             *lag.by,
             pl.col(config.event_time).alias("event_at"),
-            target_value(config.target, config.positive_class).alias("value"),
+            target_of(config).alias("value"),
         )
     return out
 
@@ -123,14 +122,11 @@ def relearn(
             event_time=config.event_time,
             key=config.key,
         )
-        features, _ = batch_features(
+        features, _ = model_inputs(
+            config,
             clean,
-            event_time=config.event_time,
-            value=target_value(config.target, config.positive_class),
-            aggregates=config.aggregates,
-            lags=config.lags,
-            windows=_windows(con, config, clean, version.batch_id),
-            histories=_histories(con, config, clean, version.batch_id),
+            _windows(con, config, clean, version.batch_id),
+            _histories(con, config, clean, version.batch_id),
         )
         # a version learned in shards is rebuilt in as many (here, one after the other)
         learner = (

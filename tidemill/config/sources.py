@@ -13,7 +13,44 @@ from pydantic import Field, field_validator
 from tidemill.config.fields import Strict
 
 
-class FilesSource(Strict):
+class SourceSpec(Strict):
+    """What the stack and the replayers ask of any source, and what a source asks of its
+    pipeline; each kind overrides what applies to it."""
+
+    @property
+    def landing_folder(self) -> Path | None:
+        """Where the source's files land, if it reads files."""
+        return None
+
+    @property
+    def stream_name(self) -> str | None:
+        """The stream it reads, if it reads one."""
+        return None
+
+    @property
+    def broker(self) -> str | None:
+        """The URL of the broker of its stream, if any."""
+        return None
+
+    @property
+    def uses_local_broker(self) -> bool:
+        """Whether it reads the state folder's own broker (`url = "local"`)."""
+        return False
+
+    def check_pipeline(
+        self,
+        *,
+        key: str | None,
+        features: list[str] | None,
+        task: str,
+        classes: object,
+        pii: dict[str, str],
+    ) -> None:
+        """Raise ValueError (one line) when the pipeline lacks what this source needs; by
+        default it needs nothing."""
+
+
+class FilesSource(SourceSpec):
     """A landing folder: every file matching `path` is read once (see tasks/sources/files.py)."""
 
     kind: Literal["files"] = Field(description="A landing folder of files.")
@@ -33,37 +70,11 @@ class FilesSource(Strict):
         """Where the files land (a replay writes there)."""
         return Path(self.path).parent
 
-    @property
-    def stream(self) -> str | None:
-        """No stream: records arrive as files."""
-        return None
-
-    @property
-    def broker(self) -> str | None:
-        """No broker."""
-        return None
-
-    @property
-    def uses_local_broker(self) -> bool:
-        """No broker."""
-        return False
-
-    def check_pipeline(
-        self,
-        *,
-        key: str | None,
-        features: list[str] | None,
-        task: str,
-        classes: object,
-        pii: dict[str, str],
-    ) -> None:
-        """A landing folder asks nothing of its pipeline (columns come from its files)."""
-
 
 _IDENTIFIER_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 
 
-class PostgresSource(Strict):
+class PostgresSource(SourceSpec):
     """A PostgreSQL table read incrementally by a cursor column (see tasks/sources/postgres.py).
 
     Reads are inclusive on the last cursor value and de-duplicated on the pipeline's key
@@ -106,26 +117,6 @@ class PostgresSource(Strict):
         """How records name their origin (`_file`): `postgres:<table>`."""
         return f"postgres:{self.table}"
 
-    @property
-    def landing_folder(self) -> Path | None:
-        """No landing folder: rows are read from the table."""
-        return None
-
-    @property
-    def stream(self) -> str | None:
-        """No stream: rows are read from the table."""
-        return None
-
-    @property
-    def broker(self) -> str | None:
-        """No broker."""
-        return None
-
-    @property
-    def uses_local_broker(self) -> bool:
-        """No broker."""
-        return False
-
     def check_pipeline(
         self,
         *,
@@ -160,7 +151,7 @@ LOCAL_BROKER = "local"
 _STREAM_NAME = re.compile(r"^[^\s\x00-\x1f]{1,200}$")
 
 
-class RedisStreamSource(Strict):
+class RedisStreamSource(SourceSpec):
     """A Redis stream read through a consumer group (see tasks/sources/redis_stream.py).
 
     The pipeline is one consumer of the group: it takes its own unacknowledged entries
@@ -219,9 +210,9 @@ class RedisStreamSource(Strict):
         return f"redis:{self.stream}"
 
     @property
-    def landing_folder(self) -> Path | None:
-        """No landing folder: entries are read from the stream."""
-        return None
+    def stream_name(self) -> str | None:
+        """The stream's key."""
+        return self.stream
 
     @property
     def broker(self) -> str | None:
