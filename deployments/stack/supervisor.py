@@ -149,7 +149,7 @@ class Supervisor:
         self.ready_once = {w.name for w in self.workers.values() if w.ready.exists()}
         self.status: dict[str, Any] = {
             "pid": os.getpid(),
-            "started_at": _now(),
+            "started_at": _stamp(),
             "restarts": {},
             "events": [],
         }
@@ -246,7 +246,7 @@ class Supervisor:
     def _event(self, process: str, what: str) -> None:
         log.warning("%s %s", process, what)
         events = self.status["events"]
-        events.append({"at": _now(), "process": process, "event": what})
+        events.append({"at": _stamp(), "process": process, "event": what})
         del events[:-EVENTS_KEPT]
         self._write_status()
 
@@ -261,7 +261,7 @@ class Supervisor:
             log.warning("could not write %s: %s", path, error)
 
 
-def _now() -> str:
+def _stamp() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -42,43 +43,40 @@ def run(
     service = owner.serve(runtime)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    seen: list[Any] = []
     reports: list[Any] = []
     started = time.perf_counter()
+    if drain:  # nobody needs a snapshot per batch while draining: one every 5 s, one at the end
+        runtime.publication.every_seconds = max(runtime.publication.every_seconds, 5.0)
+    else:
+        err.print(f"running {pipeline} every {spec.every_seconds:g}s; Ctrl-C stops")
     try:
-        if drain:
-            # nobody needs a snapshot per batch while draining: one every 5 s, one at the end
-            publication = runtime.publication
-            publication.every_seconds = max(publication.every_seconds, 5.0)
-            with progress_bar("rows") as progress:
-                bar = progress.add_task(f"draining {pipeline}", total=None)
-                seen: list[Any] = []
+        with progress_bar("rows") if drain else contextlib.nullcontext() as progress:
+            bar = progress.add_task(f"draining {pipeline}", total=None) if progress else None
 
-                def show(report: Any) -> None:
-                    seen.append(report)
-                    if report.status == "failed":
-                        err.print(f"[red]batch {report.batch_id} failed: {report.error}[/red]")
-                    elif report.status == "committed":
-                        done = sum(r.rows_in for r in seen if r.status == "committed")
-                        progress.update(bar, completed=done, total=done + report.backlog)
-
-                reports = drive(
-                    runtime, pipeline, pace="drain", on_cycle=show, max_batches=max_batches
-                )
-            if seen and seen[-1].status == "waiting":
-                source = source_for(spec, config.state_dir)
-                raise TidemillError(f"{pipeline}: no landing files match {source.label}")
-        else:
-            err.print(f"running {pipeline} every {spec.every_seconds:g}s; Ctrl-C stops")
-
-            def say(report: Any) -> None:
+            def show(report: Any) -> None:
+                seen.append(report)
                 if report.status == "failed":
-                    err.print(f"[red]batch {report.batch_id} failed: {report.error}[/red]")
+                    err.print(
+                        f"[red]batch {report.batch_id} of {pipeline} failed: {report.error}[/red]"
+                    )
+                elif report.status == "committed" and progress is not None and bar is not None:
+                    done = sum(r.rows_in for r in seen if r.status == "committed")
+                    progress.update(bar, completed=done, total=done + report.backlog)
                 elif report.status == "committed":
                     err.print(_one_line(report))
 
             reports = drive(
-                runtime, pipeline, pace="live", on_cycle=say, stop=stop, max_batches=max_batches
+                runtime,
+                pipeline,
+                pace="drain" if drain else "live",
+                on_cycle=show,
+                stop=stop,
+                max_batches=max_batches,
             )
+        if drain and seen and seen[-1].status == "waiting":
+            source = source_for(spec, config.state_dir)
+            raise TidemillError(f"{pipeline}: no landing files match {source.label}")
     except KeyboardInterrupt:
         err.print("stopped")
     finally:
