@@ -36,8 +36,7 @@ from tidemill.tasks.records.validate import RecordSchema, content_hashes, valida
 from tidemill.tasks.sources.loader import source_for
 from tidemill.warehouse import artifacts, registry
 from tidemill.warehouse.connection import Connection
-from tidemill.warehouse.ledger import backfills
-from tidemill.warehouse.ledger import erasures as erasure
+from tidemill.warehouse.ledger import backfills, erasures
 from tidemill.warehouse.ledger.batches import BatchRecord, next_batch_id, window_stats
 from tidemill.warehouse.ledger.batches import lag_history as stored_lag_history
 
@@ -72,7 +71,7 @@ def source_records(
     config = state.config
     source = source_for(config, runtime.state_dir)
     with runtime.writing() as con:
-        erased = erasure.erased_digests(con, config.name)
+        erased = erasures.erased_digests(con, config.name)
     frames = [
         stored_form(config, runtime.state_dir, source, arrived, erased)[0]
         for arrived in source.read_window(start, end)

@@ -45,8 +45,7 @@ from tidemill.tasks.learn.state import ModelState, parameters_sha256
 from tidemill.tasks.records.pii import subject_digest
 from tidemill.warehouse import artifacts, registry
 from tidemill.warehouse.connection import Connection
-from tidemill.warehouse.ledger import erasures as erasure
-from tidemill.warehouse.ledger import history
+from tidemill.warehouse.ledger import erasures, history
 from tidemill.warehouse.ledger.backfills import replace_windows
 from tidemill.warehouse.ledger.batches import replace_lag_history
 from tidemill.warehouse.pipeline_tables import PipelineTables
@@ -87,7 +86,7 @@ def find_subject(runtime: Runtime, name: str, column: str, digest: str) -> str |
     if state is None:
         return None
     with runtime.reader() as cursor:
-        values = erasure.subject_values(cursor, state.config, column)
+        values = erasures.subject_values(cursor, state.config, column)
     wanted = digest.lower()
     return next((v for v in values if hmac.compare_digest(subject_digest(key, v), wanted)), None)
 
@@ -221,12 +220,12 @@ def erase_subject(
     config = state.config
     digest = subject_digest(get_key(runtime.state_dir, "pii"), value)
     with runtime.writing() as con:
-        rows = erasure.subject_clean_rows(con, config, column, value)
+        rows = erasures.subject_clean_rows(con, config, column, value)
         batches = {int(b) for b in rows["batch_id"].unique().to_list()}
         rebuilt: list[_Rebuilt] = []  # artifacts written before a failed commit: removed below
         try:
             with transaction(con):
-                erased = erasure.delete_subject(con, config, column, value)
+                erased = erasures.delete_subject(con, config, column, value)
                 marker = int(
                     con.sql("SELECT coalesce(max(batch_id), 0) FROM _batches").fetchall()[0][0]
                 )
@@ -237,7 +236,7 @@ def erase_subject(
                 )
                 at = utc.now()
                 tainted = [v.version for r in rebuilt for v in r.tainted]
-                erasure.retire_versions(con, name, tainted, at)
+                erasures.retire_versions(con, name, tainted, at)
                 for r in rebuilt:
                     for row in r.new:
                         registry.record(con, row)
@@ -245,8 +244,8 @@ def erase_subject(
                         registry.record_shards(con, name, version, parts)
                     if r.head is not None:
                         status = "champion" if r.candidate == state.champion else "challenger"
-                        erasure.set_status(con, name, r.head, status)
-                erasure_id = erasure.record_erasure(
+                        erasures.set_status(con, name, r.head, status)
+                erasure_id = erasures.record_erasure(
                     con,
                     name,
                     digest,

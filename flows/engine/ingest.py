@@ -18,7 +18,7 @@ from tidemill.tasks.records.pii import protected_header, protected_records, with
 from tidemill.tasks.sources.base import Arrived, CursorPosition, Known, Source
 from tidemill.warehouse import cursors, inbox
 from tidemill.warehouse.connection import Connection
-from tidemill.warehouse.ledger import erasures as erasure
+from tidemill.warehouse.ledger import erasures
 
 log = logging.getLogger("tidemill")
 
@@ -52,7 +52,7 @@ def ingest(
     erased: frozenset[str] | None = None
     for arrived in source.read_new(WarehouseLedger(con, config.name), drain=drain):
         if erased is None:
-            erased = erasure.erased_digests(con, config.name)
+            erased = erasures.erased_digests(con, config.name)
         records, header = stored_form(config, state_dir, source, arrived, erased)
         inbox.add_arrived(con, config.name, arrived, records, header)
         reads += 1

@@ -64,20 +64,24 @@ def test_clean_sorts_by_event_time_and_adds_time_features() -> None:
     assert set(clean["event_weekday"]) == {1}  # 2024-01-01 was a Monday
 
 
-def test_window_partials_count_rows_labels_and_positives_per_window_and_group() -> None:
-    partials = window_partials(
-        clean_rows(
-            _rows(),
-            event_time=CONFIG.event_time,
-            key=CONFIG.key,
-            features=CONFIG.features or [],
-            target=CONFIG.target,
-            time_features=CONFIG.time_features,
-        ),
-        SPEC,
+def _clean(rows: pl.DataFrame) -> pl.DataFrame:
+    return clean_rows(
+        rows,
         event_time=CONFIG.event_time,
-        value=target_value(CONFIG.target, CONFIG.positive_class),
+        key=CONFIG.key,
+        features=CONFIG.features or [],
+        target=CONFIG.target,
+        time_features=CONFIG.time_features,
     )
+
+
+def _partials(clean: pl.DataFrame) -> pl.DataFrame:
+    value = target_value(CONFIG.target, CONFIG.positive_class)
+    return window_partials(clean, SPEC, event_time=CONFIG.event_time, value=value)
+
+
+def test_window_partials_count_rows_labels_and_positives_per_window_and_group() -> None:
+    partials = _partials(_clean(_rows()))
     assert partials.rows() == [
         (datetime(2024, 1, 1, 9), "EWR", 1, 1, 1.0),
         (datetime(2024, 1, 1, 10), "JFK", 2, 1, 1.0),
@@ -87,27 +91,10 @@ def test_window_partials_count_rows_labels_and_positives_per_window_and_group() 
 
 
 def test_features_read_only_the_previous_window_never_the_rows_own() -> None:
-    clean = clean_rows(
-        _rows(),
-        event_time=CONFIG.event_time,
-        key=CONFIG.key,
-        features=CONFIG.features or [],
-        target=CONFIG.target,
-        time_features=CONFIG.time_features,
-    )
+    clean = _clean(_rows())
     stats = merge_window_stats(
-        window_partials(
-            clean.head(0),
-            SPEC,
-            event_time=CONFIG.event_time,
-            value=target_value(CONFIG.target, CONFIG.positive_class),
-        ),
-        window_partials(
-            clean,
-            SPEC,
-            event_time=CONFIG.event_time,
-            value=target_value(CONFIG.target, CONFIG.positive_class),
-        ),
+        _partials(clean.head(0)),
+        _partials(clean),
         SPEC,
     )
     out = with_window_features(clean, SPEC, stats, event_time=CONFIG.event_time)
@@ -122,14 +109,7 @@ def test_features_read_only_the_previous_window_never_the_rows_own() -> None:
 
 
 def test_no_future_leakage_changing_a_later_row_never_changes_an_earlier_feature() -> None:
-    clean = clean_rows(
-        _rows(),
-        event_time=CONFIG.event_time,
-        key=CONFIG.key,
-        features=CONFIG.features or [],
-        target=CONFIG.target,
-        time_features=CONFIG.time_features,
-    )
+    clean = _clean(_rows())
     changed = clean.with_columns(
         pl.when(pl.col("ts") >= datetime(2024, 1, 1, 11))
         .then(pl.lit("0"))
@@ -139,18 +119,8 @@ def test_no_future_leakage_changing_a_later_row_never_changes_an_earlier_feature
 
     def features(frame: pl.DataFrame) -> pl.DataFrame:
         stats = merge_window_stats(
-            frame.head(0).pipe(
-                window_partials,
-                SPEC,
-                event_time=CONFIG.event_time,
-                value=target_value(CONFIG.target, CONFIG.positive_class),
-            ),
-            window_partials(
-                frame,
-                SPEC,
-                event_time=CONFIG.event_time,
-                value=target_value(CONFIG.target, CONFIG.positive_class),
-            ),
+            frame.head(0).pipe(_partials),
+            _partials(frame),
             SPEC,
         )
         return with_window_features(frame, SPEC, stats, event_time=CONFIG.event_time)
@@ -163,14 +133,7 @@ def test_no_future_leakage_changing_a_later_row_never_changes_an_earlier_feature
 
 
 def test_previous_window_keys_and_merge_add_stored_and_batch_counts() -> None:
-    clean = clean_rows(
-        _rows(),
-        event_time=CONFIG.event_time,
-        key=CONFIG.key,
-        features=CONFIG.features or [],
-        target=CONFIG.target,
-        time_features=CONFIG.time_features,
-    )
+    clean = _clean(_rows())
     keys = previous_window_keys(clean, SPEC, event_time=CONFIG.event_time)
     assert keys.rows() == [
         (datetime(2024, 1, 1, 8), "EWR"),
@@ -189,12 +152,7 @@ def test_previous_window_keys_and_merge_add_stored_and_batch_counts() -> None:
     )
     merged = merge_window_stats(
         stored,
-        window_partials(
-            clean,
-            SPEC,
-            event_time=CONFIG.event_time,
-            value=target_value(CONFIG.target, CONFIG.positive_class),
-        ),
+        _partials(clean),
         SPEC,
     ).sort("window_start", "origin")
     assert merged.filter(pl.col("origin") == "JFK").row(0) == (
