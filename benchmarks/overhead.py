@@ -9,7 +9,7 @@ clean export of it, because the shared working tree held other sessions' edits):
 From a checkout: `.venv/bin/python benchmarks/overhead.py --minutes 30`.
 Smoke test: `.venv/bin/python benchmarks/overhead.py --minutes 3`.
 
-Starts two stacks at once (`deployments.stack.up`, each in its own temporary state
+Starts two stacks at once (`tidemill.deployments.stack.stack.up`, each in its own temporary state
 folder with a copy of tidemill.toml and its own port):
 
 - **idle**: the flights pipeline with no replayer, so every scheduled run is an empty cycle;

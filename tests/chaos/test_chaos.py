@@ -1,6 +1,6 @@
 """Chaos: the live stack stores every record exactly once while it is being broken.
 
-The real stack (`deployments.stack.up`: PostgreSQL, the Prefect server, the supervisor
+The real stack (`tidemill.deployments.stack.stack.up`: PostgreSQL, the Prefect server, the supervisor
 and the worker, which executes the scheduled runs in-process) runs the default flights
 pipeline, challengers included, with a 1 s cadence and 20-record batches. The test feeds
 its landing folder and, spread over the run, at random moments:
