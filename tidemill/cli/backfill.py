@@ -15,7 +15,6 @@ from tidemill.cli.output import Format, err, print_result, progress_bar
 from tidemill.config.fields import deployment_name
 from tidemill.config.load import TidemillConfig
 from tidemill.errors import TidemillError
-from tidemill.warehouse.reports import backfill_progress_sql, backfill_summary_sql
 
 
 def _moment(text: str, option: str) -> datetime:
@@ -102,6 +101,8 @@ def _backfill_here(
 
 
 def _follow_backfill(config: TidemillConfig, requested_by: str, timeout: float = 3600) -> None:
+    from tidemill.warehouse.reports import backfill_progress_sql
+
     sql = backfill_progress_sql(requested_by)
     deadline = time.monotonic() + timeout
     with progress_bar("records") as progress:
@@ -124,5 +125,7 @@ def _follow_backfill(config: TidemillConfig, requested_by: str, timeout: float =
 
 
 def _backfill_summary(backfill_id: int, config: TidemillConfig) -> None:
+    from tidemill.warehouse.reports import backfill_summary_sql
+
     result, _ = read_sql(config.state_dir, backfill_summary_sql(backfill_id))
     print_result(result.columns, result.rows, Format.table, title="backfill")

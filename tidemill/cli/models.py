@@ -13,7 +13,6 @@ from tidemill.cli import session
 from tidemill.cli.access import command, read_sql
 from tidemill.cli.output import Format, cell, err, out, print_result
 from tidemill.errors import TidemillError
-from tidemill.warehouse.reports import models_sql
 
 
 def models_list(
@@ -22,6 +21,7 @@ def models_list(
     limit: Annotated[int, typer.Option("--limit", min=1, help="Newest N versions.")] = 20,
 ) -> None:
     """Model versions of PIPELINE, newest first: lineage, rows seen, hash, metrics."""
+    from tidemill.warehouse.reports import models_sql
 
     result, _ = read_sql(session.owner(pipeline).state_dir, models_sql(pipeline))
     rows = result.rows[:limit]
@@ -68,6 +68,7 @@ def models_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Everything recorded about one model version (default: the champion)."""
+    from tidemill.warehouse.reports import models_sql
 
     result, _ = read_sql(session.owner(pipeline).state_dir, models_sql(pipeline, version))
     rows = result.rows

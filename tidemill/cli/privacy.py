@@ -11,7 +11,6 @@ from tidemill.cli.access import command
 from tidemill.cli.output import out
 from tidemill.errors import TidemillError
 from tidemill.keys import get_key
-from tidemill.tasks.records.pii import subject_digest, subject_value
 
 
 def erase(
@@ -43,6 +42,7 @@ def erase(
     in _erasures keeps only an HMAC of the value. The value is sent to the owning process,
     never logged or stored.
     """
+    from tidemill.tasks.records.pii import subject_digest, subject_value
 
     config = session.owner(pipeline)
     declared = config.pipeline(pipeline)

@@ -15,7 +15,6 @@ from tidemill.cli import session
 from tidemill.cli.access import command, read_sql
 from tidemill.cli.output import cell, out, short
 from tidemill.errors import TidemillError
-from tidemill.warehouse.quarantine import groups_sql, recent_sql, record_sql, totals_sql
 
 
 def _read(state_dir: Path, sql: str) -> list[dict[str, Any]]:
@@ -37,6 +36,7 @@ def quarantine_list(
 ) -> None:
     """Quarantined records of PIPELINE: counts by kind of reason and file, then the most
     recent records with their ids (for `show` and `readmit`)."""
+    from tidemill.warehouse.quarantine import groups_sql, recent_sql, totals_sql
 
     state_dir = session.owner(pipeline).state_dir
     totals = _read(state_dir, totals_sql(pipeline))[0]
@@ -87,6 +87,7 @@ def quarantine_show(
     it splits into, and whether it was re-admitted."""
     from tidemill.tasks.records.parse import record_fields
     from tidemill.tasks.sources.loader import source_for
+    from tidemill.warehouse.quarantine import record_sql
 
     owner = session.owner(pipeline)
     spec = owner.pipeline(pipeline)

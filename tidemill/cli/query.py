@@ -13,10 +13,6 @@ from tidemill.cli.access import NothingToRead, read_sql
 from tidemill.cli.output import Format, out, print_result
 from tidemill.config.load import TidemillConfig
 from tidemill.errors import TidemillError
-from tidemill.tasks.report.charts import page_charts
-from tidemill.tasks.report.page import render_page
-from tidemill.warehouse.reports import known_pipelines_sql, report_data, status_sql
-from tidemill.warehouse.serving.readonly import QueryResult
 
 
 def query(
@@ -64,6 +60,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Pipelines, their last batch, rows, quarantine counts, backlog and lag."""
+    from tidemill.warehouse.reports import known_pipelines_sql, status_sql
 
     config = session.config()
     owners: dict[Path, TidemillConfig] = {}
@@ -122,6 +119,11 @@ def report(
 def report_page(state_dir: Path, pipeline: str) -> str:
     """The report page of `pipeline`, read through whatever serves `state_dir` (the owner,
     the file or the snapshot: see access.py)."""
+    from tidemill.tasks.report.charts import page_charts
+    from tidemill.tasks.report.page import render_page
+    from tidemill.warehouse.reports import report_data
+    from tidemill.warehouse.serving.readonly import QueryResult
+
     where: list[str] = []
 
     def read(sql: str) -> QueryResult:
