@@ -54,7 +54,7 @@ async def micro_batch(pipeline: PIPELINE) -> dict[str, Any]:
         committed = [r for r in reports if r.status == "committed"]
         if committed:
             await _publish(runtime, pipeline, committed)
-    return asdict(reports[-1])
+    return asdict(committed[-1] if committed else reports[-1])
 
 
 async def _publish(runtime: Runtime, pipeline: str, committed: list[CycleReport]) -> None:
