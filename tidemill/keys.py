@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from tidemill.errors import TidemillError
+from tidemill.private import check_private
 
 KeyName = Literal["pii", "artifact"]
 MIN_BYTES = 32
@@ -46,7 +47,9 @@ def get_key(state_dir: Path, name: KeyName) -> bytes:
             )
         return key
     path = key_file(state_dir, name)
-    if path.exists():
+    check_private(path.parent, "key folder")
+    if path.exists() or path.is_symlink():
+        check_private(path, "key file")
         return path.read_bytes()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = secrets.token_bytes(MIN_BYTES)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tidemill import private
 from tidemill.config.fields import ConfigError
 from tidemill.config.load import TidemillConfig
 from tidemill.durable import write_atomic
@@ -60,7 +61,7 @@ def settle(config: TidemillConfig, workers: int) -> dict[str, list[str]]:
             + (f" ({', '.join(f'{w}: {p}' for w, p in recorded.items())})" if recorded else "")
             + f"; start it that way, or clear the state folder to use --workers {workers}"
         )
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+    private.state_folder(config.state_dir)
     text = (json.dumps({"workers": wanted}, indent=1) + "\n").encode()
     write_atomic(config.state_dir / LAYOUT_FILE, lambda handle: handle.write(text))
     return wanted

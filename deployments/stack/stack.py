@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tidemill import layout
+from tidemill import layout, private
 from tidemill.config.load import TidemillConfig
 from tidemill.deployments.replay.files import DATASETS
 from tidemill.deployments.replay.sensors import SENSORS
@@ -93,7 +93,7 @@ def up(
     given) one replayer per data set the config has a pipeline for (flights,
     transactions); return once the worker is ready."""
     state = config.state_dir
-    state.mkdir(parents=True, exist_ok=True)
+    private.state_folder(state)
     layout.settle(config, workers)  # LayoutError (a ConfigError) before anything starts
     try:
         server_pid = start_server(state, port)

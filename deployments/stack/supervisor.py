@@ -32,7 +32,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tidemill import layout
+from tidemill import layout, private
 from tidemill.config.load import TidemillConfig, load_config
 from tidemill.deployments.stack import postgres, processes, redis_server
 from tidemill.deployments.stack.prefect_server import MARKER as SERVER_MARKER
@@ -267,6 +267,7 @@ def _stamp() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m tidemill.deployments.stack.supervisor --config PATH --port N`."""
+    private.restrict_umask()
     parser = argparse.ArgumentParser(prog="python -m tidemill.deployments.stack.supervisor")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)

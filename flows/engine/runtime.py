@@ -19,6 +19,7 @@ from pathlib import Path
 
 import threadpoolctl
 
+from tidemill import private
 from tidemill.config.load import TidemillConfig, load_config
 from tidemill.flows.engine.models import PipelineState, change_champion
 from tidemill.flows.engine.pipelines import Pipelines
@@ -66,7 +67,7 @@ class Runtime:
         settings = settings or get_settings()
         # for the whole process: scikit-learn's BLAS threads fight over the cores
         threadpoolctl.threadpool_limits(limits=settings.learn_threads)
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        private.state_folder(config.state_dir)
         con = open_warehouse(database_path(config.state_dir), settings.duckdb_memory_limit)
         runtime = cls(config=config, con=con, memory_limit=settings.duckdb_memory_limit)
         runtime.publication.every_seconds = settings.snapshot_every_seconds

@@ -89,6 +89,7 @@ def test_a_snapshot_copied_while_batches_commit_is_the_checkpointed_state(
             con.execute("INSERT INTO raw.big SELECT range, 0.5 FROM range(150000)")
         runtime.after_cycle(committed=True)  # no checkpoint while the copy runs
         writes += 1
+        time.sleep(0.05)  # batches come at a cadence: back to back, the file outgrew the copy
     runtime.publication.publisher.wait()
     assert writes >= 3 and runtime.publication.publisher.published == 1
     with duckdb.connect(str(runtime.state_dir / "snapshot.duckdb"), read_only=True) as snap:

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from tidemill import private
 from tidemill.cli import backfill, models, privacy, quarantine, query, run, session, stack
 from tidemill.cli.output import err
 from tidemill.errors import TidemillError
@@ -78,7 +79,9 @@ def _config_file(
 
 def main() -> None:
     """Console-script entry: an expected failure (TidemillError) or a usage error prints
-    one line and exits 2; anything else is a bug and keeps its traceback."""
+    one line and exits 2; anything else is a bug and keeps its traceback. What the
+    command and every process it starts create is private to this user (umask 077)."""
+    private.restrict_umask()
     try:
         app(prog_name="tidemill", standalone_mode=False)
     except typer.TyperException as error:  # Typer's usage and parameter errors
