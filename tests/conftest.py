@@ -14,6 +14,7 @@ import pytest
 
 from tidemill.config.load import TidemillConfig, load_config
 from tidemill.data import load_flights
+from tidemill.private import restrict_umask
 from tidemill.tasks.synthetic.flights import flight_events, landing_rows
 
 ELEC_TOML = """
@@ -32,6 +33,14 @@ model = {{ estimator = "sgd_classifier", params = {{ loss = "log_loss" }} }}
 batch_rows = {batch_rows}
 every_seconds = 5
 """
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_umask() -> None:
+    """The suite is a tidemill process too: what it creates (state and landing folders,
+    before tidemill opens them) is private, as it is under `tidemill` (umask 077).
+    tests/tidemill/test_private.py checks what happens under a permissive umask."""
+    restrict_umask()
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from tidemill import private
 from tidemill.deployments.stack import processes
 
 HOST = "127.0.0.1"
@@ -93,6 +94,7 @@ def start(state_dir: Path, timeout: float = 30.0) -> str:
     postmaster.pid left by a killed server is no obstacle: PostgreSQL recovers from
     its WAL on start. Raises RuntimeError (one line, naming the log) if it cannot start.
     """
+    private.state_folder(state_dir)
     if not (data_dir(state_dir) / "PG_VERSION").exists():
         _initdb(state_dir)
     pid = running_pid(state_dir)

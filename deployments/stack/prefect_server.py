@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Literal
 
+from tidemill import private
 from tidemill.deployments.stack import postgres, processes
 from tidemill.settings import get_settings
 
@@ -95,6 +96,7 @@ def start_server(
     stopped again, with its PostgreSQL). The first start migrates the database: about
     8 s on PostgreSQL on an idle 2-core machine, 45 s seen under a load of 15.
     """
+    private.state_folder(state_dir)
     database = database or get_settings().prefect_database
     pid = processes.running(state_dir, NAME, MARKER)
     if pid is not None:

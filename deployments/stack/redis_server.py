@@ -25,7 +25,7 @@ import secrets
 import time
 from pathlib import Path
 
-from tidemill import layout
+from tidemill import layout, private
 from tidemill.config.load import TidemillConfig
 from tidemill.deployments.stack import processes
 
@@ -80,7 +80,7 @@ def start(state_dir: Path, timeout: float = 10.0) -> str:
 
     Raises RuntimeError (one line, naming the log) if it cannot start.
     """
-    state = state_dir.resolve()
+    state = private.state_folder(state_dir).resolve()
     base = home(state)
     (base / "data").mkdir(mode=0o700, parents=True, exist_ok=True)
     _password(base)

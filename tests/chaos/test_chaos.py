@@ -157,15 +157,15 @@ def state_disk(tmp_path: Path) -> Iterator[StateDisk]:
     (a bind mount at state/postgres), as a remote database would: a full state disk
     then stops tidemill's own writes while runs keep being scheduled."""
     path = tmp_path / "state"
-    path.mkdir()
+    path.mkdir(mode=0o700)  # private, as tidemill requires of a state folder
     size_mb = 512
     mounted = os.geteuid() == 0 and _mount(
-        "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(path)
+        "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(path)
     )
     database = path / "postgres"
     if mounted:
-        (tmp_path / "postgres").mkdir()
-        database.mkdir()
+        (tmp_path / "postgres").mkdir(mode=0o700)
+        database.mkdir(mode=0o700)
         assert _mount("--bind", str(tmp_path / "postgres"), str(database))
     disk = StateDisk(path, size_mb, mounted)
     try:
