@@ -4,20 +4,26 @@ readings on a Redis stream).
 Every tick the simulated clock (`speed` simulated seconds per real second) moves forward
 and the events it passed since the last tick, `(after, until]` on event time, are handed
 to `emit` in one piece; a tick that passed none emits nothing. The loop starts after
-`after` (where a stopped replay left off, as its sink recorded it), so windows never
-overlap and a replay stopped and started again emits every event once.
+`after`: where a stopped replay left off, as its sink saved it (`write_position` after
+each emission, `read_position` to resume), so windows never overlap and a replay stopped
+and started again emits every event once (at least once if it was killed between an
+emission and the save: consumers de-duplicate on `id`).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import cast
 
 import polars as pl
+
+from tidemill.durable import write_atomic
 
 
 @dataclass(frozen=True)
@@ -98,3 +104,28 @@ def events_between(events: pl.DataFrame, after: datetime | None, until: datetime
 def _require_aware(moment: datetime, name: str) -> None:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"{name} must be timezone-aware (e.g. tzinfo=UTC), got {moment!r}")
+
+
+def read_position(state_file: Path) -> datetime | None:
+    """The simulated time a replay saved in ``state_file`` (where it resumes), or None
+    if it has none."""
+    if not state_file.exists():
+        return None
+    try:
+        position = datetime.fromisoformat(json.loads(state_file.read_text())["position"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"cannot read replay state {state_file}: {exc}; "
+            "delete it to restart the replay from the first flight"
+        ) from exc
+    if position.tzinfo is None:
+        raise ValueError(f"replay state {state_file} holds a naive time {position.isoformat()}")
+    return position
+
+
+def write_position(state_file: Path, position: datetime, **emitted: str) -> None:
+    """Save `position` as the replay's resume point, atomically, with what was emitted
+    last (`last_file=...`, for people reading the file)."""
+    state = {"position": position.isoformat(), **emitted}
+    data = (json.dumps(state, indent=2) + "\n").encode()
+    write_atomic(state_file, lambda handle: handle.write(data))

@@ -15,7 +15,6 @@ rename and its state write re-emits that file's rows under a new name after rest
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import polars as pl
 from tidemill.config.fields import ConfigError
 from tidemill.config.load import TidemillConfig
 from tidemill.data import load_flights
-from tidemill.deployments.replay.clock import play
+from tidemill.deployments.replay.clock import play, read_position, write_position
 from tidemill.durable import write_atomic
 from tidemill.tasks.synthetic.flights import EVENT_COLUMNS, flight_events, landing_rows
 from tidemill.tasks.synthetic.transactions import EVENT_COLUMNS as TRANSACTION_COLUMNS
@@ -154,13 +153,13 @@ def replay(
 
     def land(due: pl.DataFrame, until: datetime) -> None:
         name = _write_file(landing_dir, until, landing_rows(due, columns), prefix)
-        _write_position(state_file, until, name)
+        write_position(state_file, until, last_file=name)
 
     played = play(
         events,
         land,
         speed,
-        after=_read_position(state_file),
+        after=read_position(state_file),
         tick_seconds=tick_seconds,
         stop=stop,
         max_emits=max_files,
@@ -171,30 +170,6 @@ def replay(
 def _write_file(landing_dir: Path, until: datetime, rows: pl.DataFrame, prefix: str) -> str:
     """Write ``rows`` atomically as ``<prefix><until>.csv``; return the file name."""
     name = f"{prefix}{until.astimezone(UTC).strftime(_NAME_TIME_FORMAT)}.csv"
-    _write_bytes(landing_dir / name, rows.write_csv().encode())
+    data = rows.write_csv().encode()
+    write_atomic(landing_dir / name, lambda handle: handle.write(data))
     return name
-
-
-def _read_position(state_file: Path) -> datetime | None:
-    """Return the simulated time saved in ``state_file``, or None if there is none."""
-    if not state_file.exists():
-        return None
-    try:
-        position = datetime.fromisoformat(json.loads(state_file.read_text())["position"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(
-            f"cannot read replay state {state_file}: {exc}; "
-            "delete it to restart the replay from the first flight"
-        ) from exc
-    if position.tzinfo is None:
-        raise ValueError(f"replay state {state_file} holds a naive time {position.isoformat()}")
-    return position
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    write_atomic(path, lambda handle: handle.write(data))
-
-
-def _write_position(state_file: Path, position: datetime, last_file: str) -> None:
-    state = {"position": position.isoformat(), "last_file": last_file}
-    _write_bytes(state_file, (json.dumps(state, indent=2) + "\n").encode())

@@ -1,22 +1,24 @@
 """Replay machine-sensor readings (tasks/synthetic/sensors.py) to the Redis stream of the
 `sensors` pipeline, at about SENSOR_READINGS_PER_SECOND readings a second, through the
-replay clock (clock.py): one tick's readings per MULTI/EXEC, so a replayer stopped (or
-killed) and started again resumes after the stream's newest entry and publishes every
-reading once."""
+replay clock (clock.py): one tick's readings per MULTI/EXEC, its position saved after
+each, so a replayer stopped and started again publishes every reading once (a replayer
+killed between a publication and the save publishes that tick again: the pipeline
+quarantines the repeated ids)."""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
+from pathlib import Path
 
 import polars as pl
 
 from tidemill import layout
 from tidemill.config.fields import ConfigError
 from tidemill.config.load import TidemillConfig
-from tidemill.deployments.replay.clock import play
-from tidemill.tasks.sources.redis_stream import entry_fields, last_entry, publish
+from tidemill.deployments.replay.clock import play, read_position, write_position
+from tidemill.tasks.sources.redis_stream import entry_fields, publish
 from tidemill.tasks.synthetic.sensors import sensor_readings, wire_rows
 
 SENSORS = "sensors"
@@ -48,25 +50,27 @@ def replay_readings(
     readings: pl.DataFrame,
     speed: float,
     *,
+    state_file: Path,
     tick_seconds: float = 1.0,
     stop: threading.Event | None = None,
     max_ticks: int | None = None,
 ) -> Published:
     """Publish `readings` to `stream` as the replay clock passes their event times, one
-    tick's readings per MULTI/EXEC, resuming after the event time of the stream's newest
-    entry (the stream must hold nothing but these readings). Returns when every reading
-    is published, when `stop` is set, or after `max_ticks` ticks that published."""
-    newest = last_entry(url, stream)
-    after = _event_time(newest["ts"]) if newest and newest.get("ts") else None
+    tick's readings per MULTI/EXEC, resuming after the position saved in `state_file`
+    (the stream itself cannot tell: tidemill deletes entries once it has stored them).
+    Returns when every reading is published, when `stop` is set, or after `max_ticks`
+    ticks that published."""
+    state_file.parent.mkdir(parents=True, exist_ok=True)
 
     def send(due: pl.DataFrame, until: datetime) -> None:
-        publish_readings(url, stream, due)
+        ids = publish_readings(url, stream, due)
+        write_position(state_file, until, last_entry=ids[-1])
 
     played = play(
         readings,
         send,
         speed,
-        after=after,
+        after=read_position(state_file),
         tick_seconds=tick_seconds,
         stop=stop,
         max_emits=max_ticks,
@@ -96,7 +100,7 @@ def replay_sensors(
     max_ticks: int | None = None,
 ) -> Published:
     """Publish 12 sensors' readings (3 days of them) to the `sensors` pipeline's stream,
-    resuming after its newest entry. A reading every `12 * speed / 50` event-seconds per
+    resuming where the last replay stopped (`<state>/replay/sensors.json`). A reading every `12 * speed / 50` event-seconds per
     sensor paces them at about SENSOR_READINGS_PER_SECOND real readings per second at
     any `speed` (keep the speed between runs: the readings depend on it)."""
     url, stream = sensor_stream(config)
@@ -107,11 +111,8 @@ def replay_sensors(
         stream,
         readings,
         speed,
+        state_file=config.state_dir / "replay" / f"{SENSORS}.json",
         tick_seconds=tick_seconds,
         stop=stop,
         max_ticks=max_ticks,
     )
-
-
-def _event_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)

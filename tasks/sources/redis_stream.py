@@ -2,9 +2,10 @@
 
 A pipeline is ONE consumer of a consumer group: it reads its own pending entries first
 (delivered to it before but never stored: the process stopped before its commit), then
-new ones (`XREADGROUP ... >`), and acknowledges them (`XACK`) only after the records
-and the entry ids have committed in the warehouse (flows/engine/cycle.py). So an entry is
-acknowledged once it is stored, and the broker re-delivers every other one:
+new ones (`XREADGROUP ... >`), and acknowledges and deletes them (`XACK`, `XDEL`) only
+after the records and the entry ids have committed in the warehouse (flows/engine/cycle.py).
+So an entry is acknowledged once it is stored, the broker re-delivers every other one, and
+a stored entry leaves the broker (and its append-only file) for good:
 
 - a crash before the commit leaves the entries pending for this consumer: the next read
   takes them again (nothing lost);
@@ -13,7 +14,9 @@ acknowledged once it is stored, and the broker re-delivers every other one:
   read acknowledges exactly those before it reads, so they are never stored twice.
 
 Every other consumer of the group gets other entries (that is what a group is for: more
-workers, each with its own warehouse, share one stream). A consumer's pending entries
+workers, each with its own warehouse, share one stream). Since stored entries are
+deleted, a stream tidemill reads is tidemill's: another consumer group on the same
+stream would miss what tidemill already stored. A consumer's pending entries
 stay its own: handing those of a retired consumer to another (XCLAIM) is a deliberate
 operator step, since only the retired one's warehouse knows which it stored. The group
 is created (with the stream) on the first read, at the stream's first entry, so
@@ -31,8 +34,8 @@ from the stream while it was pending) becomes a record with a `_reject` reason t
 validation quarantines, never an exception; it is acknowledged like any other.
 
 The conversions (:func:`records_from_entries`, :func:`entry_line`,
-:func:`entry_fields`) are pure; :class:`StreamReader`, :func:`publish` and
-:func:`last_entry` talk to the server (redis-py).
+:func:`entry_fields`) are pure; :class:`StreamReader` and :func:`publish` talk to the
+server (redis-py).
 """
 
 from __future__ import annotations
@@ -244,7 +247,7 @@ class StreamReader:
         with self._talking("read"):
             pending = self._pending()
             if pending and committed:
-                self._client.xack(self.stream, self.group, *committed)
+                self._settle(committed)
                 pending = self._pending()
             entries = self._entries("0", count) if pending else []
             if len(entries) < count:
@@ -253,10 +256,19 @@ class StreamReader:
         return Read(records=records, position=read_position(entries))
 
     def ack(self, ids: Sequence[str]) -> None:
-        """Acknowledge `ids` (only once they are stored). Raises StreamError."""
+        """Acknowledge and delete `ids` (only once they are stored). Raises StreamError."""
         if ids:
             with self._talking("acknowledge"):
-                self._client.xack(self.stream, self.group, *ids)
+                self._settle(ids)
+
+    def _settle(self, ids: Sequence[str]) -> None:
+        """XACK and XDEL `ids` in one MULTI/EXEC: stored, so the broker neither re-delivers
+        nor keeps them (its append-only file would otherwise hold records from before PII
+        protection, where erasure does not reach)."""
+        with self._client.pipeline(transaction=True) as settle:
+            settle.xack(self.stream, self.group, *ids)
+            settle.xdel(self.stream, *ids)
+            settle.execute()
 
     def _pending(self) -> int:
         """Entries delivered to this consumer and not acknowledged; creates the group
@@ -312,21 +324,6 @@ def publish(
     except redis.RedisError as error:
         raise StreamError(f"redis:{stream}: cannot publish: {first_line(error)}") from None
     return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
-
-
-def last_entry(url: str, stream: str) -> dict[str, str] | None:
-    """The fields of the stream's newest entry (None when it has none): where a
-    publisher that stopped resumes. Raises StreamError (one line)."""
-    import redis
-
-    try:
-        with _client(url) as client:
-            newest = client.xrevrange(stream, count=1)
-    except redis.RedisError as error:
-        raise StreamError(f"redis:{stream}: cannot read: {first_line(error)}") from None
-    if not newest:
-        return None
-    return {_text(k)[0]: _text(v)[0] for k, v in newest[0][1].items()}
 
 
 @dataclass(frozen=True)
