@@ -22,9 +22,9 @@ Connection = duckdb.DuckDBPyConnection
 duckdb (only warehouse/ does)."""
 
 DATABASE_FILE = "warehouse.duckdb"
-# New files are written in the 1.5 storage format so SQL tools built on DuckDB 1.5 (the
-# duckdb CLI from PyPI, DBeaver, ...) can open the published snapshot; DuckDB 2.0 reads
-# and writes it as well.
+# The 1.5 storage format: what tidemill wrote under DuckDB 2.0.1 before 1.5.5 was pinned
+# (tests/flows/test_upgrade.py opens such a state folder), and what the duckdb shell of
+# the same version and other SQL tools built on DuckDB 1.5 read.
 STORAGE_VERSION = "v1.5.0"
 
 # No files (read_csv, read_text, glob, COPY, ATTACH, EXPORT DATABASE, secrets), no

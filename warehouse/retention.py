@@ -108,7 +108,7 @@ def retention_input(con: duckdb.DuckDBPyConnection, pipeline: str) -> pl.LazyFra
         "WHERE v.pipeline = $pipeline AND v.artifact_pruned_at IS NULL ORDER BY v.version",
         params={"pipeline": pipeline},
     ).pl()
-    return frame.lazy().cast(VERSION_SCHEMA)
+    return frame.lazy().cast(pl.Schema(VERSION_SCHEMA))
 
 
 def _artifact_file(state_dir: Path, pipeline: str, relpath: str) -> Path | None:

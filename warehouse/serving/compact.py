@@ -43,10 +43,16 @@ def compact(path: Path, storage_version: str, settings: dict[str, str] | None = 
     try:
         con.execute("CHECKPOINT")
         source = con.sql("SELECT current_database()").fetchall()[0][0]
-        sequences = con.sql(
-            "SELECT schema_name, sequence_name, last_value FROM duckdb_sequences() "
+        # Each sequence's next value, drawn from the old file (which is replaced below).
+        # Not last_value + 1: DuckDB 1.5 reports a sequence read back from a file with
+        # last_value = its next value, so last_value + 1 skips one.
+        sequences: list[tuple[str, str, int]] = []
+        for schema, name in con.sql(
+            "SELECT schema_name, sequence_name FROM duckdb_sequences() "
             "WHERE database_name = current_database()"
-        ).fetchall()
+        ).fetchall():
+            drawn = con.sql(f"SELECT nextval({lit(f'{q(schema)}.{q(name)}')})").fetchall()
+            sequences.append((schema, name, drawn[0][0]))
         defaults = con.sql(
             "SELECT schema_name, table_name, column_name, column_default FROM duckdb_columns() "
             "WHERE database_name = current_database() AND column_default LIKE 'nextval(%'"
@@ -56,9 +62,9 @@ def compact(path: Path, storage_version: str, settings: dict[str, str] | None = 
         con.execute("USE _fresh")  # unqualified names in defaults now resolve in the copy
         for schema, table, column, _ in defaults:
             con.execute(f"ALTER TABLE {q(schema)}.{q(table)} ALTER COLUMN {q(column)} DROP DEFAULT")
-        for schema, name, last in sequences:
+        for schema, name, following in sequences:
             con.execute(f"DROP SEQUENCE {q(schema)}.{q(name)}")
-            con.execute(f"CREATE SEQUENCE {q(schema)}.{q(name)} START WITH {int(last or 0) + 1}")
+            con.execute(f"CREATE SEQUENCE {q(schema)}.{q(name)} START WITH {int(following)}")
         for schema, table, column, default in defaults:
             con.execute(
                 f"ALTER TABLE {q(schema)}.{q(table)} ALTER COLUMN {q(column)} SET DEFAULT {default}"

@@ -121,9 +121,11 @@ def _check_statement(
     try:
         kind = statement.type
     except ValueError:  # a statement type the Python client has no name for
+        kind = None
+    if kind is None or not kind.name.isidentifier():  # DuckDB 1.5 names such a type "???"
         raise ReadOnlyViolation(
             f"statements of an unknown kind are refused: {READ_ONLY} {_ALLOWED_KINDS}"
-        ) from None
+        )
     if kind == duckdb.StatementType.EXPLAIN and not explained:
         inner = _statements(con, _EXPLAIN.sub("", statement.query, count=1))
         if len(inner) != 1:
