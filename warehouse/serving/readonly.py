@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -34,12 +33,6 @@ from tidemill.errors import TidemillError
 
 READ_ONLY = "tidemill query is read-only"
 _ALLOWED_KINDS = "(SELECT, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN)"
-# EXPLAIN [ANALYZE | (options)] after leading blanks and comments; what follows is
-# checked like any statement (EXPLAIN ANALYZE runs it).
-_EXPLAIN = re.compile(
-    r"^(?:\s+|--[^\n]*|/\*.*?\*/)*explain(?:\s*\([^()]*\)|\s+analy[sz]e\b)?\s*",
-    re.IGNORECASE | re.DOTALL,
-)
 # Table functions that make rows or read the catalog; every other one (files, checkpoint,
 # query(), logging, extensions, external resources, ...) is refused, new ones included.
 _ROW_FUNCTIONS = frozenset(
@@ -127,7 +120,7 @@ def _check_statement(
             f"statements of an unknown kind are refused: {READ_ONLY} {_ALLOWED_KINDS}"
         )
     if kind == duckdb.StatementType.EXPLAIN and not explained:
-        inner = _statements(con, _EXPLAIN.sub("", statement.query, count=1))
+        inner = _statements(con, _explained(statement.query))
         if len(inner) != 1:
             raise ReadOnlyViolation(f"EXPLAIN of more than one statement is refused: {READ_ONLY}")
         _check_statement(con, inner[0], explained=True)
@@ -136,6 +129,28 @@ def _check_statement(
         name = str(kind).rsplit(".", 1)[-1]
         raise ReadOnlyViolation(f"{name} statements are refused: {READ_ONLY} {_ALLOWED_KINDS}")
     _check_functions(con, statement.query)
+
+
+def _explained(query: str) -> str:
+    """The statement an EXPLAIN explains (checked like any statement: EXPLAIN ANALYZE runs
+    it): what follows `EXPLAIN`, `EXPLAIN ANALYZE` or `EXPLAIN (options)`, found with
+    DuckDB's own tokenizer, so no quoted parenthesis or comment in the options can hide
+    where it starts."""
+    tokens = duckdb.tokenize(query)
+    ends = [start for start, _ in tokens[1:]] + [len(query)]
+    words = [query[start:end].strip().upper() for (start, _), end in zip(tokens, ends, strict=True)]
+    at = 1  # tokens[0] is EXPLAIN: the parser said so
+    if at < len(words) and words[at] in ("ANALYZE", "ANALYSE"):
+        at += 1
+    elif at < len(words) and words[at] == "(":
+        depth = 0
+        for index in range(at, len(words)):
+            if tokens[index][1] == duckdb.token_type.operator:
+                depth += words[index].count("(") - words[index].count(")")
+            at = index + 1
+            if depth <= 0:
+                break
+    return query[tokens[at][0] :] if at < len(tokens) else ""
 
 
 def _check_functions(con: duckdb.DuckDBPyConnection, query: str) -> None:
