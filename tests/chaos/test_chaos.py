@@ -21,7 +21,7 @@ and artifact files match 1:1 (hashes checked); ml.batch_metrics has one row per
 (batch, candidate, metric) for every learning batch after the first; and the pipeline
 caught up by itself after the last fault.
 
-`make test` runs CHAOS_BATCHES=200 (about 100 s on 2 idle cores); `make chaos` runs 2000
+`make test` runs CHAOS_BATCHES=120 (about 60 s on 2 idle cores); `make chaos` runs 2000
 and writes its summary to tests/chaos/results.txt. CHAOS_SEED picks other moments.
 """
 
@@ -68,7 +68,7 @@ from tidemill.warehouse.connection import open_readonly
 from tidemill.warehouse.retention import sweep_artifacts
 
 REPO = Path(__file__).parents[2]
-BATCHES = int(os.environ.get("CHAOS_BATCHES", "200"))
+BATCHES = int(os.environ.get("CHAOS_BATCHES", "120"))
 SEED = int(os.environ.get("CHAOS_SEED", "20240611"))
 BATCH_ROWS = 20
 FEED_ROWS_PER_SECOND = 150.0
