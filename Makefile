@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m tidemill.warehouse.extensions
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install tidemill with its pinned dependencies

@@ -10,11 +10,13 @@ Arrow tables through `register()`, and artifacts and snapshots are written by Py
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import duckdb
 
 from tidemill.errors import TidemillError
+from tidemill.warehouse import extensions
 from tidemill.warehouse.migrate import migrate
 
 Connection = duckdb.DuckDBPyConnection
@@ -28,14 +30,18 @@ DATABASE_FILE = "warehouse.duckdb"
 STORAGE_VERSION = "v1.5.0"
 
 # No files (read_csv, read_text, glob, COPY, ATTACH, EXPORT DATABASE, secrets), no
-# Python-variable replacement scans, no extensions beyond the built-in ones (INSTALL, LOAD
-# and autoloading). Measured on DuckDB 2.0.1: each refuses with a PermissionException.
-LOCKED_DOWN: dict[str, str | bool] = {
+# Python-variable replacement scans, no extensions beyond the built-in ones and those
+# loaded by name before the lock (INSTALL, LOAD and autoloading refuse afterwards).
+# Measured on DuckDB 1.5.5: each refuses with a PermissionException. A connection that
+# loads extensions turns external access off with SET after its LOADs (LOAD needs it on).
+LOCKED_DOWN: dict[str, extensions.Setting] = {
     "enable_external_access": False,
-    "autoload_known_extensions": False,
-    "autoinstall_known_extensions": False,
-    "allow_community_extensions": False,
+    **extensions.SETTINGS,
 }
+
+Prepare = Callable[[duckdb.DuckDBPyConnection], None]
+"""What a connection does after its extensions are loaded and before its configuration
+is frozen (serving registers its authorization function there)."""
 
 
 class OwnedElsewhere(TidemillError, RuntimeError):
@@ -70,7 +76,13 @@ def _frozen(con: duckdb.DuckDBPyConnection) -> bool:
     return bool(con.sql("SELECT current_setting('lock_configuration')").fetchall()[0][0])
 
 
-def open_warehouse(path: Path, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+def open_warehouse(
+    path: Path,
+    memory_limit: str | None = None,
+    *,
+    load: Sequence[str] = (),
+    prepare: Prepare | None = None,
+) -> duckdb.DuckDBPyConnection:
     """Open (creating if needed) the warehouse for writing and bring its schema up to date.
 
     Automatic checkpoints are pushed far out (1 GB of WAL): they cause 40-100 ms spikes
@@ -79,6 +91,8 @@ def open_warehouse(path: Path, memory_limit: str | None = None) -> duckdb.DuckDB
     `memory_limit` (e.g. "2GB") bounds DuckDB's buffer pool, which otherwise keeps every
     block it wrote or read cached up to 80 % of RAM: a soak of 10,000 batches grew a
     worker by 330 MB, most of it cached table blocks.
+    `load` names extensions (warehouse/extensions.py) to LOAD first; `prepare` runs
+    after them, before the lock.
     Raises OwnedElsewhere when another process holds the file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +103,7 @@ def open_warehouse(path: Path, memory_limit: str | None = None) -> duckdb.DuckDB
                 "storage_compatibility_version": STORAGE_VERSION,
                 "checkpoint_threshold": "1GB",
                 **({"memory_limit": memory_limit} if memory_limit else {}),
-                **LOCKED_DOWN,
+                **(extensions.settings() if load else LOCKED_DOWN),
             },
         )
     except duckdb.IOException as error:
@@ -99,6 +113,12 @@ def open_warehouse(path: Path, memory_limit: str | None = None) -> duckdb.DuckDB
             f"{path} is open in another process (a running `tidemill up`/`run`?); "
             "stop it or use `tidemill query`"
         ) from error
+    if not _frozen(con):  # else this process opened (and locked) it already
+        if load:
+            extensions.load(con, load)
+        if prepare is not None:
+            prepare(con)
+        con.execute("SET enable_external_access = false")
     lock_configuration(con)
     migrate(con)
     return con
