@@ -12,7 +12,8 @@ import duckdb
 import polars as pl
 
 from tidemill.tasks.sources.base import CursorPosition
-from tidemill.warehouse.pipeline_tables import PipelineTables, q
+from tidemill.warehouse.frames import insert_frame
+from tidemill.warehouse.pipeline_tables import PipelineTables
 from tidemill.warehouse.transaction import transaction
 
 
@@ -46,11 +47,7 @@ def add_read(
     """
     t = PipelineTables(pipeline)
     with transaction(con):
-        if records.height:
-            con.register("_incoming", records.to_arrow())
-            columns = ", ".join(q(c) for c in records.columns)
-            con.execute(f"INSERT INTO {t.inbox} ({columns}) SELECT {columns} FROM _incoming")
-            con.unregister("_incoming")
+        insert_frame(con, t.inbox, records, numbered=("_seq", t.inbox_seq))
         con.execute(
             "INSERT INTO _cursors VALUES (?, ?, ?, ?, ?, ?, now()::TIMESTAMP) "
             "ON CONFLICT (pipeline, source, cursor_column) DO UPDATE SET "

@@ -15,7 +15,8 @@ import polars as pl
 
 from tidemill.tasks.sources.base import Arrival, Arrived, Known
 from tidemill.warehouse import cursors
-from tidemill.warehouse.pipeline_tables import PipelineTables, q
+from tidemill.warehouse.frames import insert_frame
+from tidemill.warehouse.pipeline_tables import PipelineTables
 from tidemill.warehouse.transaction import transaction
 
 
@@ -76,10 +77,7 @@ def add_file(
     with transaction(con):
         if records.height:
             frame = records.with_columns(pl.lit(version.path).alias("_file"))
-            con.register("_incoming", frame.to_arrow())
-            columns = ", ".join(q(c) for c in frame.columns)
-            con.execute(f"INSERT INTO {t.inbox} ({columns}) SELECT {columns} FROM _incoming")
-            con.unregister("_incoming")
+            insert_frame(con, t.inbox, frame, numbered=("_seq", t.inbox_seq))
         con.execute(
             "INSERT INTO _files VALUES (?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
             [

@@ -132,7 +132,7 @@ def ddl(config: PipelineConfig) -> list[str]:
     pk = f", PRIMARY KEY ({q(config.key)})" if config.key else ""
     statements = [
         f"CREATE SEQUENCE IF NOT EXISTS {t.inbox_seq}",
-        f"CREATE TABLE {t.inbox} (_seq BIGINT PRIMARY KEY DEFAULT nextval('{t.inbox_seq}'), "
+        f"CREATE TABLE {t.inbox} (_seq BIGINT PRIMARY KEY, "
         f"_file VARCHAR NOT NULL, _line BIGINT NOT NULL, _raw VARCHAR, _reject VARCHAR, "
         f"_event_at TIMESTAMP, {texts})",
         *_comments(
@@ -261,8 +261,10 @@ def quarantine_ids(pipeline: str) -> list[str]:
     t = PipelineTables(pipeline)
     return [
         f"CREATE SEQUENCE IF NOT EXISTS {t.quarantine_seq}",
+        # the default numbers the rows already there, then goes (see frames.py)
         f"ALTER TABLE {t.quarantine} ADD COLUMN IF NOT EXISTS quarantine_id BIGINT "
         f"DEFAULT nextval('{t.quarantine_seq}')",
+        f"ALTER TABLE {t.quarantine} ALTER COLUMN quarantine_id DROP DEFAULT",
         f"COMMENT ON COLUMN {t.quarantine}.quarantine_id IS "
         f"{lit('Stable id of the rejected record (tidemill quarantine show/readmit ID).')}",
     ]
@@ -278,6 +280,17 @@ def stored_schema(con: duckdb.DuckDBPyConnection, pipeline: str) -> dict[str, ob
         "SELECT schema_json FROM _pipelines WHERE pipeline = ?", [pipeline]
     ).fetchall()
     return json.loads(rows[0][0]) if rows else None
+
+
+def _drop_function_defaults(con: duckdb.DuckDBPyConnection, pipeline: str) -> None:
+    """Tables made before 1.5.5 numbered rows with `DEFAULT nextval(...)`; Quack clients
+    cannot attach a database that has one, so the inserts number them now (frames.py)."""
+    for table, column in con.execute(
+        "SELECT table_name, column_name FROM duckdb_columns() WHERE schema_name = 'raw' "
+        "AND table_name IN (?, ?) AND column_default LIKE 'nextval(%'",
+        [f"{pipeline}_inbox", f"{pipeline}_quarantine"],
+    ).fetchall():
+        con.execute(f"ALTER TABLE raw.{q(table)} ALTER COLUMN {q(column)} DROP DEFAULT")
 
 
 def ensure_pipeline_tables(con: duckdb.DuckDBPyConnection, config: PipelineConfig) -> bool:
@@ -302,6 +315,7 @@ def ensure_pipeline_tables(con: duckdb.DuckDBPyConnection, config: PipelineConfi
         if not has_ids:  # tables made before quarantine ids
             for statement in quarantine_ids(config.name):
                 con.execute(statement)
+        _drop_function_defaults(con, config.name)
         return False
     with transaction(con):
         for statement in ddl(config):

@@ -20,9 +20,10 @@ from tidemill.config.pipeline import PipelineConfig
 from tidemill.errors import TidemillError
 from tidemill.tasks.records.parse import amend_record
 from tidemill.tasks.records.validate import RecordSchema, parse_timestamp, validate_records
+from tidemill.warehouse.frames import insert_frame
 from tidemill.warehouse.inbox import headers
 from tidemill.warehouse.ledger.batches import known_keys
-from tidemill.warehouse.pipeline_tables import PipelineTables, lit, q
+from tidemill.warehouse.pipeline_tables import PipelineTables, lit
 from tidemill.warehouse.transaction import transaction
 
 # Reasons name the offending values ("x 'abc' is not a finite number"); grouping by
@@ -196,10 +197,7 @@ def readmit(
     )
     _check(con, config, records, [f.quarantine_id for f in todo], now)
     with transaction(con):
-        con.register("_readmitted", records.to_arrow())
-        columns = ", ".join(q(c) for c in records.columns)
-        con.execute(f"INSERT INTO {t.inbox} ({columns}) SELECT {columns} FROM _readmitted")
-        con.unregister("_readmitted")
+        insert_frame(con, t.inbox, records, numbered=("_seq", t.inbox_seq))
         con.executemany(
             "INSERT INTO _readmissions VALUES (?, ?, ?, ?, ?)",
             [[config.name, f.quarantine_id, now, actor, ",".join(sorted(f.changes))] for f in todo],

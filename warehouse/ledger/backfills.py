@@ -11,9 +11,10 @@ import polars as pl
 
 from tidemill.config.pipeline import AggregateSpec, PipelineConfig
 from tidemill.errors import TidemillError
+from tidemill.warehouse.frames import insert_frame
 from tidemill.warehouse.ledger.batches import (
     BatchRecord,
-    insert_frame,
+    insert_quarantined,
     record_batch,
     replace_lag_history,
 )
@@ -223,18 +224,7 @@ def commit_chunk(
             write.raw.with_columns(stamp, pl.lit(write.record.finished_at).alias("_loaded_at")),
         )
         insert_frame(con, t.clean, write.clean.with_columns(stamp))
-        insert_frame(
-            con,
-            t.quarantine,
-            write.quarantine.select(
-                stamp,
-                "_file",
-                "_line",
-                pl.col("_raw").alias("raw_text"),
-                "reason",
-                pl.lit(write.record.finished_at).alias("quarantined_at"),
-            ),
-        )
+        insert_quarantined(con, t, write.quarantine, batch_id, write.record.finished_at)
         for spec in config.aggregates:
             windows, stats = recompute[spec.name]
             replaced += replace_windows(con, t.aggregate(spec.name), spec, windows, stats, batch_id)

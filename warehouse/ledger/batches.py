@@ -19,6 +19,7 @@ import polars as pl
 from tidemill.config.pipeline import AggregateSpec, LagSpec, PipelineConfig
 from tidemill.tasks.judge.verdict import DriftEvent, Promotion, Scored
 from tidemill.tasks.learn.prequential import ShardRecord
+from tidemill.warehouse.frames import insert_frame
 from tidemill.warehouse.pipeline_tables import PipelineTables, lit, q
 from tidemill.warehouse.registry import ModelVersion, record_event, record_heads, record_shards
 from tidemill.warehouse.transaction import transaction
@@ -169,17 +170,28 @@ def replace_lag_history(
         con.unregister("_history")
 
 
-def insert_frame(
-    con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, extra: str = ""
+def insert_quarantined(
+    con: duckdb.DuckDBPyConnection,
+    t: PipelineTables,
+    quarantine: pl.DataFrame,
+    batch_id: int,
+    at: datetime,
 ) -> None:
-    if frame.height == 0:
-        return
-    con.register("_frame", frame.to_arrow())
-    try:
-        columns = ", ".join(q(c) for c in frame.columns)
-        con.execute(f"INSERT INTO {table} ({columns}{extra}) SELECT * FROM _frame")
-    finally:
-        con.unregister("_frame")
+    """Store a batch's rejected records (`_file`, `_line`, `_raw`, `reason`), each with a
+    new quarantine id."""
+    insert_frame(
+        con,
+        t.quarantine,
+        quarantine.select(
+            pl.lit(batch_id, dtype=pl.Int64).alias("batch_id"),
+            "_file",
+            "_line",
+            pl.col("_raw").alias("raw_text"),
+            "reason",
+            pl.lit(at).alias("quarantined_at"),
+        ),
+        numbered=("quarantine_id", t.quarantine_seq),
+    )
 
 
 def _upsert_window(
@@ -322,18 +334,7 @@ def commit_batch(con: duckdb.DuckDBPyConnection, config: PipelineConfig, write: 
             t.raw,
             write.raw.with_columns(*stamp, pl.lit(write.record.finished_at).alias("_loaded_at")),
         )
-        insert_frame(
-            con,
-            t.quarantine,
-            write.quarantine.select(
-                *stamp,
-                "_file",
-                "_line",
-                pl.col("_raw").alias("raw_text"),
-                "reason",
-                pl.lit(write.record.finished_at).alias("quarantined_at"),
-            ),
-        )
+        insert_quarantined(con, t, write.quarantine, batch_id, write.record.finished_at)
         insert_frame(con, t.clean, write.clean.with_columns(*stamp))
         for spec in config.aggregates:
             _upsert_window(con, t.aggregate(spec.name), spec, write.aggregates[spec.name], batch_id)
