@@ -1,6 +1,6 @@
 """What the owning process (worker or `tidemill run`) offers other processes.
 
-`serve(runtime)` starts the socket service with read-only SQL plus the commands below;
+`serve(runtime)` starts the owner socket with the commands below;
 `commands(runtime)` is also what `tidemill` runs in-process when no owner is running,
 so a command has one implementation whoever carries it out.
 """
@@ -14,7 +14,7 @@ from prefect.client.schemas.objects import FlowRun
 
 from tidemill import utc
 from tidemill.config.fields import deployment_name
-from tidemill.deployments.query_service import Command, QueryService, Refused
+from tidemill.deployments.owner_socket import Command, OwnerSocket, Refused
 from tidemill.flows.engine.erase import ErasureError, erase_subject
 from tidemill.flows.engine.maintain import maintain as maintain_now
 from tidemill.flows.engine.replay import ReplayError, replay_model
@@ -202,6 +202,6 @@ def commands(runtime: Runtime) -> dict[str, Command]:
     }
 
 
-def serve(runtime: Runtime) -> QueryService:
-    """Start serving SQL and commands for `runtime` on its state folder's socket."""
-    return QueryService(runtime.state_dir, runtime.reader, commands(runtime))
+def serve(runtime: Runtime) -> OwnerSocket:
+    """Start serving commands for `runtime` on its state folder's socket."""
+    return OwnerSocket(runtime.state_dir, commands(runtime))

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import threading
 import time
 from typing import Any
 from uuid import UUID
@@ -113,6 +116,15 @@ def open_pipelines(runtime: Runtime, names: list[str]) -> dict[str, str]:
     return refused
 
 
+def _restart_on_runaway(reason: str) -> None:
+    """A live SQL statement that DuckDB cannot stop (warehouse/serving/quack.py): stop
+    this worker, as SIGTERM does, so the supervisor starts a fresh one; every committed
+    batch is in the WAL, and an uncommitted one is run again."""
+    log.error("stopping the worker: a live SQL statement %s and cannot be stopped", reason)
+    os.kill(os.getpid(), signal.SIGTERM)
+    threading.Timer(30.0, os._exit, args=(75,)).start()  # if the statement holds it up
+
+
 def run_worker(config: TidemillConfig, pipelines: list[str] | None = None) -> None:
     """Serve until SIGINT/SIGTERM (see module docstring)."""
     started = time.monotonic()
@@ -122,7 +134,9 @@ def run_worker(config: TidemillConfig, pipelines: list[str] | None = None) -> No
     # one INFO line per HTTP request (several per second) would bury what matters
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = get_settings()
-    runtime = Runtime.open(config, settings)
+    runtime = Runtime.open(config, settings, serve=True)
+    if runtime.live is not None:
+        runtime.live.on_runaway = _restart_on_runaway
     for name, why in open_pipelines(runtime, names).items():
         log.error("%s is not served: %s; its runs fail until this is fixed", name, why)
     install(runtime)

@@ -3,6 +3,8 @@
 - `pii`: the HMAC key that pseudonymises personal fields (`pii = { email = "hash" }`).
 - `artifact`: the HMAC key that signs model artifacts, so a file the registry did not
   write is never unpickled.
+- `quack`: the token a client gives to read an owner's warehouse live (Quack). It is
+  text (64 hex characters) in `keys/quack.key`, since other programs read it.
 
 Each comes from the environment (`TIDEMILL_PII_KEY`, `TIDEMILL_ARTIFACT_KEY`: hex or any
 text of at least 32 bytes) or, when unset, from a key file `<state_dir>/keys/<name>.key`
@@ -21,8 +23,9 @@ from typing import Literal
 from tidemill.errors import TidemillError
 from tidemill.private import check_private
 
-KeyName = Literal["pii", "artifact"]
+KeyName = Literal["pii", "artifact", "quack"]
 MIN_BYTES = 32
+_TEXT: frozenset[KeyName] = frozenset({"quack"})  # given to other programs as text
 
 
 class WeakKey(TidemillError, ValueError):
@@ -39,7 +42,7 @@ def get_key(state_dir: Path, name: KeyName) -> bytes:
     first use)."""
     given = os.environ.get(f"TIDEMILL_{name.upper()}_KEY")
     if given:
-        key = bytes.fromhex(given) if _is_hex(given) else given.encode()
+        key = bytes.fromhex(given) if _is_hex(given) and name not in _TEXT else given.encode()
         if len(key) < MIN_BYTES:
             raise WeakKey(
                 f"TIDEMILL_{name.upper()}_KEY is {len(key)} bytes; use at least {MIN_BYTES} "
@@ -52,7 +55,7 @@ def get_key(state_dir: Path, name: KeyName) -> bytes:
         check_private(path, "key file")
         return path.read_bytes()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key = secrets.token_bytes(MIN_BYTES)
+    key = secrets.token_hex(MIN_BYTES).encode() if name in _TEXT else secrets.token_bytes(MIN_BYTES)
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another process made it a moment ago
@@ -66,6 +69,12 @@ def get_key(state_dir: Path, name: KeyName) -> bytes:
         raise
     os.close(descriptor)
     return key
+
+
+def get_token(state_dir: Path, name: KeyName) -> str:
+    """A text key (`quack`) as the text clients give."""
+    assert name in _TEXT, f"{name} is a binary key"
+    return get_key(state_dir, name).decode()
 
 
 def _is_hex(text: str) -> bool:

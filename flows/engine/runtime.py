@@ -25,8 +25,9 @@ from tidemill.flows.engine.models import PipelineState, change_champion
 from tidemill.flows.engine.pipelines import Pipelines
 from tidemill.flows.engine.placement import Placement
 from tidemill.flows.engine.publication import Publication
+from tidemill.keys import get_token
 from tidemill.settings import Settings, get_settings
-from tidemill.warehouse import registry
+from tidemill.warehouse import extensions, registry
 from tidemill.warehouse.connection import (
     STORAGE_VERSION,
     CheckpointFailed,
@@ -36,6 +37,7 @@ from tidemill.warehouse.connection import (
     open_warehouse,
 )
 from tidemill.warehouse.serving.compact import Compacted, compact
+from tidemill.warehouse.serving.quack import LiveServer, authorization
 from tidemill.warehouse.serving.readonly import QueryResult, run_readonly
 
 log = logging.getLogger("tidemill")
@@ -49,6 +51,7 @@ class Runtime:
     con: Connection
     lock: threading.RLock = field(default_factory=threading.RLock)
     memory_limit: str | None = None  # DuckDB's, kept to reopen the file after a rewrite
+    live: LiveServer | None = None  # serving the warehouse to other processes (Quack)
     pipelines: Pipelines = field(init=False)
     publication: Publication = field(init=False)
     placement: Placement = field(default_factory=Placement)
@@ -61,15 +64,24 @@ class Runtime:
         self.publication = Publication(self.state_dir)
 
     @classmethod
-    def open(cls, config: TidemillConfig, settings: Settings | None = None) -> Runtime:
+    def open(
+        cls, config: TidemillConfig, settings: Settings | None = None, *, serve: bool = False
+    ) -> Runtime:
         """Open the warehouse of `config` for writing (OwnedElsewhere if another process
-        holds it)."""
+        holds it); `serve` also serves it live to other processes (quack.py)."""
         settings = settings or get_settings()
         # for the whole process: scikit-learn's BLAS threads fight over the cores
         threadpoolctl.threadpool_limits(limits=settings.learn_threads)
         private.state_folder(config.state_dir)
-        con = open_warehouse(database_path(config.state_dir), settings.duckdb_memory_limit)
-        runtime = cls(config=config, con=con, memory_limit=settings.duckdb_memory_limit)
+        live = LiveServer(config.state_dir, get_token(config.state_dir, "quack")) if serve else None
+        runtime = cls(
+            config=config,
+            con=_open(config.state_dir, settings.duckdb_memory_limit, live),
+            memory_limit=settings.duckdb_memory_limit,
+            live=live,
+        )
+        if live is not None:
+            live.start(runtime.con)
         runtime.publication.every_seconds = settings.snapshot_every_seconds
         runtime.publication.checkpoint_every_cycles = settings.checkpoint_every_cycles
         return runtime
@@ -152,11 +164,15 @@ class Runtime:
                 raise RuntimeError(f"readers still hold {path} after {wait_seconds:g} s")
             self.publication.publisher.wait()
             checkpoint(self.con)
+            if self.live is not None:
+                self.live.detach()
             self.con.close()
             try:
                 done = compact(path, STORAGE_VERSION)
             finally:
-                self.con = open_warehouse(path, self.memory_limit)
+                self.con = _open(self.state_dir, self.memory_limit, self.live)
+                if self.live is not None:
+                    self.live.start(self.con)
             self.publish_now(keep_previous=False)
         return done
 
@@ -167,8 +183,23 @@ class Runtime:
                 self.publish_now()
             except (CheckpointFailed, OSError) as error:
                 log.warning("final checkpoint or snapshot failed: %s", error)
+            if self.live is not None:
+                self.live.close()
             self.con.close()
         self.placement.close()
+
+
+def _open(state_dir: Path, memory_limit: str | None, live: LiveServer | None) -> Connection:
+    """The owner's connection; one that serves loads quack (and httpfs, which it needs)
+    and registers the authorization function before the lock."""
+    if live is None:
+        return open_warehouse(database_path(state_dir), memory_limit)
+    return open_warehouse(
+        database_path(state_dir),
+        memory_limit,
+        load=extensions.EXTENSIONS,
+        prepare=authorization(state_dir),
+    )
 
 
 _resident_lock = threading.Lock()

@@ -53,14 +53,15 @@ import httpx
 import polars as pl
 import pytest
 
+from tidemill.cli.access import read_live
 from tidemill.config.load import TidemillConfig, load_config
 from tidemill.data import load_flights
-from tidemill.deployments.query_service import OwnerUnavailable, QueryRefused, ask_owner
 from tidemill.deployments.stack import processes, stack
 from tidemill.deployments.stack.prefect_server import MARKER as SERVER_MARKER
 from tidemill.deployments.stack.prefect_server import NAME as SERVER_NAME
 from tidemill.deployments.stack.prefect_server import is_healthy
 from tidemill.deployments.stack.supervisor import read_status
+from tidemill.errors import TidemillError
 from tidemill.settings import get_settings
 from tidemill.tasks.synthetic.flights import flight_events, landing_rows
 from tidemill.warehouse.artifacts import sha256_of
@@ -325,7 +326,7 @@ class Feeder(threading.Thread):
 
 
 class Probe:
-    """Asks the running worker (over its query socket) how far the pipeline is."""
+    """Asks the running worker (live, over Quack) how far the pipeline is."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
@@ -333,8 +334,8 @@ class Probe:
     def one(self, sql: str) -> object | None:
         """The first value of `sql`, None while no worker answers."""
         try:
-            result = ask_owner(self.state_dir, sql, 5)
-        except (OwnerUnavailable, OSError, QueryRefused):
+            result = read_live(self.state_dir, sql)
+        except (OSError, TidemillError):  # no owner, or not yet the tables
             return None
         return result.rows[0][0] if result.rows else None
 

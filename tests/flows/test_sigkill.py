@@ -12,7 +12,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tidemill.deployments.query_service import OwnerUnavailable, QueryRefused, ask_owner
+from tidemill.cli.access import read_live
+from tidemill.errors import TidemillError
 from tidemill.warehouse.artifacts import sha256_of
 from tidemill.warehouse.connection import open_readonly
 
@@ -29,10 +30,10 @@ def _start(config: Path) -> subprocess.Popen[bytes]:
 
 
 def _batches(state_dir: Path) -> int:
-    """Committed batches, asked of the running worker over its query socket."""
+    """Committed batches, asked of the running worker live, over Quack."""
     try:
-        result = ask_owner(state_dir, "SELECT count(*) FROM _batches WHERE status = 'committed'", 2)
-    except (OwnerUnavailable, OSError, QueryRefused):
+        result = read_live(state_dir, "SELECT count(*) FROM _batches WHERE status = 'committed'")
+    except (OSError, TidemillError):  # no owner, or not yet the tables
         return -1
     return int(result.rows[0][0])
 

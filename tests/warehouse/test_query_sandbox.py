@@ -1,12 +1,13 @@
 """Query users cannot change the warehouse, whichever way their SQL reaches it.
 
 Every attack runs on the three read paths of `tidemill query` (tidemill/cli/access.py): the
-owner's socket (deployments/query_service.QueryService, a cursor of the writer's own
-connection), the warehouse file opened read-only, and the published snapshot. Each is
-refused in one line, and afterwards every file is byte for byte what it was. Then the
-statement allowlist is switched off, to show DuckDB's own fences hold by themselves:
-the READ ONLY transaction or read-only file, enable_external_access=false and
-lock_configuration.
+owner, live over Quack (warehouse/serving/quack.py: the writer's own connection serves
+it), the warehouse file opened read-only, and the published snapshot. Each is refused in
+one line, and afterwards every file is byte for byte what it was. Then the statement
+allowlist is switched off, to show what DuckDB's own fences hold by themselves:
+enable_external_access=false and lock_configuration everywhere, and the READ ONLY
+transaction or read-only file where there is one (not on the live path: there the
+allowlist, run by DuckDB's authorization callback, is what refuses writes).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -26,17 +27,28 @@ import pytest
 
 import tidemill.cli.access
 from tidemill.cli.access import read_sql
-from tidemill.deployments.query_service import QueryRefused, QueryService
+from tidemill.keys import get_token
+from tidemill.warehouse import extensions
 from tidemill.warehouse.connection import database_path, open_warehouse
-from tidemill.warehouse.serving import readonly
-from tidemill.warehouse.serving.readonly import QueryFailed, QueryResult, ReadOnlyViolation
+from tidemill.warehouse.serving import quack, readonly
+from tidemill.warehouse.serving.readonly import (
+    QueryFailed,
+    QueryLimitExceeded,
+    QueryResult,
+    ReadOnlyViolation,
+)
 from tidemill.warehouse.serving.snapshot import publish_snapshot, snapshot_path
 
 PATHS = ["owner", "file", "snapshot"]
 OWNER_TIMEOUT = 2.0
-OWNER_MAX_ROWS = 1000
-SLOW = "SELECT sum(hash(range)) FROM range(1000000000000)"
-REFUSED = (QueryRefused, ReadOnlyViolation, QueryFailed)
+OWNER_MEMORY = 256 << 20
+MAX_ROWS = 1000
+SLOW = [
+    "SELECT sum(hash(range)) FROM range(1000000000000)",
+    "SELECT count(*) FROM range(100000) a, range(100000) b WHERE a.range + b.range < 0",
+    "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r",
+]
+REFUSED = (ReadOnlyViolation, QueryFailed)
 
 
 @dataclass
@@ -46,6 +58,7 @@ class Reader:
     root: Path
     where: str
     writer: duckdb.DuckDBPyConnection | None
+    runaways: list[str] = field(default_factory=list)  # what the owner's watch reported
 
     @property
     def state_dir(self) -> Path:
@@ -83,7 +96,12 @@ def reader(root: Path, where: str) -> Iterator[Reader]:
     through `where`: its owner serving the socket, or no owner at all."""
     state_dir = root / ".tidemill"
     database = database_path(state_dir)
-    con = open_warehouse(database)
+    serving = where == "owner"
+    con = open_warehouse(
+        database,
+        load=extensions.EXTENSIONS if serving else (),
+        prepare=quack.authorization(state_dir) if serving else None,
+    )
     con.execute("CREATE SEQUENCE raw.t_seq")
     con.execute("CREATE TABLE raw.t (id BIGINT DEFAULT nextval('raw.t_seq'), v VARCHAR)")
     con.execute("INSERT INTO raw.t (v) VALUES ('a'), ('b')")
@@ -94,27 +112,18 @@ def reader(root: Path, where: str) -> Iterator[Reader]:
         con.close()
         yield Reader(root, where, None)
         return
-    lock = threading.RLock()
-
-    @contextmanager
-    def cursors() -> Iterator[duckdb.DuckDBPyConnection]:
-        with lock:
-            cursor = con.cursor()
-        try:
-            yield cursor
-        finally:
-            cursor.close()
-
-    service = QueryService(
+    runaways: list[str] = []
+    live = quack.LiveServer(
         state_dir,
-        cursors,
-        query_timeout=OWNER_TIMEOUT,
-        max_rows=OWNER_MAX_ROWS,
+        get_token(state_dir, "quack"),
+        quack.Limits(OWNER_TIMEOUT, OWNER_MEMORY),
+        on_runaway=runaways.append,
     )
+    live.start(con)
     try:
-        yield Reader(root, where, con)
+        yield Reader(root, where, con, runaways)
     finally:
-        service.close()
+        live.close()
         con.close()
 
 
@@ -132,7 +141,7 @@ ATTACKS = [
     ("SELECT * FROM read_blob('/etc/passwd')", "table function read_blob() is refused"),
     ("SELECT * FROM glob('/etc/*')", "table function glob() is refused"),
     ("SELECT * FROM sniff_csv('{tmp}/landing.csv')", "table function sniff_csv() is refused"),
-    ("SELECT * FROM '{tmp}/landing.csv'", 'Permission Error: Cannot access file "{tmp}'),
+    ("SELECT * FROM '{tmp}/landing.csv'", 'Cannot access file "{tmp}'),
     ("COPY (SELECT * FROM raw.t) TO '{tmp}/stolen.csv'", "COPY statements are refused"),
     ("COPY raw.t FROM '{tmp}/landing.csv'", "COPY statements are refused"),
     ("EXPORT DATABASE '{tmp}/export'", "EXPORT statements are refused"),
@@ -152,6 +161,8 @@ ATTACKS = [
     ("SELECT * FROM checkpoint()", "table function checkpoint() is refused"),
     ("SELECT * FROM force_checkpoint()", "table function force_checkpoint() is refused"),
     ("SELECT * FROM query('SELECT * FROM checkpoint()')", "table function query() is refused"),
+    ("SELECT * FROM query_table('raw.t')", "table function query_table() is refused"),
+    ("SELECT * FROM duckdb_secrets()", "table function duckdb_secrets() is refused"),
     ("VACUUM", "VACUUM statements are refused"),
     ("INSERT INTO raw.t (v) VALUES ('x')", "INSERT statements are refused"),
     ("WITH x AS (SELECT 'x') INSERT INTO raw.t (v) SELECT * FROM x", "INSERT statements"),
@@ -165,6 +176,7 @@ ATTACKS = [
         "CREATE statements are refused",
     ),
     ("SELECT 1 --\rDELETE FROM raw.t", "syntax error at or near"),  # \r ends the comment
+    ("/* /* */ SELECT 1 */ DELETE FROM raw.t", "DELETE statements are refused"),  # nested
     ("SELECT 1; COMMIT; CREATE TABLE x AS SELECT 1", "TRANSACTION statements are refused"),
     ("CREATE TEMP TABLE x AS SELECT 1", "CREATE statements are refused"),
     ("CREATE MACRO twice(x) AS 2 * x", "CREATE statements are refused"),
@@ -193,7 +205,9 @@ def test_every_attack_is_refused_in_one_line_and_changes_no_byte(
 
 
 # With the allowlist off: (attack, what DuckDB itself answers on every path).
-FILES = "Permission Error"
+FILES = (
+    "Permission Error|disabled by configuration|disabled through configuration"  # Quack re-wraps it
+)
 LOCKED = "the configuration has been locked"
 WRITES = "read-only"
 DUCKDB_FENCES = [
@@ -206,7 +220,7 @@ DUCKDB_FENCES = [
     ("EXPORT DATABASE '{tmp}/export'", FILES),
     ("ATTACH '{tmp}/evil.duckdb' AS evil", FILES),
     ("INSTALL httpfs", FILES),
-    ("LOAD httpfs", FILES),
+    ("LOAD ducklake", FILES),  # (the owner's own httpfs and quack: loaded, LOAD is a no-op)
     ("SET enable_external_access = true", LOCKED),
     ("RESET lock_configuration", LOCKED),
     ("SET GLOBAL threads = 1", LOCKED),
@@ -231,9 +245,12 @@ def test_duckdb_alone_refuses_files_settings_and_writes_on_every_path(
     tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(readonly, "check_readonly", lambda con, sql: None)
+    monkeypatch.setattr(quack, "check_readonly", lambda con, sql: None)
     with reader(tmp_path, where) as path:
         files = path.files()
         for attack, refusal in DUCKDB_FENCES:
+            if where == "owner" and refusal == WRITES:
+                continue  # no READ ONLY transaction on the live path: the allowlist holds
             sql = attack.format(tmp=tmp_path)
             with pytest.raises(REFUSED, match=refusal):
                 path.read(sql)
@@ -249,10 +266,11 @@ def test_a_cursor_of_the_writer_could_checkpoint_so_the_allowlist_refuses_it(
         path.writer.execute("INSERT INTO raw.t (v) VALUES ('c')")  # now in the WAL only
         wal = database_path(path.state_dir).with_suffix(".duckdb.wal")
         logged = wal.stat().st_size
-        with pytest.raises(QueryRefused, match=re.escape("checkpoint() is refused")):
+        with pytest.raises(ReadOnlyViolation, match=re.escape("checkpoint() is refused")):
             path.read("SELECT * FROM checkpoint()")
         assert wal.stat().st_size == logged
         monkeypatch.setattr(readonly, "check_readonly", lambda con, sql: None)
+        monkeypatch.setattr(quack, "check_readonly", lambda con, sql: None)
         path.read("SELECT * FROM checkpoint()")  # DuckDB lets a READ ONLY cursor do it
         assert not wal.exists() or wal.stat().st_size < logged
 
@@ -279,44 +297,87 @@ def test_the_writers_own_connection_reaches_no_file_extension_or_python_variable
     con.close()
 
 
-@pytest.mark.parametrize("where", ["owner", "file"])
-def test_a_long_query_is_stopped_and_blocks_neither_the_writer_nor_the_next_query(
-    tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+# What the live path refuses before running (nothing can stop a statement there).
+PLANNED_TOO_BIG = [
+    "the plan estimates 1,000,000,000,000 rows in range",
+    "the plan estimates 10,000,000,000 rows in blockwise_nl_join",
+    "recursive CTEs are refused on the live path",
+]
+
+
+@pytest.mark.parametrize(("slow_sql", "refusal"), list(zip(SLOW, PLANNED_TOO_BIG, strict=True)))
+def test_the_live_path_refuses_what_its_plan_says_would_not_finish(
+    tmp_path: Path, slow_sql: str, refusal: str
+) -> None:
+    with reader(tmp_path, "owner") as path:
+        started = time.monotonic()
+        with pytest.raises(QueryLimitExceeded, match=re.escape(refusal)) as refused:
+            path.read(slow_sql)
+        assert "\n" not in str(refused.value)
+        assert time.monotonic() - started < 1.0
+        assert path.runaways == []
+        assert path.read("SELECT count(*) FROM raw.t").rows == [(2,)]
+
+
+def test_a_live_statement_past_its_time_is_reported_to_the_owner_once(tmp_path: Path) -> None:
+    with reader(tmp_path, "owner") as path:  # within the plan's bound, but slow
+        assert path.writer is not None
+        counted: list[QueryResult] = []
+        query = threading.Thread(
+            target=lambda: counted.append(
+                path.read("SELECT count(*) FROM range(600000000) WHERE hash(range) % 7 = 0")
+            )
+        )
+        query.start()
+        time.sleep(0.5)  # the owner commits, checkpoints and publishes meanwhile
+        began = time.monotonic()
+        path.writer.execute("INSERT INTO raw.t (v) VALUES ('c')")
+        path.writer.execute("CHECKPOINT")
+        publish_snapshot(database_path(path.state_dir), snapshot_path(path.state_dir))
+        assert time.monotonic() - began < 1.0
+        query.join(timeout=60)
+        assert counted and counted[0].rows[0][0] > 0
+        assert path.runaways == [f"ran past {OWNER_TIMEOUT:g} s"]
+
+
+@pytest.mark.parametrize("slow_sql", SLOW)
+def test_a_long_query_on_the_file_is_stopped_and_blocks_not_the_next_query(
+    tmp_path: Path, slow_sql: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(tidemill.cli.access, "QUERY_TIMEOUT_SECONDS", OWNER_TIMEOUT)
-    with reader(tmp_path, where) as path:
+    with reader(tmp_path, "file") as path:
         outcome: list[BaseException] = []
 
         def slow() -> None:
             try:
-                path.read(SLOW)
+                path.read(slow_sql)
             except BaseException as error:
                 outcome.append(error)
 
         started = time.monotonic()
         query = threading.Thread(target=slow)
         query.start()
-        time.sleep(0.5)
-        if path.writer is not None:  # the owner commits, checkpoints and publishes meanwhile
-            began = time.monotonic()
-            path.writer.execute("INSERT INTO raw.t (v) VALUES ('c')")
-            path.writer.execute("CHECKPOINT")
-            publish_snapshot(database_path(path.state_dir), snapshot_path(path.state_dir))
-            assert time.monotonic() - began < 1.0
         query.join(timeout=30)
         assert not query.is_alive()
         assert time.monotonic() - started < OWNER_TIMEOUT + 5
-        assert len(outcome) == 1 and isinstance(outcome[0], QueryRefused)
+        assert len(outcome) == 1 and isinstance(outcome[0], QueryLimitExceeded)
         assert f"stopped after {OWNER_TIMEOUT:g} s" in str(outcome[0])
         assert path.read("SELECT count(*) FROM raw.t").rows[0][0] >= 2
 
 
-def test_the_owner_refuses_a_result_too_large_to_hold_but_the_snapshot_does_not(
-    tmp_path: Path,
+@pytest.mark.parametrize("where", ["owner", "file"])
+def test_a_result_too_large_is_refused_by_rows_and_by_bytes_but_the_snapshot_is_not(
+    tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with reader(tmp_path, "owner") as path:
-        assert len(path.read(f"FROM range({OWNER_MAX_ROWS})").rows) == OWNER_MAX_ROWS
-        with pytest.raises(QueryRefused, match=f"more than {OWNER_MAX_ROWS:,} rows"):
-            path.read(f"FROM range({OWNER_MAX_ROWS + 1})")
-        snapshot, _ = read_sql(path.state_dir, f"FROM range({OWNER_MAX_ROWS + 1})", snapshot=True)
-        assert len(snapshot.rows) == OWNER_MAX_ROWS + 1
+    monkeypatch.setattr(tidemill.cli.access, "MAX_RESULT_ROWS", MAX_ROWS)
+    with reader(tmp_path, where) as path:
+        assert len(path.read(f"FROM range({MAX_ROWS})").rows) == MAX_ROWS
+        with pytest.raises(QueryLimitExceeded, match=f"more than {MAX_ROWS:,} rows"):
+            path.read(f"FROM range({MAX_ROWS + 1})")
+        snapshot, _ = read_sql(path.state_dir, f"FROM range({MAX_ROWS + 1})", snapshot=True)
+        assert len(snapshot.rows) == MAX_ROWS + 1
+        if where == "owner":  # 1 GB, held whole by the owner before it sends
+            with pytest.raises(QueryLimitExceeded, match="larger than 64 MiB"):
+                path.read("SELECT repeat('x', 1000000) FROM range(1000)")
+            assert path.runaways == ["grew the owner by more than 256 MiB"]
+            assert path.read("SELECT count(*) FROM raw.t").rows == [(2,)]

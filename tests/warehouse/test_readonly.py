@@ -37,7 +37,6 @@ def con() -> duckdb.DuckDBPyConnection:
         "EXPLAIN (FORMAT json) SELECT 1",
         "/* why */ explain\nanalyse FROM t",
         "SELECT * FROM range(3) r, unnest([1, 2])",
-        "SELECT * FROM query_table('t')",
         "SELECT table_name FROM duckdb_tables()",
         "SELECT * FROM pragma_table_info('t')",
         "SELECT current_setting('TimeZone')",

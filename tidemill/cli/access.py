@@ -1,13 +1,13 @@
 """Reaching the warehouse from outside the owning process, whatever is running.
 
-Reads try, in order: the owner's socket (fresh, consistent), the warehouse file opened
-read-only (works when nothing owns it), the published snapshot (works always, as fresh
-as its last publication). Commands go to the owner, or run here on the file when no
-process owns it.
+Reads try, in order: the owner, live over DuckDB's Quack protocol (fresh, consistent),
+the warehouse file opened read-only (works when nothing owns it), the published snapshot
+(when one is kept: as fresh as its last publication). Commands go to the owner's socket,
+or run here on the file when no process owns it.
 
-Every path is read-only three times over (warehouse/serving/readonly.py): the statement
-allowlist, a READ ONLY transaction, and a locked-down connection (the owner's, or one
-opened here read-only without file or extension access).
+Every path runs the same parser-based allowlist (warehouse/serving/readonly.py) on a
+locked-down connection (the owner's, or one opened here read-only without file or
+extension access); the file and snapshot paths also run in a READ ONLY transaction.
 """
 
 from __future__ import annotations
@@ -15,19 +15,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tidemill import utc
 from tidemill.config.load import TidemillConfig
-from tidemill.deployments.query_service import (
-    QUERY_TIMEOUT_SECONDS,
+from tidemill.deployments.owner_socket import (
+    CommandRefused,
     OwnerUnavailable,
-    QueryRefused,
     Refused,
-    ask_owner,
     call_owner,
 )
 from tidemill.errors import TidemillError
+from tidemill.keys import get_token
 from tidemill.warehouse.connection import OwnedElsewhere, database_path, open_readonly
-from tidemill.warehouse.serving.readonly import QueryLimitExceeded, QueryResult, run_readonly
+from tidemill.warehouse.serving import quack
+from tidemill.warehouse.serving.readonly import QueryResult, run_readonly
 from tidemill.warehouse.serving.snapshot import open_snapshot, snapshot_path
+
+QUERY_TIMEOUT_SECONDS = quack.Limits().seconds  # on the file too, where it holds a lock
+MAX_RESULT_ROWS = 100_000
+MAX_RESULT_BYTES = 64 << 20
 
 
 class NothingToRead(TidemillError, FileNotFoundError):
@@ -37,14 +42,14 @@ class NothingToRead(TidemillError, FileNotFoundError):
 def read_sql(state_dir: Path, sql: str, *, snapshot: bool = False) -> tuple[QueryResult, str]:
     """Run read-only `sql`; returns (result, where it ran: owner | file | snapshot).
 
-    Raises ReadOnlyViolation (or, from the owner, QueryRefused) for SQL that could write,
-    QueryRefused for a query stopped by its time or row limit, duckdb.Error for SQL that
-    fails, NothingToRead when there is no warehouse yet.
+    Raises ReadOnlyViolation for SQL that could write, QueryLimitExceeded for a query
+    stopped by its time, row or byte limit, QueryFailed for SQL that fails,
+    NothingToRead when there is no warehouse yet.
     """
     if not snapshot:
         try:
-            return ask_owner(state_dir, sql), "owner"
-        except OwnerUnavailable:
+            return read_live(state_dir, sql), "owner"
+        except quack.OwnerNotServing:
             pass
         database = database_path(state_dir)
         if database.exists():
@@ -55,10 +60,9 @@ def read_sql(state_dir: Path, sql: str, *, snapshot: bool = False) -> tuple[Quer
             else:
                 # while it runs, this read lock keeps an owner from starting: bound it
                 with con:
-                    try:
-                        return run_readonly(con, sql, timeout=QUERY_TIMEOUT_SECONDS), "file"
-                    except QueryLimitExceeded as error:  # as the owner reports it
-                        raise QueryRefused(str(error)) from None
+                    return run_readonly(
+                        con, sql, timeout=QUERY_TIMEOUT_SECONDS, max_rows=MAX_RESULT_ROWS
+                    ), "file"
     published = snapshot_path(state_dir)
     if not published.exists():
         raise NothingToRead(
@@ -66,6 +70,24 @@ def read_sql(state_dir: Path, sql: str, *, snapshot: bool = False) -> tuple[Quer
         )
     with open_snapshot(published) as con:
         return run_readonly(con, sql), "snapshot"
+
+
+def read_live(state_dir: Path, sql: str) -> QueryResult:
+    """Run read-only `sql` on the owner of `state_dir`, live (quack.py); OwnerNotServing
+    when no owner serves it."""
+    if not quack.endpoint_file(state_dir).exists():
+        raise quack.OwnerNotServing(f"no owner serves {state_dir}")
+    endpoint = quack.read_endpoint(state_dir, get_token(state_dir, "quack"))
+    if endpoint is None:
+        raise quack.OwnerNotServing(f"no owner serves {state_dir}")
+    started = utc.now()
+    return quack.run_remote(
+        endpoint,
+        sql,
+        max_rows=MAX_RESULT_ROWS,
+        max_bytes=MAX_RESULT_BYTES,
+        why_refused=lambda: quack.refusal_reason(state_dir, sql, since=started),
+    )
 
 
 def command(config: TidemillConfig, op: str, **payload: Any) -> dict[str, Any]:
@@ -82,6 +104,6 @@ def command(config: TidemillConfig, op: str, **payload: Any) -> dict[str, Any]:
     try:
         return commands(runtime)[op](request)
     except Refused as error:
-        raise QueryRefused(str(error)) from None
+        raise CommandRefused(str(error)) from None
     finally:
         runtime.close()

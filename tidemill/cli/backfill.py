@@ -52,7 +52,7 @@ def backfill(
     in the Prefect UI) executed by the worker between live batches; otherwise it runs here.
     Running it twice changes nothing. A second backfill of a pipeline waits for the first.
     """
-    from tidemill.deployments.query_service import OwnerUnavailable, call_owner
+    from tidemill.deployments.owner_socket import OwnerUnavailable, call_owner
 
     config = session.owner(pipeline)
     first, last = _moment(start, "--start"), _moment(end, "--end")

@@ -39,7 +39,7 @@ def run(
 
     config = session.owner(pipeline)
     spec = config.pipeline(pipeline)
-    runtime = Runtime.open(config)
+    runtime = Runtime.open(config, serve=True)
     service = owner.serve(runtime)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -44,7 +44,6 @@ _ROW_FUNCTIONS = frozenset(
         "json_each",
         "json_tree",
         "pg_timezone_names",
-        "query_table",
         "range",
         "repeat",
         "repeat_row",
@@ -55,6 +54,7 @@ _ROW_FUNCTIONS = frozenset(
     }
 )
 _CATALOG_PREFIXES = ("duckdb_", "pragma_")
+_NOT_CATALOG = frozenset({"duckdb_secrets", "duckdb_logs", "duckdb_log_contexts"})
 _WRITING_FUNCTIONS = frozenset({"nextval", "setval", "write_log"})
 # SQL texts that passed: the check parses only (no catalog), so a text passes or fails
 # for good. Callers repeat the same few statements (status, reports, pollers), and the
@@ -120,7 +120,7 @@ def _check_statement(
             f"statements of an unknown kind are refused: {READ_ONLY} {_ALLOWED_KINDS}"
         )
     if kind == duckdb.StatementType.EXPLAIN and not explained:
-        inner = _statements(con, _explained(statement.query))
+        inner = _statements(con, explained_query(statement.query))
         if len(inner) != 1:
             raise ReadOnlyViolation(f"EXPLAIN of more than one statement is refused: {READ_ONLY}")
         _check_statement(con, inner[0], explained=True)
@@ -131,7 +131,7 @@ def _check_statement(
     _check_functions(con, statement.query)
 
 
-def _explained(query: str) -> str:
+def explained_query(query: str) -> str:
     """The statement an EXPLAIN explains (checked like any statement: EXPLAIN ANALYZE runs
     it): what follows `EXPLAIN`, `EXPLAIN ANALYZE` or `EXPLAIN (options)`, found with
     DuckDB's own tokenizer, so no quoted parenthesis or comment in the options can hide
@@ -170,7 +170,8 @@ def _check_functions(con: duckdb.DuckDBPyConnection, query: str) -> None:
     scalars: set[str] = set()
     _collect_functions(tree, tables, scalars)
     for name in sorted(tables):
-        if name not in _ROW_FUNCTIONS and not name.startswith(_CATALOG_PREFIXES):
+        catalog = name.startswith(_CATALOG_PREFIXES) and name not in _NOT_CATALOG
+        if name not in _ROW_FUNCTIONS and not catalog:
             raise ReadOnlyViolation(
                 f"table function {name}() is refused: {READ_ONLY} (it reads the warehouse's "
                 "tables, not files or anything else)"
