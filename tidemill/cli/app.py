@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from tidemill import private
-from tidemill.cli import backfill, models, privacy, quarantine, query, run, session, stack
+from tidemill.cli import backfill, models, privacy, quarantine, query, run, session, sql, stack
 from tidemill.cli.output import err
 from tidemill.errors import TidemillError
 from tidemill.settings import get_settings
@@ -41,6 +41,8 @@ app.add_typer(quarantine_app, name="quarantine")
 
 app.command()(run.run)
 app.command()(query.query)
+app.command()(sql.sql)
+app.command()(sql.serving)
 app.command()(query.status)
 app.command()(query.report)
 models_app.command("list")(models.models_list)

@@ -121,6 +121,15 @@ def read_endpoint(state_dir: Path, token: str) -> Endpoint | None:
     return Endpoint(port, token)
 
 
+def listening(endpoint: Endpoint) -> bool:
+    """Whether something accepts connections at `endpoint` (an owner that is running)."""
+    try:
+        with socket.create_connection((HOST, endpoint.port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind((HOST, 0))

@@ -1,0 +1,101 @@
+"""`tidemill sql` and `tidemill serving`: the live warehouse in DuckDB's own clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tidemill import layout
+from tidemill.cli import session
+from tidemill.cli.output import Format, print_result
+from tidemill.config.load import TidemillConfig
+from tidemill.errors import TidemillError
+from tidemill.keys import get_token, key_file
+
+
+def _owners(config: TidemillConfig) -> dict[str, tuple[TidemillConfig, list[str]]]:
+    """Owner name -> (its config, its pipelines): `live` alone, or one per worker."""
+    workers = layout.read(config.state_dir)
+    if not workers:
+        return {"live": (config, sorted(config.pipelines))}
+    return {w: (layout.worker_config(config, w), names) for w, names in workers.items()}
+
+
+def serving(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Where each owner serves its warehouse live (DuckDB's Quack protocol, 127.0.0.1).
+
+    Any DuckDB 1.5.5 client with the quack and httpfs extensions attaches it with
+    ATTACH 'URI' AS name (TOKEN '<the token file's text>'), then runs
+    FROM name.query('SELECT ...'). Statements that could write are refused.
+    """
+    from tidemill.warehouse.serving import quack
+
+    rows = []
+    for name, (owner, pipelines) in _owners(session.config()).items():
+        endpoint = quack.read_endpoint(owner.state_dir, "")
+        rows.append(
+            {
+                "name": name,
+                "pipelines": pipelines,
+                "uri": endpoint.uri if endpoint else None,
+                "token_file": str(key_file(owner.state_dir, "quack").absolute()),
+                "serving": endpoint is not None and quack.listening(endpoint),
+            }
+        )
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=1) + "\n")
+        return
+    columns = list(rows[0])
+    values = [tuple(", ".join(v) if isinstance(v, list) else v for v in r.values()) for r in rows]
+    print_result(columns, values, Format.table, title="tidemill serving")
+
+
+def sql(
+    command: Annotated[
+        str | None,
+        typer.Option("-c", "--command", help="Run this SQL and exit, like `psql -c`."),
+    ] = None,
+) -> None:
+    """Open the `duckdb` shell on the live warehouse of every running owner.
+
+    Tables keep their names (raw.flights, ml.model_versions, _batches, ...); each owner is
+    also attached under its name (`live`, or w1, w2 with several workers), where
+    FROM live.query('SELECT ...') runs a whole statement on the owner. Read-only: the
+    owners refuse anything else. Needs a running `tidemill up` or `tidemill run`.
+    """
+    from tidemill.cli.access import read_live
+    from tidemill.warehouse.serving import quack
+    from tidemill.warehouse.serving.shell import TABLES_SQL, Owner, write_init
+
+    config = session.config()
+    owners = []
+    for name, (owner, _) in _owners(config).items():
+        if not key_file(owner.state_dir, "quack").exists():
+            continue
+        endpoint = quack.read_endpoint(owner.state_dir, get_token(owner.state_dir, "quack"))
+        if endpoint is None or not quack.listening(endpoint):
+            continue
+        tables = read_live(owner.state_dir, TABLES_SQL).rows
+        owners.append(Owner(name, endpoint, [(str(s), str(t)) for s, t in tables]))
+    if not owners:
+        raise TidemillError(
+            f"no owner serves {config.state_dir} live: start `tidemill up` (or `make run`), "
+            "or read the file with `tidemill query` while nothing runs"
+        )
+    shell = shutil.which("duckdb", path=str(Path(sys.executable).parent)) or shutil.which("duckdb")
+    if shell is None:
+        raise TidemillError("no `duckdb` shell found: pip install duckdb-cli (make install does)")
+    init = write_init(config.state_dir / "run" / "sql-init.sql", owners)
+    arguments = [shell, "-init", str(init)]
+    if command:
+        arguments += ["-c", command]
+    sys.stdout.flush()
+    os.execv(shell, arguments)

@@ -1,0 +1,75 @@
+"""The SQL a `duckdb` shell runs to see every owner's warehouse live, as one database.
+
+Each owner is ATTACHed over Quack under its name (`live`, or `w1`, `w2`, ... with several
+workers), so `<name>.query('any read-only SQL')` runs a statement on that owner whole.
+DuckDB 1.5.5's Quack client drops the schema of an attached table (`live.raw.flights`
+fails), so every table is also a view of the shell's own database under its usual name
+(`raw.flights`, `_batches`, ...): a table every owner has (`_batches`,
+`ml.model_versions`, ...) is the UNION ALL BY NAME of all of them. A view reads its
+whole table from the owner; aggregates over big tables are faster through
+`<name>.query(...)`, which runs on the owner.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from tidemill.warehouse import extensions
+from tidemill.warehouse.pipeline_tables import lit, q
+from tidemill.warehouse.serving.quack import Endpoint
+
+TABLES_SQL = (
+    "SELECT schema_name, table_name FROM duckdb_tables() WHERE NOT internal "
+    "UNION ALL SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal "
+    "ORDER BY ALL"
+)
+"""The tables and views an owner has (asked of each owner before the shell starts)."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """One owner as the shell sees it."""
+
+    name: str
+    endpoint: Endpoint
+    tables: list[tuple[str, str]]  # (schema, table)
+
+
+def init_sql(owners: list[Owner]) -> str:
+    """The shell's init script: extensions by name from this environment, each owner
+    attached, and a view per table."""
+    folder = lit(str(extensions.extension_dir()))
+    lines = [
+        "-- tidemill: every owner's warehouse, live over Quack (warehouse/serving/shell.py)",
+        ".bail on",
+        f"SET extension_directory = {folder};",
+        "SET autoinstall_known_extensions = false;",
+        "SET autoload_known_extensions = false;",
+        *[f"LOAD {name};" for name in extensions.EXTENSIONS],
+    ]
+    readers: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for owner in owners:
+        lines.append(
+            f"ATTACH {lit(owner.endpoint.uri)} AS {q(owner.name)} "
+            f"(TOKEN {lit(owner.endpoint.token)});"
+        )
+        for schema, table in owner.tables:
+            remote = lit(f"FROM {q(schema)}.{q(table)}")
+            readers[(schema, table)].append(f"SELECT * FROM {q(owner.name)}.query({remote})")
+    for schema in sorted({schema for schema, _ in readers} - {"main"}):
+        lines.append(f"CREATE SCHEMA IF NOT EXISTS {q(schema)};")
+    for (schema, table), selects in sorted(readers.items()):
+        body = " UNION ALL BY NAME ".join(selects)
+        lines.append(f"CREATE VIEW {q(schema)}.{q(table)} AS {body};")
+    return "\n".join(lines) + "\n"
+
+
+def write_init(path: Path, owners: list[Owner]) -> Path:
+    """Write the init script (it holds the tokens: mode 0600) and return its path."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(init_sql(owners))
+    return path
