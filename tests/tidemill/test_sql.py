@@ -49,6 +49,17 @@ def test_the_duckdb_shell_and_any_client_read_the_owner_live(
         while run_cycle(runtime, "elec", drain=True).status == "committed":
             pass
         assert _shell_count(config.path) == 160  # live: no snapshot, no restart
+        # the interactive session's views: tables under their own names
+        init = config.state_dir / "run" / "sql-init.sql"
+        assert stat.S_IMODE(init.stat().st_mode) == 0o600  # it holds the token
+        shell = Path(sys.executable).parent / "duckdb"
+        viewed = subprocess.run(
+            [str(shell), "-init", str(init), "-csv", "-c", "SELECT count(*) FROM raw.elec"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert viewed.stdout.split()[-1:] == ["160"], viewed.stderr
 
         listed = _tidemill(config.path, "serving", "--json")
         assert listed.returncode == 0, listed.stderr

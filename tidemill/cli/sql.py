@@ -61,23 +61,46 @@ def serving(
 def sql(
     command: Annotated[
         str | None,
-        typer.Option("-c", "--command", help="Run this SQL and exit, like `psql -c`."),
+        typer.Option(
+            "-c", "--command", help="Run this read-only SQL on the owner and exit, like psql -c."
+        ),
+    ] = None,
+    pipeline: Annotated[
+        str | None,
+        typer.Option(
+            "--pipeline", "-p", help="With -c and several workers: the owner of this pipeline."
+        ),
     ] = None,
 ) -> None:
     """Open the `duckdb` shell on the live warehouse of every running owner.
 
-    Tables keep their names (raw.flights, ml.model_versions, _batches, ...); each owner is
-    also attached under its name (`live`, or w1, w2 with several workers), where
-    FROM live.query('SELECT ...') runs a whole statement on the owner. Read-only: the
-    owners refuse anything else. Needs a running `tidemill up` or `tidemill run`.
+    Each owner is attached under its name (`live`, or w1, w2 with several workers):
+    FROM live.query('SELECT ... JOIN ...') runs a whole statement on it. Its tables are
+    also views under their own names (raw.flights, ml.model_versions, _batches, ...) for
+    statements that read one table (DuckDB 1.5.5 scans one remote table per statement).
+    -c runs its statement on the owner whole. Read-only: owners refuse anything else.
+    Needs a running `tidemill up` or `tidemill run`.
     """
     from tidemill.cli.access import read_live
     from tidemill.warehouse.serving import quack
-    from tidemill.warehouse.serving.shell import TABLES_SQL, Owner, write_init
+    from tidemill.warehouse.serving.shell import TABLES_SQL, Owner, on_owner, write_init
 
     config = session.config()
+    everyone = _owners(config)
+    target = None
+    if command is not None:
+        if pipeline is not None:
+            config.pipeline(pipeline)  # an unknown name fails here, naming the declared ones
+            target = next(n for n, (_, names) in everyone.items() if pipeline in names)
+        elif len(everyone) > 1:
+            raise TidemillError(
+                f"{len(everyone)} workers own {config.state_dir}: add --pipeline P to run "
+                "the statement on the one that owns P"
+            )
+        else:
+            target = next(iter(everyone))
     owners = []
-    for name, (owner, _) in _owners(config).items():
+    for name, (owner, _) in everyone.items():
         if not key_file(owner.state_dir, "quack").exists():
             continue
         endpoint = quack.read_endpoint(owner.state_dir, get_token(owner.state_dir, "quack"))
@@ -95,7 +118,9 @@ def sql(
         raise TidemillError("no `duckdb` shell found: pip install duckdb-cli (make install does)")
     init = write_init(config.state_dir / "run" / "sql-init.sql", owners)
     arguments = [shell, "-init", str(init)]
-    if command:
-        arguments += ["-c", command]
+    if command is not None:
+        if target not in {o.name for o in owners}:
+            raise TidemillError(f"the owner {target} does not serve: is its worker running?")
+        arguments += ["-c", on_owner(str(target), command)]
     sys.stdout.flush()
     os.execv(shell, arguments)

@@ -1,13 +1,14 @@
 """The SQL a `duckdb` shell runs to see every owner's warehouse live, as one database.
 
 Each owner is ATTACHed over Quack under its name (`live`, or `w1`, `w2`, ... with several
-workers), so `<name>.query('any read-only SQL')` runs a statement on that owner whole.
-DuckDB 1.5.5's Quack client drops the schema of an attached table (`live.raw.flights`
-fails), so every table is also a view of the shell's own database under its usual name
-(`raw.flights`, `_batches`, ...): a table every owner has (`_batches`,
-`ml.model_versions`, ...) is the UNION ALL BY NAME of all of them. A view reads its
-whole table from the owner; aggregates over big tables are faster through
-`<name>.query(...)`, which runs on the owner.
+workers), so `FROM <name>.query('any read-only SQL')` runs a statement on that owner
+whole; `tidemill sql -c` sends its statement that way. DuckDB 1.5.5's Quack client drops
+the schema of an attached table (`live.raw.flights` fails) and scans one remote table
+per statement ("Multiple streaming scans ... not currently supported"), so each table
+of one owner is also a view under its usual name (`raw.flights`, `_batches`, ...), for
+statements that read one table; joins and aggregates over big tables go through
+`<name>.query(...)`, which runs them on the owner. A table several owners have
+(`_batches`, `ml.model_versions`, ...) is reached per owner: `FROM w1.query('...')`.
 """
 
 from __future__ import annotations
@@ -49,21 +50,26 @@ def init_sql(owners: list[Owner]) -> str:
         "SET autoload_known_extensions = false;",
         *[f"LOAD {name};" for name in extensions.EXTENSIONS],
     ]
-    readers: dict[tuple[str, str], list[str]] = defaultdict(list)
+    holders: dict[tuple[str, str], list[str]] = defaultdict(list)
     for owner in owners:
         lines.append(
             f"ATTACH {lit(owner.endpoint.uri)} AS {q(owner.name)} "
             f"(TOKEN {lit(owner.endpoint.token)});"
         )
-        for schema, table in owner.tables:
-            remote = lit(f"FROM {q(schema)}.{q(table)}")
-            readers[(schema, table)].append(f"SELECT * FROM {q(owner.name)}.query({remote})")
-    for schema in sorted({schema for schema, _ in readers} - {"main"}):
+        for held in owner.tables:
+            holders[held].append(owner.name)
+    views = {table: names[0] for table, names in sorted(holders.items()) if len(names) == 1}
+    for schema in sorted({schema for schema, _ in views} - {"main"}):
         lines.append(f"CREATE SCHEMA IF NOT EXISTS {q(schema)};")
-    for (schema, table), selects in sorted(readers.items()):
-        body = " UNION ALL BY NAME ".join(selects)
-        lines.append(f"CREATE VIEW {q(schema)}.{q(table)} AS {body};")
+    for (schema, table), name in views.items():
+        remote = lit(f"FROM {q(schema)}.{q(table)}")
+        lines.append(f"CREATE VIEW {q(schema)}.{q(table)} AS FROM {q(name)}.query({remote});")
     return "\n".join(lines) + "\n"
+
+
+def on_owner(name: str, sql: str) -> str:
+    """`sql` as the shell sends it to owner `name` to run there whole."""
+    return f"FROM {q(name)}.query({lit(sql)})"
 
 
 def write_init(path: Path, owners: list[Owner]) -> Path:
