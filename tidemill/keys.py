@@ -3,8 +3,9 @@
 - `pii`: the HMAC key that pseudonymises personal fields (`pii = { email = "hash" }`).
 - `artifact`: the HMAC key that signs model artifacts, so a file the registry did not
   write is never unpickled.
-- `quack`: the token a client gives to read an owner's warehouse live (Quack). It is
-  text (64 hex characters) in `keys/quack.key`, since other programs read it.
+- `quack`: the token a client gives to read an owner's warehouse live (Quack).
+- `encryption`: what encrypts data at rest (Parquet exports: `tidemill export`).
+`quack` and `encryption` are text (64 hex characters), since other programs use them.
 
 Each comes from the environment (`TIDEMILL_PII_KEY`, `TIDEMILL_ARTIFACT_KEY`: hex or any
 text of at least 32 bytes) or, when unset, from a key file `<state_dir>/keys/<name>.key`
@@ -23,9 +24,9 @@ from typing import Literal
 from tidemill.errors import TidemillError
 from tidemill.private import check_private
 
-KeyName = Literal["pii", "artifact", "quack"]
+KeyName = Literal["pii", "artifact", "quack", "encryption"]
 MIN_BYTES = 32
-_TEXT: frozenset[KeyName] = frozenset({"quack"})  # given to other programs as text
+_TEXT: frozenset[KeyName] = frozenset({"quack", "encryption"})  # given to other programs as text
 
 
 class WeakKey(TidemillError, ValueError):

@@ -12,8 +12,10 @@ extension access); the file and snapshot paths also run in a READ ONLY transacti
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidemill import utc
 from tidemill.config.load import TidemillConfig
@@ -27,8 +29,11 @@ from tidemill.errors import TidemillError
 from tidemill.keys import get_token
 from tidemill.warehouse.connection import OwnedElsewhere, database_path, open_readonly
 from tidemill.warehouse.serving import quack
-from tidemill.warehouse.serving.readonly import QueryResult, run_readonly
+from tidemill.warehouse.serving.readonly import QueryResult, run_readonly, stream_readonly
 from tidemill.warehouse.serving.snapshot import open_snapshot, snapshot_path
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 QUERY_TIMEOUT_SECONDS = quack.Limits().seconds  # on the file too, where it holds a lock
 MAX_RESULT_ROWS = 100_000
@@ -72,12 +77,17 @@ def read_sql(state_dir: Path, sql: str, *, snapshot: bool = False) -> tuple[Quer
         return run_readonly(con, sql), "snapshot"
 
 
+def _live_endpoint(state_dir: Path) -> quack.Endpoint | None:
+    """Where the owner of `state_dir` serves, with its token, if it has said so."""
+    if not quack.endpoint_file(state_dir).exists():
+        return None
+    return quack.read_endpoint(state_dir, get_token(state_dir, "quack"))
+
+
 def read_live(state_dir: Path, sql: str) -> QueryResult:
     """Run read-only `sql` on the owner of `state_dir`, live (quack.py); OwnerNotServing
     when no owner serves it."""
-    if not quack.endpoint_file(state_dir).exists():
-        raise quack.OwnerNotServing(f"no owner serves {state_dir}")
-    endpoint = quack.read_endpoint(state_dir, get_token(state_dir, "quack"))
+    endpoint = _live_endpoint(state_dir)
     if endpoint is None:
         raise quack.OwnerNotServing(f"no owner serves {state_dir}")
     started = utc.now()
@@ -88,6 +98,22 @@ def read_live(state_dir: Path, sql: str) -> QueryResult:
         max_bytes=MAX_RESULT_BYTES,
         why_refused=lambda: quack.refusal_reason(state_dir, sql, since=started),
     )
+
+
+@contextmanager
+def stream_sql(state_dir: Path, sql: str) -> Iterator[pa.RecordBatchReader]:
+    """Read-only `sql`'s rows as a stream: from the owner, live, or from the file when
+    nothing owns it (for exports: no row, byte or time limit)."""
+    endpoint = _live_endpoint(state_dir)
+    if endpoint is not None and quack.listening(endpoint):
+        with quack.streamed(endpoint, sql) as rows:
+            yield rows
+        return
+    database = database_path(state_dir)
+    if not database.exists():
+        raise NothingToRead(f"no warehouse in {state_dir} yet")
+    with open_readonly(database) as con:
+        yield stream_readonly(con, sql)
 
 
 def command(config: TidemillConfig, op: str, **payload: Any) -> dict[str, Any]:

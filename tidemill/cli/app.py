@@ -15,7 +15,18 @@ from typing import Annotated
 import typer
 
 from tidemill import private
-from tidemill.cli import backfill, models, privacy, quarantine, query, run, session, sql, stack
+from tidemill.cli import (
+    backfill,
+    export,
+    models,
+    privacy,
+    quarantine,
+    query,
+    run,
+    session,
+    sql,
+    stack,
+)
 from tidemill.cli.output import err
 from tidemill.errors import TidemillError
 from tidemill.settings import get_settings
@@ -54,6 +65,7 @@ models_app.command("sign")(models.models_sign)
 app.command()(privacy.erase)
 app.command()(models.maintain)
 app.command()(backfill.backfill)
+app.command()(export.export)
 quarantine_app.command("list")(quarantine.quarantine_list)
 quarantine_app.command("show")(quarantine.quarantine_show)
 quarantine_app.command("readmit")(quarantine.quarantine_readmit)

@@ -17,7 +17,7 @@ from tidemill.config.load import TidemillConfig
 from tidemill.errors import TidemillError
 
 
-def _moment(text: str, option: str) -> datetime:
+def moment(text: str, option: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -55,7 +55,7 @@ def backfill(
     from tidemill.deployments.owner_socket import OwnerUnavailable, call_owner
 
     config = session.owner(pipeline)
-    first, last = _moment(start, "--start"), _moment(end, "--end")
+    first, last = moment(start, "--start"), moment(end, "--end")
     if first >= last:
         raise TidemillError(f"--start {start} must be before --end {end}")
     payload = {

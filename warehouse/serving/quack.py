@@ -24,7 +24,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -310,6 +311,23 @@ def run_remote(
     cannot run, OwnerNotServing when nothing answers."""
     with _client_cursor() as con:
         return _run_remote(con, endpoint, sql, max_rows, max_bytes, why_refused)
+
+
+@contextmanager
+def streamed(endpoint: Endpoint, sql: str) -> Iterator[pa.RecordBatchReader]:
+    """Read-only `sql` run on the owner at `endpoint`, its rows streamed as they come (for
+    exports: no row or byte limit). Raises as `run_remote` does."""
+    with _client_cursor() as con:
+        check_readonly(con, sql)
+        try:
+            cursor = con.execute(
+                "SELECT * FROM quack_query(?, ?, token := ?)", [endpoint.uri, sql, endpoint.token]
+            )
+        except duckdb.IOException as error:
+            raise OwnerNotServing(str(error).splitlines()[0]) from None
+        except duckdb.Error as error:
+            raise QueryFailed(duckdb.Error(str(error).split(_WRAPPING)[0])) from None
+        yield cursor.to_arrow_reader(8192)
 
 
 _WRAPPING = "\n\nLINE 1: SELECT * FROM quack_query"

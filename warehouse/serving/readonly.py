@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from tidemill.errors import TidemillError
 
@@ -237,6 +238,16 @@ def run_readonly(
         types=[str(d[1]) for d in description],
         rows=rows,
     )
+
+
+def stream_readonly(con: duckdb.DuckDBPyConnection, sql: str) -> pa.RecordBatchReader:
+    """Read-only `sql`'s rows as an Arrow stream, read while `con` stays open (exports:
+    no row or time limit). Raises ReadOnlyViolation, QueryFailed."""
+    check_readonly(con, sql)
+    try:
+        return con.execute(sql).to_arrow_reader(8192)
+    except duckdb.Error as error:
+        raise QueryFailed(error) from None
 
 
 @contextmanager
