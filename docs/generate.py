@@ -24,7 +24,7 @@ from pydantic.fields import FieldInfo
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tidemill.config.load import StateConfig, load_config  # noqa: E402
+from tidemill.config.load import ServingConfig, StateConfig, load_config  # noqa: E402
 from tidemill.config.models import ModelSpec  # noqa: E402
 from tidemill.config.pipeline import AggregateSpec, PipelineConfig  # noqa: E402
 from tidemill.config.sources import FilesSource, PostgresSource, RedisStreamSource  # noqa: E402
@@ -77,6 +77,10 @@ def configuration() -> str:
         "### `[state]`",
         "",
         _table(StateConfig),
+        "",
+        "### `[serving]`",
+        "",
+        _table(ServingConfig),
         "",
         f"### `[pipelines.NAME]` — {docs.strip()}",
         "",
@@ -134,11 +138,13 @@ def tables() -> str:
         try:
             runtime.pipeline("flights")  # every pipeline has the same tables: one shows them
             found = runtime.con.sql(
-                "SELECT schema_name, table_name, comment FROM duckdb_tables() ORDER BY 1, 2"
+                "SELECT schema_name, table_name, comment FROM duckdb_tables() "
+                "WHERE database_name = current_database() ORDER BY 1, 2"
             ).fetchall()
             columns = runtime.con.sql(
                 "SELECT schema_name, table_name, column_name, data_type, comment "
-                "FROM duckdb_columns() WHERE NOT internal ORDER BY schema_name, table_name, column_index"
+                "FROM duckdb_columns() WHERE NOT internal AND database_name = current_database() "
+                "ORDER BY schema_name, table_name, column_index"
             ).fetchall()
         finally:
             runtime.con.close()

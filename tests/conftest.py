@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import polars as pl
 import pytest
 
@@ -16,6 +17,8 @@ from tidemill.config.load import TidemillConfig, load_config
 from tidemill.data import load_flights
 from tidemill.private import restrict_umask
 from tidemill.tasks.synthetic.flights import flight_events, landing_rows
+from tidemill.warehouse.connection import open_readonly
+from tidemill.warehouse.encryption import key_for
 
 ELEC_TOML = """
 [state]
@@ -43,6 +46,19 @@ def _private_umask() -> None:
     restrict_umask()
 
 
+def read_state_file(path: Path, state_dir: Path) -> duckdb.DuckDBPyConnection:
+    """A DuckDB file of a state folder (its warehouse, a snapshot by its link) opened
+    read-only as tidemill opens it: with the folder's key when it is encrypted."""
+    resolved = path.resolve()
+    return open_readonly(resolved, key_for(resolved, state_dir))
+
+
+@pytest.fixture
+def state_file() -> Callable[[Path, Path], duckdb.DuckDBPyConnection]:
+    """`read_state_file`, for tests."""
+    return read_state_file
+
+
 @pytest.fixture(scope="session")
 def flight_rows() -> pl.DataFrame:
     """The first 5,000 flights as the replayer writes them (text columns)."""
@@ -53,10 +69,13 @@ def flight_rows() -> pl.DataFrame:
 def elec_config(tmp_path: Path) -> Callable[..., TidemillConfig]:
     """Write the issue's example config (batch_rows adjustable) and return a loader."""
 
-    def make(batch_rows: int = 50) -> TidemillConfig:
+    def make(batch_rows: int = 50, snapshot_every_seconds: float = 0) -> TidemillConfig:
         (tmp_path / "landing" / "elec").mkdir(parents=True, exist_ok=True)
         path = tmp_path / "tidemill.toml"
-        path.write_text(textwrap.dedent(ELEC_TOML.format(batch_rows=batch_rows)))
+        text = textwrap.dedent(ELEC_TOML.format(batch_rows=batch_rows))
+        if snapshot_every_seconds:
+            text += f"\n[serving]\nsnapshot_every_seconds = {snapshot_every_seconds}\n"
+        path.write_text(text)
         return load_config(path)
 
     return make

@@ -72,6 +72,51 @@ def get_key(state_dir: Path, name: KeyName) -> bytes:
     return key
 
 
+def key_source(state_dir: Path, name: KeyName) -> str:
+    """Where key `name` comes from, naming the variable and the key file, for messages
+    (never the key itself)."""
+    variable, path = f"TIDEMILL_{name.upper()}_KEY", key_file(state_dir, name)
+    if os.environ.get(variable):
+        return f"the key in {variable} (set: it wins over {path})"
+    return f"the key in {path} ({variable} is not set)"
+
+
+def staged_key_file(state_dir: Path, name: KeyName) -> Path:
+    """Where a rotation keeps the new key until the data is under it (`rotate_key`)."""
+    return key_file(state_dir, name).with_suffix(".key.new")
+
+
+def stage_new_key(state_dir: Path, name: KeyName) -> str:
+    """The new text key of a rotation, written (0600) beside the current one before any
+    data is re-encrypted, so a rotation cut short can finish; kept if already staged."""
+    assert name in _TEXT, f"{name} is a binary key"
+    path = staged_key_file(state_dir, name)
+    if path.exists() or path.is_symlink():
+        check_private(path, "key file")
+        return path.read_text()
+    fresh = secrets.token_hex(MIN_BYTES)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(descriptor, fresh.encode())
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    return fresh
+
+
+def commit_new_key(state_dir: Path, name: KeyName) -> None:
+    """Make the staged key the key (an atomic rename)."""
+    os.replace(staged_key_file(state_dir, name), key_file(state_dir, name))
+
+
+def existing_token(state_dir: Path, name: KeyName) -> str | None:
+    """A text key as `get_token` gives it, or None when neither the variable nor the key
+    file is there (nothing is made)."""
+    if os.environ.get(f"TIDEMILL_{name.upper()}_KEY") or key_file(state_dir, name).exists():
+        return get_token(state_dir, name)
+    return None
+
+
 def get_token(state_dir: Path, name: KeyName) -> str:
     """A text key (`quack`) as the text clients give."""
     assert name in _TEXT, f"{name} is a binary key"

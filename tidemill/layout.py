@@ -120,28 +120,15 @@ def owner_config(config: TidemillConfig, pipeline: str) -> TidemillConfig:
     return config
 
 
-def catalog_file(state_dir: Path) -> Path:
-    """The SQL catalog of a state folder with several workers (`write_catalog`)."""
-    return state_dir / CATALOG_FILE
-
-
-def write_catalog(config: TidemillConfig) -> Path | None:
-    """Write `<state>/catalog.sql`, which ATTACHes every worker's published snapshot
-    read-only under the worker's name: `duckdb -init .tidemill/catalog.sql` then sees
-    `w1.raw.flights`, `w2.raw.sensors`, ... in one session (run it again to see newer
-    snapshots: an attached file stays the version it was). None without a layout."""
+def owners(config: TidemillConfig) -> dict[str, tuple[TidemillConfig, list[str]]]:
+    """Owner name -> (its config, its pipelines): `live` alone, or one per worker."""
     workers = read(config.state_dir)
     if not workers:
-        return None
-    lines = ["-- tidemill catalog: every worker's snapshot, read-only (tidemill/layout.py)"]
-    for worker, names in workers.items():
-        snapshot = worker_dir(config.state_dir, worker) / "snapshot.duckdb"
-        quoted = str(snapshot.absolute()).replace("'", "''")
-        lines += [
-            f"-- {worker}: {', '.join(names)}",
-            f"ATTACH IF NOT EXISTS '{quoted}' AS {worker} (READ_ONLY);",
-        ]
-    path = catalog_file(config.state_dir)
-    text = ("\n".join(lines) + "\n").encode()
-    write_atomic(path, lambda handle: handle.write(text))
-    return path
+        return {"live": (config, sorted(config.pipelines))}
+    return {w: (worker_config(config, w), names) for w, names in workers.items()}
+
+
+def catalog_file(state_dir: Path) -> Path:
+    """The script that attaches every owner of a state folder live over Quack (written by
+    `tidemill sql` and `tidemill up`: tidemill/cli/sql.py)."""
+    return state_dir / CATALOG_FILE

@@ -36,13 +36,6 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address every local server binds to.")
     prefect_port: int = Field(default=4200, description="Port of the local Prefect server/UI.")
-    snapshot_every_seconds: float = Field(
-        default=0.0,
-        ge=0,
-        description="Least time between two published read-only snapshots (0: as often as "
-        "copying allows: each publication copies the file in the background, and the next "
-        "waits 10 times as long as that copy took).",
-    )
     learn_threads: int = Field(
         default=1,
         ge=1,

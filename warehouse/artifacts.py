@@ -27,6 +27,7 @@ without opening them).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import io
@@ -49,13 +50,16 @@ import polars
 import sklearn
 from sklearn.exceptions import InconsistentVersionWarning
 
+from tidemill import sealing
 from tidemill.durable import write_atomic
 from tidemill.errors import TidemillError
-from tidemill.keys import get_key
+from tidemill.keys import existing_token, get_key, key_source
 from tidemill.tasks.drift.detectors import Adwin, PageHinkley
 from tidemill.tasks.drift.shift import FeatureShift
 from tidemill.tasks.features.encode import FeatureEncoder, RunningMoments
 from tidemill.tasks.learn.state import ModelState, Scores
+from tidemill.warehouse.connection import database_path
+from tidemill.warehouse.encryption import WrongKey, is_encrypted
 from tidemill.warehouse.registry import ModelVersion, next_version, versions
 from tidemill.warehouse.transaction import transaction
 
@@ -88,13 +92,16 @@ def library_versions() -> str:
     )
 
 
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def sha256_of(state_dir: Path, path: Path) -> str:
+    """Hex SHA-256 of the pickle an artifact file of `state_dir` holds (what the registry
+    records: a sealed file is opened first)."""
+    data = path.read_bytes()
+    if sealing.is_sealed(data):
+        key = sealing_key(state_dir)
+        if key is None:
+            raise WrongKey(f"{path} is sealed and the warehouse of {state_dir} is not encrypted")
+        data = sealing.unseal(key, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def artifact_relpath(pipeline: str, version: int, batch_id: int) -> str:
@@ -103,17 +110,67 @@ def artifact_relpath(pipeline: str, version: int, batch_id: int) -> str:
 
 
 def write_artifact(state_dir: Path, relpath: str, state: Any) -> str:
-    """Durably write `state` to `relpath` under `state_dir`; returns its SHA-256 (of the
-    very bytes written)."""
+    """Durably write `state` to `relpath` under `state_dir`, sealed when the state folder
+    is encrypted; returns the SHA-256 of its pickle (the same sealed or not, and after a
+    key rotation)."""
     buffer = io.BytesIO()
     joblib.dump(state, buffer)
     data = buffer.getvalue()
+    key = sealing_key(state_dir)
+    stored = data if key is None else sealing.seal(key, data)
 
-    def write(handle: BinaryIO) -> None:
-        handle.write(data)
-
-    write_atomic(state_dir / relpath, write)
+    write_atomic(state_dir / relpath, functools.partial(_write_bytes, stored))
     return hashlib.sha256(data).hexdigest()
+
+
+def _unseal_any(path: Path, data: bytes, secrets: list[str]) -> bytes:
+    """`data` opened with the first of `secrets` that opens it (a rotation cut short left
+    some files under the new key already)."""
+    for secret in secrets:
+        try:
+            return sealing.unseal(sealing.file_key(secret), data)
+        except sealing.SealBroken:
+            continue
+    raise WrongKey(f"{path} is sealed under a key that was not given")
+
+
+def _write_bytes(data: bytes, handle: BinaryIO) -> None:
+    handle.write(data)
+
+
+def sealing_key(state_dir: Path) -> bytes | None:
+    """The key artifacts are sealed with: the state folder's encryption key when its
+    warehouse is encrypted (artifacts follow the warehouse), else None."""
+    if not is_encrypted(database_path(state_dir)):
+        return None
+    secret = existing_token(state_dir, "encryption")
+    if secret is None:
+        raise WrongKey(
+            f"the warehouse of {state_dir} is encrypted and no key is set: "
+            f"{key_source(state_dir, 'encryption')}"
+        )
+    return sealing.file_key(secret)
+
+
+def reseal(state_dir: Path, old: str | None, new: str | None) -> int:
+    """Rewrite every artifact of `state_dir` sealed under key text `new` (None: unsealed),
+    opening those sealed under `old`; each is replaced atomically and keeps its SHA-256
+    (of the pickle). With `old == new` only unsealed ones are rewritten (a conversion
+    cut short). Returns how many were rewritten."""
+    done = 0
+    for path in sorted((state_dir / ARTIFACTS_DIR).glob("*/*.joblib")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        with path.open("rb") as handle:
+            if old == new and (new is None) != sealing.is_sealed(handle.read(len(sealing.MAGIC))):
+                continue
+        data = path.read_bytes()
+        if sealing.is_sealed(data):
+            data = _unseal_any(path, data, [k for k in (old, new) if k is not None])
+        stored = data if new is None else sealing.seal(sealing.file_key(new), data)
+        write_atomic(path, functools.partial(_write_bytes, stored))
+        done += 1
+    return done
 
 
 def artifact_signature(key: bytes, pipeline: str, version: int, sha256: str) -> str:
@@ -195,8 +252,9 @@ def _legacy_module_names() -> Iterator[None]:
 
 
 def _artifact_bytes(state_dir: Path, version: ModelVersion) -> bytes:
-    """The file's bytes, read once (what is checked is what is unpickled), provided the
-    row names a regular file inside artifacts/<pipeline>/."""
+    """The pickle's bytes, read once (what is checked is what is unpickled), provided the
+    row names a regular file inside artifacts/<pipeline>/; a sealed file is opened with
+    the state folder's key (AES-GCM: altered bytes do not open)."""
     name = f"{version.pipeline} v{version.version}"
     parts = PurePosixPath(version.artifact_path).parts
     if (
@@ -216,7 +274,19 @@ def _artifact_bytes(state_dir: Path, version: ModelVersion) -> bytes:
         raise ArtifactIntegrityError(
             f"artifact of {name} is not a regular file: {path}; refusing to load it"
         )
-    return path.read_bytes()
+    data = path.read_bytes()
+    if not sealing.is_sealed(data):
+        return data
+    key = sealing_key(state_dir)
+    if key is None:
+        raise ArtifactIntegrityError(
+            f"artifact of {name} is sealed but the warehouse of {state_dir} is not encrypted; "
+            "refusing to load it"
+        )
+    try:
+        return sealing.unseal(key, data)
+    except sealing.SealBroken as error:
+        raise ArtifactIntegrityError(f"artifact of {name} {error}: {path}") from None
 
 
 def _check_signature(state_dir: Path, version: ModelVersion, sha256: str) -> None:

@@ -10,13 +10,15 @@ Arrow tables through `register()`, and artifacts and snapshots are written by Py
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 
 from tidemill.errors import TidemillError
-from tidemill.warehouse import extensions
+from tidemill.warehouse import encryption, extensions
+from tidemill.warehouse.encryption import Key
 from tidemill.warehouse.migrate import migrate
 
 Connection = duckdb.DuckDBPyConnection
@@ -80,6 +82,7 @@ def open_warehouse(
     path: Path,
     memory_limit: str | None = None,
     *,
+    key: Key | None = None,
     load: Sequence[str] = (),
     prepare: Prepare | None = None,
 ) -> duckdb.DuckDBPyConnection:
@@ -91,50 +94,78 @@ def open_warehouse(
     `memory_limit` (e.g. "2GB") bounds DuckDB's buffer pool, which otherwise keeps every
     block it wrote or read cached up to 80 % of RAM: a soak of 10,000 batches grew a
     worker by 330 MB, most of it cached table blocks.
-    `load` names extensions (warehouse/extensions.py) to LOAD first; `prepare` runs
-    after them, before the lock.
-    Raises OwnedElsewhere when another process holds the file.
+    `key` opens (or creates) it encrypted (warehouse/encryption.py); `load` names
+    extensions (warehouse/extensions.py) to LOAD first; `prepare` runs after them, before
+    the lock. Raises OwnedElsewhere when another process holds the file, WrongKey when
+    `key` does not open it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        con = duckdb.connect(
-            str(path),
-            config={
-                "storage_compatibility_version": STORAGE_VERSION,
-                "checkpoint_threshold": "1GB",
-                **({"memory_limit": memory_limit} if memory_limit else {}),
-                **(extensions.settings() if load else LOCKED_DOWN),
-            },
-        )
-    except duckdb.IOException as error:
-        if not _held_by_another_process(error):
-            raise
-        raise OwnedElsewhere(
-            f"{path} is open in another process (a running `tidemill up`/`run`?); "
-            "stop it or use `tidemill query`"
-        ) from error
+    settings: dict[str, extensions.Setting] = {
+        "storage_compatibility_version": STORAGE_VERSION,
+        "checkpoint_threshold": "1GB",
+        **({"memory_limit": memory_limit} if memory_limit else {}),
+        **(extensions.settings() if load or key else LOCKED_DOWN),
+    }
+    with _owned_elsewhere(path):
+        if key is None:
+            con = duckdb.connect(str(path), config=settings)
+        else:
+            con = duckdb.connect(":memory:", config={**settings, "temp_file_encryption": True})
+            load = ["httpfs", *[name for name in load if name != "httpfs"]]
     if not _frozen(con):  # else this process opened (and locked) it already
         if load:
             extensions.load(con, load)
+        if key is not None:
+            with _owned_elsewhere(path):
+                encryption.attach(
+                    con, path, key.text, storage_version=STORAGE_VERSION, where_key=key.source
+                )
         if prepare is not None:
             prepare(con)
         con.execute("SET enable_external_access = false")
     lock_configuration(con)
     migrate(con)
+    encryption.mirror(con)
     return con
 
 
-def open_readonly(path: Path) -> duckdb.DuckDBPyConnection:
-    """Open a warehouse (or a published snapshot) read-only, locked down and frozen.
-    Raises OwnedElsewhere when a writing process holds the file."""
+def open_readonly(path: Path, key: Key | None = None) -> duckdb.DuckDBPyConnection:
+    """Open a warehouse (or a published snapshot) read-only, locked down and frozen; an
+    encrypted one with `key`. Raises OwnedElsewhere when a writing process holds the
+    file, WrongKey when it is encrypted and `key` does not open it."""
+    if key is None and encryption.is_encrypted(path):
+        raise encryption.WrongKey(f"{path} is encrypted: set its key (TIDEMILL_ENCRYPTION_KEY)")
+    with _owned_elsewhere(path, "for writing "):
+        if key is None:
+            con = duckdb.connect(str(path), read_only=True, config=dict(LOCKED_DOWN))
+        else:
+            con = duckdb.connect(":memory:", config=extensions.settings())
+            extensions.load(con, ["httpfs"])
+            encryption.attach(
+                con,
+                path,
+                key.text,
+                storage_version=STORAGE_VERSION,
+                read_only=True,
+                where_key=key.source,
+            )
+            con.execute("SET enable_external_access = false")
+    lock_configuration(con)
+    return con
+
+
+@contextmanager
+def _owned_elsewhere(path: Path, how: str = "") -> Iterator[None]:
+    """DuckDB's lock error as OwnedElsewhere."""
     try:
-        con = duckdb.connect(str(path), read_only=True, config=dict(LOCKED_DOWN))
+        yield
     except duckdb.IOException as error:
         if not _held_by_another_process(error):
             raise
-        raise OwnedElsewhere(f"{path} is open for writing in another process") from error
-    lock_configuration(con)
-    return con
+        raise OwnedElsewhere(
+            f"{path} is open {how}in another process (a running `tidemill up`/`run`?); "
+            "stop it or use `tidemill query`"
+        ) from error
 
 
 def _held_by_another_process(error: duckdb.IOException) -> bool:

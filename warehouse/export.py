@@ -24,7 +24,8 @@ import pyarrow as pa
 
 from tidemill.config.pipeline import PipelineConfig
 from tidemill.warehouse import extensions
-from tidemill.warehouse.pipeline_tables import PipelineTables, lit, q
+from tidemill.warehouse.pipeline_tables import PipelineTables
+from tidemill.warehouse.quoting import lit, q
 
 ExportTable = Literal["raw", "clean", "predictions", "metrics"]
 PARQUET_KEY_NAME = "tidemill"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 import polars as pl
 
-from tidemill.warehouse.pipeline_tables import q
+from tidemill.warehouse.quoting import q
 
 
 def insert_frame(

@@ -17,17 +17,9 @@ import duckdb
 from tidemill.config.pipeline import PipelineConfig
 from tidemill.errors import TidemillError
 from tidemill.tasks.features.clean import time_feature_column
+from tidemill.warehouse.encryption import mirror
+from tidemill.warehouse.quoting import lit, q
 from tidemill.warehouse.transaction import transaction
-
-
-def q(name: str) -> str:
-    """A quoted SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def lit(text: str) -> str:
-    """A quoted SQL string literal."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 @dataclass(frozen=True)
@@ -287,6 +279,7 @@ def _drop_function_defaults(con: duckdb.DuckDBPyConnection, pipeline: str) -> No
     cannot attach a database that has one, so the inserts number them now (frames.py)."""
     for table, column in con.execute(
         "SELECT table_name, column_name FROM duckdb_columns() WHERE schema_name = 'raw' "
+        "AND database_name = current_database() "
         "AND table_name IN (?, ?) AND column_default LIKE 'nextval(%'",
         [f"{pipeline}_inbox", f"{pipeline}_quarantine"],
     ).fetchall():
@@ -309,6 +302,7 @@ def ensure_pipeline_tables(con: duckdb.DuckDBPyConnection, config: PipelineConfi
             )
         has_ids = con.execute(
             "SELECT count(*) FROM duckdb_columns() WHERE schema_name = 'raw' "
+            "AND database_name = current_database() "
             "AND table_name = ? AND column_name = 'quarantine_id'",
             [f"{config.name}_quarantine"],
         ).fetchall()[0][0]
@@ -316,6 +310,7 @@ def ensure_pipeline_tables(con: duckdb.DuckDBPyConnection, config: PipelineConfi
             for statement in quarantine_ids(config.name):
                 con.execute(statement)
         _drop_function_defaults(con, config.name)
+        mirror(con)
         return False
     with transaction(con):
         for statement in ddl(config):
@@ -327,4 +322,5 @@ def ensure_pipeline_tables(con: duckdb.DuckDBPyConnection, config: PipelineConfi
         con.execute(
             "INSERT INTO _watermarks VALUES (?, NULL, NULL, 0, now()::TIMESTAMP)", [config.name]
         )
+    mirror(con)
     return True

@@ -23,7 +23,8 @@ from tidemill.tasks.records.validate import RecordSchema, parse_timestamp, valid
 from tidemill.warehouse.frames import insert_frame
 from tidemill.warehouse.inbox import headers
 from tidemill.warehouse.ledger.batches import known_keys
-from tidemill.warehouse.pipeline_tables import PipelineTables, lit
+from tidemill.warehouse.pipeline_tables import PipelineTables
+from tidemill.warehouse.quoting import lit
 from tidemill.warehouse.transaction import transaction
 
 # Reasons name the offending values ("x 'abc' is not a finite number"); grouping by

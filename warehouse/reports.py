@@ -8,7 +8,8 @@ from collections.abc import Callable
 import polars as pl
 
 from tidemill.tasks.report.page import ReportData
-from tidemill.warehouse.pipeline_tables import PipelineTables, lit
+from tidemill.warehouse.pipeline_tables import PipelineTables
+from tidemill.warehouse.quoting import lit
 from tidemill.warehouse.serving.readonly import QueryResult
 
 Read = Callable[[str], QueryResult]

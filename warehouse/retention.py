@@ -92,6 +92,7 @@ def _has_candidates(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether ml.model_versions has the candidate column (migration 0005)."""
     rows = con.execute(
         "SELECT count(*) FROM duckdb_columns() WHERE schema_name = 'ml' "
+        "AND database_name = current_database() "
         "AND table_name = 'model_versions' AND column_name = 'candidate'"
     ).fetchall()
     return bool(rows[0][0])

@@ -10,7 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tidemill.warehouse.connection import CheckpointFailed, Connection, checkpoint, database_path
-from tidemill.warehouse.serving.snapshot import SnapshotPublisher, publish_snapshot, snapshot_path
+from tidemill.warehouse.serving.snapshot import (
+    SnapshotPublisher,
+    publish_snapshot,
+    remove_snapshots,
+    snapshot_path,
+)
 
 log = logging.getLogger("tidemill")
 
@@ -20,7 +25,7 @@ class Publication:
     """The snapshot publication of one warehouse (the caller holds the owner's lock)."""
 
     state_dir: Path
-    every_seconds: float = 0.0  # a publication at most this often (0: after every commit)
+    every_seconds: float = 0.0  # a publication at most this often (0: none)
     checkpoint_every_cycles: int = 50
     cycles_since_checkpoint: int = 0
     unpublished: bool = False  # something committed since the last publication
@@ -30,6 +35,11 @@ class Publication:
         self.publisher = SnapshotPublisher(
             database_path(self.state_dir), snapshot_path(self.state_dir)
         )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether snapshots are published at all (`[serving] snapshot_every_seconds`)."""
+        return self.every_seconds > 0
 
     def changed(self) -> None:
         """Something committed outside a cycle (a backfill, a champion change, ...): the
@@ -44,7 +54,7 @@ class Publication:
             self.unpublished = True
         if self.publisher.busy:
             return
-        due = self.unpublished and self.publisher.due(self.every_seconds)
+        due = self.enabled and self.unpublished and self.publisher.due(self.every_seconds)
         if self.cycles_since_checkpoint < self.checkpoint_every_cycles and not due:
             return
         try:
@@ -60,9 +70,15 @@ class Publication:
     def publish_now(self, con: Connection, *, keep_previous: bool = True) -> None:
         """Checkpoint and publish before returning (after an erasure, at close). Without
         `keep_previous`, every older copy is deleted (after an erasure: they hold what was
-        erased)."""
+        erased). With snapshots off, only checkpoint, and delete every copy left from when
+        they were on unless `keep_previous`."""
         self.publisher.wait()
         checkpoint(con)
+        self.unpublished = False
+        if not self.enabled:
+            if not keep_previous:
+                remove_snapshots(snapshot_path(self.state_dir))
+            return
         publish_snapshot(
             database_path(self.state_dir),
             snapshot_path(self.state_dir),

@@ -25,9 +25,9 @@ from tidemill.flows.engine.models import PipelineState, change_champion
 from tidemill.flows.engine.pipelines import Pipelines
 from tidemill.flows.engine.placement import Placement
 from tidemill.flows.engine.publication import Publication
-from tidemill.keys import get_token
+from tidemill.keys import existing_token, get_token, key_source, staged_key_file
 from tidemill.settings import Settings, get_settings
-from tidemill.warehouse import extensions, registry
+from tidemill.warehouse import artifacts, extensions, registry
 from tidemill.warehouse.connection import (
     STORAGE_VERSION,
     CheckpointFailed,
@@ -36,6 +36,7 @@ from tidemill.warehouse.connection import (
     database_path,
     open_warehouse,
 )
+from tidemill.warehouse.encryption import Key, WrongKey, is_encrypted
 from tidemill.warehouse.serving.compact import Compacted, compact
 from tidemill.warehouse.serving.quack import LiveServer, authorization
 from tidemill.warehouse.serving.readonly import QueryResult, run_readonly
@@ -51,6 +52,7 @@ class Runtime:
     con: Connection
     lock: threading.RLock = field(default_factory=threading.RLock)
     memory_limit: str | None = None  # DuckDB's, kept to reopen the file after a rewrite
+    key: Key | None = None  # the warehouse's encryption key (None: not encrypted)
     live: LiveServer | None = None  # serving the warehouse to other processes (Quack)
     pipelines: Pipelines = field(init=False)
     publication: Publication = field(init=False)
@@ -74,16 +76,20 @@ class Runtime:
         threadpoolctl.threadpool_limits(limits=settings.learn_threads)
         private.state_folder(config.state_dir)
         live = LiveServer(config.state_dir, get_token(config.state_dir, "quack")) if serve else None
+        key, converted = _settle_encryption(config)
         runtime = cls(
             config=config,
-            con=_open(config.state_dir, settings.duckdb_memory_limit, live),
+            con=_open(config.state_dir, settings.duckdb_memory_limit, key, live),
             memory_limit=settings.duckdb_memory_limit,
+            key=key,
             live=live,
         )
+        runtime.publication.every_seconds = config.serving.snapshot_every_seconds
+        runtime.publication.checkpoint_every_cycles = settings.checkpoint_every_cycles
+        if converted:  # older snapshots hold the file as it was
+            runtime.publish_now(keep_previous=False)
         if live is not None:
             live.start(runtime.con)
-        runtime.publication.every_seconds = settings.snapshot_every_seconds
-        runtime.publication.checkpoint_every_cycles = settings.checkpoint_every_cycles
         return runtime
 
     @property
@@ -168,9 +174,10 @@ class Runtime:
                 self.live.detach()
             self.con.close()
             try:
-                done = compact(path, STORAGE_VERSION)
+                text = self.key.text if self.key else None
+                done = compact(path, STORAGE_VERSION, key_from=text, key_to=text)
             finally:
-                self.con = _open(self.state_dir, self.memory_limit, self.live)
+                self.con = _open(self.state_dir, self.memory_limit, self.key, self.live)
                 if self.live is not None:
                     self.live.start(self.con)
             self.publish_now(keep_previous=False)
@@ -189,17 +196,46 @@ class Runtime:
         self.placement.close()
 
 
-def _open(state_dir: Path, memory_limit: str | None, live: LiveServer | None) -> Connection:
+def _open(
+    state_dir: Path, memory_limit: str | None, key: Key | None, live: LiveServer | None
+) -> Connection:
     """The owner's connection; one that serves loads quack (and httpfs, which it needs)
     and registers the authorization function before the lock."""
     if live is None:
-        return open_warehouse(database_path(state_dir), memory_limit)
+        return open_warehouse(database_path(state_dir), memory_limit, key=key)
     return open_warehouse(
         database_path(state_dir),
         memory_limit,
+        key=key,
         load=extensions.EXTENSIONS,
         prepare=authorization(state_dir),
     )
+
+
+def _settle_encryption(config: TidemillConfig) -> tuple[Key | None, bool]:
+    """The key the warehouse is to be opened with (None: plaintext), and whether the file
+    was just converted to what `[state] encryption` asks (encrypted or decrypted)."""
+    path = database_path(config.state_dir)
+    wanted, found = config.state.encryption, is_encrypted(path)
+    if not wanted and not found:
+        return None, False
+    source = key_source(config.state_dir, "encryption")
+    if found and existing_token(config.state_dir, "encryption") is None:
+        raise WrongKey(f"{path} is encrypted and no key is set: {source}")  # none made up
+    if found and staged_key_file(config.state_dir, "encryption").exists():
+        raise WrongKey(f"a key rotation of {path} was cut short: run `tidemill keys rotate`")
+    key = Key(get_token(config.state_dir, "encryption"), source)
+    if not path.exists() or wanted == found:
+        if wanted:  # artifacts of a conversion cut short
+            artifacts.reseal(config.state_dir, key.text, key.text)
+        return (key if wanted else None), False
+    log.warning(
+        "%s the warehouse (state.encryption = %s)", "encrypting" if wanted else "decrypting", wanted
+    )
+    key_from, key_to = (key.text if found else None), (key.text if wanted else None)
+    compact(path, STORAGE_VERSION, key_from=key_from, key_to=key_to)
+    artifacts.reseal(config.state_dir, key_from, key_to)  # artifacts follow the warehouse
+    return (key if wanted else None), True
 
 
 _resident_lock = threading.Lock()

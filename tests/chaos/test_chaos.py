@@ -379,7 +379,13 @@ def _chaos_config(root: Path, landing: Path, state: Path) -> TidemillConfig:
     flights = tomllib.loads((REPO / "tidemill.toml").read_text())["pipelines"]["flights"]
     flights["source"] = {**flights["source"], "path": f"{landing}/*.csv", "settle_seconds": 0}
     flights.update(batch_rows=BATCH_ROWS, every_seconds=1)
-    lines = [f'[state]\ndir = "{state.name}"\n', "[pipelines.flights]"]
+    # a snapshot copies the whole file: after every one of hundreds of quick batches it
+    # would be most of the work (published every 2 s, faults included)
+    lines = [
+        f'[state]\ndir = "{state.name}"\n',
+        "[serving]\nsnapshot_every_seconds = 2\n",
+        "[pipelines.flights]",
+    ]
     lines += [f"{key} = {_toml(value)}" for key, value in flights.items()]
     path = root / "tidemill.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -653,7 +659,7 @@ def _account(
             f"rows without an artifact {sorted(set(kept) - files_now)[:5]}"
         )
     for name, sha in kept.items():
-        if name in files_now and sha256_of(folder / name) != sha:
+        if name in files_now and sha256_of(config.state_dir, folder / name) != sha:
             problems.append(f"{name} does not match its registry hash")
     pruned_names = {Path(p).name for p, _, pruned in rows if pruned}
     for name in before - files_now - pruned_names:
@@ -748,9 +754,6 @@ def test_the_stack_loses_and_duplicates_nothing_under_faults(
     started = time.monotonic()
     # the janitor prunes and sweeps while the faults happen (its minimum interval)
     monkeypatch.setenv("TIDEMILL_MAINTENANCE_EVERY_SECONDS", "60")
-    # a snapshot copies the whole file: after every one of hundreds of quick batches it
-    # would be most of the work (still published every 2 s, faults included)
-    monkeypatch.setenv("TIDEMILL_SNAPSHOT_EVERY_SECONDS", "2")
     config = _chaos_config(tmp_path, tmp_path / "landing", state_disk.path)
     rows = landing_rows(flight_events(load_flights().head(2 * BATCHES * BATCH_ROWS + 2000)))
     landing = Landing(tmp_path / "landing", rows, SEED)

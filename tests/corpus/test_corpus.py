@@ -198,9 +198,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     )
     (root / "tidemill.toml").write_text(text)
     # no snapshot copy per batch: 60 pipelines share this file
-    runtime = Runtime.open(
-        load_config(root / "tidemill.toml"), Settings(snapshot_every_seconds=1e9)
-    )
+    runtime = Runtime.open(load_config(root / "tidemill.toml"), Settings())
     yield runtime
     runtime.con.close()
 

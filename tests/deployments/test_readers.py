@@ -30,8 +30,9 @@ def test_three_readers_during_thirty_scheduled_runs(
     elec_csv: Callable[..., pl.DataFrame],
     free_port: int,
     prefect_api: Callable[[int], Any],
+    state_file: Callable[[Path, Path], duckdb.DuckDBPyConnection],
 ) -> None:
-    base = elec_config(batch_rows=40)
+    base = elec_config(batch_rows=40, snapshot_every_seconds=0.01)
     path = base.path
     path.write_text(path.read_text().replace("every_seconds = 5", "every_seconds = 1"))
     config = load_config(path)
@@ -87,8 +88,8 @@ def test_three_readers_during_thirty_scheduled_runs(
             if not snapshot.exists():
                 time.sleep(0.1)
                 continue
-            try:  # by its resolved name, as docs/operations.md tells programs to
-                with duckdb.connect(str(snapshot.resolve()), read_only=True) as con:
+            try:  # by its resolved name, with the key, as docs/operations.md tells programs to
+                with state_file(snapshot, config.state_dir) as con:
                     rows = con.sql(
                         "SELECT count(*) FROM raw.elec JOIN _batches USING (batch_id)"
                     ).fetchall()

@@ -22,7 +22,16 @@ from tidemill.warehouse.connection import database_path
 from tidemill.warehouse.serving.snapshot import snapshot_path
 
 SUBJECT = "cust-0007@shop.example"
+# Plaintext storage: what the erasure must wipe is DuckDB's freed blocks, and the search
+# below must find the subject before it (an encrypted file holds no plaintext at all:
+# tests/flows/test_pii_scan.py).
 TOML = """
+[state]
+encryption = false
+
+[serving]
+snapshot_every_seconds = 0.01
+
 [pipelines.shop]
 source = {{ kind = "files", path = "{landing}/*.csv", format = "csv" }}
 event_time = "ts"

@@ -44,6 +44,8 @@ from tidemill.keys import get_key
 from tidemill.tasks.records.pii import pseudonym
 from tidemill.tasks.synthetic.flights import landing_rows
 from tidemill.tasks.synthetic.transactions import EVENT_COLUMNS, transaction_events
+from tidemill.warehouse.connection import open_readonly
+from tidemill.warehouse.encryption import key_for
 
 REPO = Path(__file__).parents[2]
 PIPELINE = "transactions"
@@ -97,13 +99,18 @@ def bad_records(events: pl.DataFrame) -> bytes:
     return b"\n".join(out) + b"\n"
 
 
-def pipeline_config(tmp_path: Path, *, protected: bool, batch_rows: int = 200) -> TidemillConfig:
-    """The repository's config, state in `tmp_path`; `protected=False` is the control:
-    the same pipeline without `pii` and `subject`."""
+def pipeline_config(
+    tmp_path: Path, *, protected: bool, encrypted: bool = True, batch_rows: int = 200
+) -> TidemillConfig:
+    """The repository's config, state in `tmp_path`, a snapshot after every commit;
+    `protected=False` is the control: the same pipeline without `pii` and `subject`;
+    `encrypted=False` keeps the warehouse in plaintext (encryption is on by default)."""
     text = (
         (REPO / "tidemill.toml")
         .read_text()
         .replace("batch_rows = 500", f"batch_rows = {batch_rows}")
+        .replace("[state]\n", f"[state]\nencryption = {str(encrypted).lower()}\n")
+        .replace("[pipelines.", "[serving]\nsnapshot_every_seconds = 0.01\n\n[pipelines.", 1)
     )
     if not protected:
         text = re.sub(r"(?m)^(pii|subject) = .*$", "", text)
@@ -204,10 +211,11 @@ def decompressed(data: bytes) -> bytes | None:
     return None
 
 
-def sql_text(database: Path) -> bytes:
-    """Every value of every table (and every comment) of a DuckDB file, as text."""
+def sql_text(database: Path, state_dir: Path) -> bytes:
+    """Every value of every table (and every comment) of a DuckDB file of `state_dir`, as
+    text (an encrypted one opened with the folder's key)."""
     parts: list[str] = []
-    with duckdb.connect(str(database), read_only=True) as con:
+    with open_readonly(database.resolve(), key_for(database.resolve(), state_dir)) as con:
         tables = con.sql(
             "SELECT database_name, schema_name, table_name, comment FROM duckdb_tables()"
         ).fetchall()
@@ -230,8 +238,8 @@ def scan_state(state_dir: Path, found: dict[str, list[str]]) -> list[Place]:
         "model artifacts": Place("model artifacts"),
         "other state files": Place("other state files"),
     }
-    places["warehouse tables (SQL)"].search(sql_text(database), found)
-    places["snapshot tables (SQL)"].search(sql_text(snapshot), found)
+    places["warehouse tables (SQL)"].search(sql_text(database, state_dir), found)
+    places["snapshot tables (SQL)"].search(sql_text(snapshot, state_dir), found)
     for path in sorted(p for p in state_dir.rglob("*") if p.is_file()):
         relative = path.relative_to(state_dir).parts
         if relative[0] in ("landing", "keys"):
@@ -277,9 +285,12 @@ def captured_logs() -> Iterator[Captured]:
         logger.setLevel(level)
 
 
-def table(rows: list[tuple[str, int, int, int | str]]) -> str:
-    lines = [f"{'place':34} {'bytes scanned':>14} {'hits (pii)':>10} {'hits (no pii)':>13}"]
-    lines += [f"{p:34} {n:>14,} {h:>10} {c:>13}" for p, n, h, c in rows]
+def table(rows: list[tuple[str, int, int, int | str, int | str]]) -> str:
+    lines = [
+        f"{'place':34} {'bytes scanned':>14} {'hits (pii)':>10} {'no pii':>8} "
+        f"{'no pii, plaintext':>17}"
+    ]
+    lines += [f"{p:34} {n:>14,} {h:>10} {c:>8} {u:>17}" for p, n, h, c, u in rows]
     return "\n".join(lines)
 
 
@@ -342,6 +353,9 @@ def test_no_plaintext_personal_data_in_the_warehouse_snapshot_artifacts_or_logs(
     control = pipeline_config(tmp_path / "control", protected=False)
     run_direct(control, events)
     control_places = {p.name: p for p in scan_state(control.state_dir, found)}
+    plaintext = pipeline_config(tmp_path / "plaintext", protected=False, encrypted=False)
+    run_direct(plaintext, events)
+    plain_places = {p.name: p for p in scan_state(plaintext.state_dir, found)}
 
     rows = [
         (
@@ -349,17 +363,25 @@ def test_no_plaintext_personal_data_in_the_warehouse_snapshot_artifacts_or_logs(
             p.scanned,
             p.total,
             control_places[p.name].total if p.name in control_places else "-",
+            plain_places[p.name].total if p.name in plain_places else "-",
         )
         for p in places
     ]
     print("\n" + table(rows))
     assert {p.name: dict(p.hits) for p in places if p.total} == {}
-    # the same run without `pii` leaks all three kinds: the scan can see them
+    # the same run without `pii` stores all three kinds whole: SQL finds them ...
     leaked = control_places["warehouse tables (SQL)"].hits
     assert all(leaked[kind] > 0 for kind in KINDS), leaked
     assert control_places["snapshot tables (SQL)"].total > 0
+    # ... and, encrypted at rest (the default), not one is in the bytes of any file
+    in_bytes = {n: dict(p.hits) for n, p in control_places.items() if "SQL" not in n and p.total}
+    assert in_bytes == {}
+    # in plaintext, the same bytes hold them: the byte scan can see what encryption hides
+    assert plain_places["warehouse file + WAL (bytes)"].total > 0
+    assert plain_places["snapshot file (bytes)"].total > 0
     # what the protected run stored instead: pseudonyms a subject can be found by
-    with duckdb.connect(str(protected.state_dir / "snapshot.duckdb"), read_only=True) as con:
+    snapshot = (protected.state_dir / "snapshot.duckdb").resolve()
+    with open_readonly(snapshot, key_for(snapshot, protected.state_dir)) as con:
         stored = con.sql(f"SELECT DISTINCT email FROM raw.{PIPELINE}").fetchall()
         raws = con.sql(f"SELECT raw_text FROM raw.{PIPELINE}_quarantine").fetchall()
     assert all(re.fullmatch(r"[0-9a-f]{32}", e) for (e,) in stored)
@@ -508,7 +530,7 @@ def test_prefect_runs_leave_no_plaintext_in_artifacts_logs_events_or_database(
     console = Place("stdout + stderr")
     console.search((out + err).encode(), found)
     places += [logs, console]
-    print("\n" + table([(p.name, p.scanned, p.total, "-") for p in places]))
+    print("\n" + table([(p.name, p.scanned, p.total, "-", "-") for p in places]))
     assert places[0].scanned > 1000 and places[1].scanned > 1000  # artifacts and logs exist
     assert {p.name: dict(p.hits) for p in places if p.total} == {}
 

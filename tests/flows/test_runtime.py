@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -17,6 +18,7 @@ from tidemill.warehouse.serving import snapshot
 
 def _runtime(tmp_path: Path) -> Runtime:
     (tmp_path / "tidemill.toml").write_text(
+        "[serving]\nsnapshot_every_seconds = 0.01\n\n"
         '[pipelines.p]\nsource = { kind = "files", path = "in/*.csv", format = "csv" }\n'
         'event_time = "ts"\ntarget = "y"\nfeatures = ["x"]\nclasses = [0, 1]\n'
     )
@@ -72,7 +74,9 @@ def _slow_copy(source: str | Path, target: str | Path) -> None:
 
 
 def test_a_snapshot_copied_while_batches_commit_is_the_checkpointed_state(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    state_file: Callable[[Path, Path], duckdb.DuckDBPyConnection],
 ) -> None:
     """The copy runs beside the writer: commits (large ones write blocks straight into the
     file) must not tear it, and no checkpoint may run under it."""
@@ -92,12 +96,12 @@ def test_a_snapshot_copied_while_batches_commit_is_the_checkpointed_state(
         time.sleep(0.05)  # batches come at a cadence: back to back, the file outgrew the copy
     runtime.publication.publisher.wait()
     assert writes >= 3 and runtime.publication.publisher.published == 1
-    with duckdb.connect(str(runtime.state_dir / "snapshot.duckdb"), read_only=True) as snap:
+    with state_file(runtime.state_dir / "snapshot.duckdb", runtime.state_dir) as snap:
         assert snap.sql("SELECT count(*), count(DISTINCT i) FROM raw.big").fetchall() == [
             (4_000_000, 4_000_000)
         ]
     runtime.close()  # publishes the rest before closing
-    with duckdb.connect(str(runtime.state_dir / "snapshot.duckdb"), read_only=True) as snap:
+    with state_file(runtime.state_dir / "snapshot.duckdb", runtime.state_dir) as snap:
         assert snap.sql("SELECT count(*) FROM raw.big").fetchall() == [
             (4_000_000 + writes * 150_000,)
         ]

@@ -16,6 +16,7 @@ from tidemill.cli.access import read_live
 from tidemill.errors import TidemillError
 from tidemill.warehouse.artifacts import sha256_of
 from tidemill.warehouse.connection import open_readonly
+from tidemill.warehouse.encryption import key_for
 
 REPO = Path(__file__).parents[2]
 pytestmark = pytest.mark.slow
@@ -72,7 +73,8 @@ def test_killing_the_worker_anywhere_loses_and_duplicates_nothing(
     assert finished.returncode == 0, stderr.decode()
     assert kills == 8
 
-    con = open_readonly(tmp_path / ".tidemill" / "warehouse.duckdb")
+    database = tmp_path / ".tidemill" / "warehouse.duckdb"
+    con = open_readonly(database, key_for(database, tmp_path / ".tidemill"))
     one = lambda sql: con.sql(sql).fetchall()[0][0]  # noqa: E731
     labelled = int(rows["late"].is_not_null().sum())
     assert one("SELECT count(*) FROM raw.flights") == 4000
@@ -98,4 +100,4 @@ def test_killing_the_worker_anywhere_loses_and_duplicates_nothing(
     )
     # every registry row points at its artifact, unaltered
     for path, sha in con.sql("SELECT artifact_path, sha256 FROM ml.model_versions").fetchall():
-        assert sha256_of(tmp_path / ".tidemill" / path) == sha
+        assert sha256_of(tmp_path / ".tidemill", tmp_path / ".tidemill" / path) == sha

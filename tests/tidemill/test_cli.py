@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 
 from tidemill.cli.app import main
 from tidemill.config.load import TidemillConfig
+from tidemill.warehouse.encryption import is_encrypted
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -38,7 +40,7 @@ def drained(
     elec_csv: Callable[..., pl.DataFrame],
     capsys: pytest.CaptureFixture[str],
 ) -> Path:
-    config = elec_config(batch_rows=50)
+    config = elec_config(batch_rows=50, snapshot_every_seconds=0.01)
     elec_csv(Path(config.pipeline("elec").source.path).parent / "a.csv", 0, 120)
     code, out, _ = _run(capsys, "--config", str(config.path), "run", "elec", "--drain")
     assert code == 0, out
@@ -198,24 +200,29 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_the_published_snapshot_opens_in_the_duckdb_shell(drained: Path) -> None:
+    """`tidemill sql --snapshot` runs the real `duckdb` shell on the published copy,
+    which is encrypted (the default): the shell gets the key from an init script only
+    its owner can read, never on its command line."""
     shell = Path(sys.executable).with_name("duckdb")
     assert shell.exists(), "the duckdb shell is a dependency (duckdb-cli)"
-    snapshot = drained.parent / ".tidemill" / "snapshot.duckdb"
+    state = drained.parent / ".tidemill"
+    assert is_encrypted((state / "snapshot.duckdb").resolve())
+    command = [sys.executable, "-m", "tidemill", "--config", str(drained), "sql", "--snapshot"]
     result = subprocess.run(
-        [
-            str(shell),
-            "-readonly",
-            "-csv",
-            str(snapshot),
-            "-c",
-            "SELECT count(*) AS n FROM raw.elec",
-        ],
+        [*command, "-c", "SELECT count(*) AS n FROM raw.elec"],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["n", "120"]
+    assert re.findall(r"│\s+(\d+)\s+│", result.stdout) == ["120"]
+    init = state / "run" / "snapshot-init.sql"
+    assert init.stat().st_mode & 0o777 == 0o600 and "ENCRYPTION_KEY" in init.read_text()
+    # the shell's own read-only attach: a write fails there too
+    refused = subprocess.run(
+        [*command, "-c", "DELETE FROM raw.elec"], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode != 0 and "read-only" in refused.stderr
 
 
 class _Page(HTMLParser):

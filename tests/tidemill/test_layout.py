@@ -36,10 +36,12 @@ def test_a_worker_owns_its_pipelines_and_a_folder_of_its_own(three: TidemillConf
     assert layout.shared_dir(grid.state_dir) == three.state_dir
     assert layout.shared_dir(three.state_dir) == three.state_dir
     assert list(layout.worker_config(three, "w1").pipelines) == ["elec", "heat"]
-    catalog = layout.write_catalog(three)
-    assert catalog is not None
-    text = catalog.read_text()
-    assert "AS w1 (READ_ONLY);" in text and "-- w2: grid" in text
+    owners = layout.owners(three)
+    assert {name: names for name, (_, names) in owners.items()} == {
+        "w1": ["elec", "heat"],
+        "w2": ["grid"],
+    }
+    assert owners["w2"][0].state_dir == layout.worker_dir(three.state_dir, "w2")
 
 
 def test_the_layout_is_kept_once_chosen(three: TidemillConfig) -> None:

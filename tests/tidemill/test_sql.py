@@ -50,7 +50,7 @@ def test_the_duckdb_shell_and_any_client_read_the_owner_live(
             pass
         assert _shell_count(config.path) == 160  # live: no snapshot, no restart
         # the interactive session's views: tables under their own names
-        init = config.state_dir / "run" / "sql-init.sql"
+        init = config.state_dir / "catalog.sql"
         assert stat.S_IMODE(init.stat().st_mode) == 0o600  # it holds the token
         shell = Path(sys.executable).parent / "duckdb"
         viewed = subprocess.run(

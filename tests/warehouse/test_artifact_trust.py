@@ -37,6 +37,7 @@ from tidemill.tasks.features.encode import FeatureEncoder
 from tidemill.tasks.learn.state import ModelState, learn, parameters_sha256
 from tidemill.warehouse import artifacts, registry
 from tidemill.warehouse.connection import open_warehouse
+from tidemill.warehouse.encryption import key_for
 from tidemill.warehouse.retention import run_maintenance
 
 ArtifactIntegrityError = artifacts.ArtifactIntegrityError
@@ -126,7 +127,7 @@ def test_one_flipped_byte_is_refused_before_anything_is_unpickled(
     path.write_bytes(bytes(data))
     _refused(tmp_path, row, "does not match the registry")
     # someone who can write the warehouse too records the new hash: the signature holds
-    forged = dataclasses.replace(row, sha256=artifacts.sha256_of(path))
+    forged = dataclasses.replace(row, sha256=artifacts.sha256_of(tmp_path, path))
     _refused(tmp_path, forged, "does not carry the registry's signature")
     assert _markers(tmp_path) == []
 
@@ -170,7 +171,7 @@ def test_a_foreign_pickle_in_the_folder_is_never_loaded(
         rows[-1],
         version=4,
         artifact_path="artifacts/p/v000004-b4.joblib",
-        sha256=artifacts.sha256_of(folder / "v000004-b4.joblib"),
+        sha256=artifacts.sha256_of(tmp_path, folder / "v000004-b4.joblib"),
     )
     _refused(tmp_path, forged, "does not carry the registry's signature")
     _refused(tmp_path, dataclasses.replace(forged, artifact_signature=None), "has no signature")
@@ -334,7 +335,8 @@ def test_a_refused_artifact_fails_its_pipeline_and_no_other(
     folder = state_dir / "artifacts" / "elec"
     # a foreign pickle beside the real files, and one put in place of elec's champion
     joblib.dump(_Tripwire(tmp_path / "unpickled-foreign"), folder / "v000099-b99.joblib")
-    con = open_warehouse(state_dir / "warehouse.duckdb")
+    database = state_dir / "warehouse.duckdb"
+    con = open_warehouse(database, key=key_for(database, state_dir))
     head = registry.champion(con, "elec")
     assert head is not None
     con.close()

@@ -28,6 +28,7 @@ from tidemill.deployments.owner_socket import (
 from tidemill.errors import TidemillError
 from tidemill.keys import get_token
 from tidemill.warehouse.connection import OwnedElsewhere, database_path, open_readonly
+from tidemill.warehouse.encryption import key_for
 from tidemill.warehouse.serving import quack
 from tidemill.warehouse.serving.readonly import QueryResult, run_readonly, stream_readonly
 from tidemill.warehouse.serving.snapshot import open_snapshot, snapshot_path
@@ -59,7 +60,7 @@ def read_sql(state_dir: Path, sql: str, *, snapshot: bool = False) -> tuple[Quer
         database = database_path(state_dir)
         if database.exists():
             try:
-                con = open_readonly(database)
+                con = open_readonly(database, key_for(database, state_dir))
             except OwnedElsewhere:
                 pass  # owned by a process that serves no socket: fall back to the snapshot
             else:
@@ -73,7 +74,7 @@ def read_sql(state_dir: Path, sql: str, *, snapshot: bool = False) -> tuple[Quer
         raise NothingToRead(
             f"no warehouse in {state_dir} yet: run `tidemill run PIPELINE --drain` or `make run`"
         )
-    with open_snapshot(published) as con:
+    with open_snapshot(published, key_for(published.resolve(), state_dir)) as con:
         return run_readonly(con, sql), "snapshot"
 
 
@@ -112,7 +113,7 @@ def stream_sql(state_dir: Path, sql: str) -> Iterator[pa.RecordBatchReader]:
     database = database_path(state_dir)
     if not database.exists():
         raise NothingToRead(f"no warehouse in {state_dir} yet")
-    with open_readonly(database) as con:
+    with open_readonly(database, key_for(database, state_dir)) as con:
         yield stream_readonly(con, sql)
 
 

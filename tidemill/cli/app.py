@@ -18,6 +18,7 @@ from tidemill import private
 from tidemill.cli import (
     backfill,
     export,
+    keys,
     models,
     privacy,
     quarantine,
@@ -47,8 +48,13 @@ quarantine_app = typer.Typer(
     help="Read quarantined records and put corrected ones back (raw.P_quarantine).",
     no_args_is_help=True,
 )
+keys_app = typer.Typer(
+    help="The state folder's encryption key (keys/encryption.key or TIDEMILL_ENCRYPTION_KEY).",
+    no_args_is_help=True,
+)
 app.add_typer(models_app, name="models")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(keys_app, name="keys")
 
 app.command()(run.run)
 app.command()(query.query)
@@ -66,6 +72,7 @@ app.command()(privacy.erase)
 app.command()(models.maintain)
 app.command()(backfill.backfill)
 app.command()(export.export)
+keys_app.command("rotate")(keys.keys_rotate)
 quarantine_app.command("list")(quarantine.quarantine_list)
 quarantine_app.command("show")(quarantine.quarantine_show)
 quarantine_app.command("readmit")(quarantine.quarantine_readmit)

@@ -40,7 +40,7 @@ def query(
     Tables: raw.P, raw.P_quarantine, clean.P, agg.P_*, ml.P_predictions,
     ml.model_versions, ml.batch_metrics, _batches, _watermarks, _files.
     With several workers each owns its pipelines' warehouse: name one with --pipeline,
-    or open every snapshot at once with `duckdb -init .tidemill/catalog.sql`.
+    or see every owner live at once with `tidemill sql`.
     """
 
     config = session.config()
@@ -49,7 +49,7 @@ def query(
         owners = "; ".join(f"{w}: {', '.join(names)}" for w, names in workers.items())
         raise TidemillError(
             f"{len(workers)} workers share {config.state_dir} ({owners}): add --pipeline P "
-            f"to ask the one that owns P, or run duckdb -init {layout.catalog_file(config.state_dir)}"
+            "to ask the one that owns P, or see them all at once with `tidemill sql`"
         )
     owner = session.owner(pipeline) if pipeline else config
     result, _ = read_sql(owner.state_dir, sql, snapshot=snapshot)

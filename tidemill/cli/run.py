@@ -46,7 +46,7 @@ def run(
     seen: list[Any] = []
     reports: list[Any] = []
     started = time.perf_counter()
-    if drain:  # nobody needs a snapshot per batch while draining: one every 5 s, one at the end
+    if drain and runtime.publication.enabled:  # while draining: a snapshot every 5 s at most
         runtime.publication.every_seconds = max(runtime.publication.every_seconds, 5.0)
     else:
         err.print(f"running {pipeline} every {spec.every_seconds:g}s; Ctrl-C stops")

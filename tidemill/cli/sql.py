@@ -17,14 +17,16 @@ from tidemill.cli.output import Format, print_result
 from tidemill.config.load import TidemillConfig
 from tidemill.errors import TidemillError
 from tidemill.keys import get_token, key_file
-
-
-def _owners(config: TidemillConfig) -> dict[str, tuple[TidemillConfig, list[str]]]:
-    """Owner name -> (its config, its pipelines): `live` alone, or one per worker."""
-    workers = layout.read(config.state_dir)
-    if not workers:
-        return {"live": (config, sorted(config.pipelines))}
-    return {w: (layout.worker_config(config, w), names) for w, names in workers.items()}
+from tidemill.warehouse.encryption import key_for
+from tidemill.warehouse.serving.shell import (
+    TABLES_SQL,
+    Owner,
+    init_sql,
+    on_owner,
+    snapshot_sql,
+    write_init,
+)
+from tidemill.warehouse.serving.snapshot import snapshot_path
 
 
 def serving(
@@ -39,7 +41,7 @@ def serving(
     from tidemill.warehouse.serving import quack
 
     rows = []
-    for name, (owner, pipelines) in _owners(session.config()).items():
+    for name, (owner, pipelines) in layout.owners(session.config()).items():
         endpoint = quack.read_endpoint(owner.state_dir, "")
         rows.append(
             {
@@ -71,6 +73,14 @@ def sql(
             "--pipeline", "-p", help="With -c and several workers: the owner of this pipeline."
         ),
     ] = None,
+    snapshot: Annotated[
+        bool,
+        typer.Option(
+            "--snapshot",
+            help="Open the published snapshot files instead (needs [serving] "
+            "snapshot_every_seconds > 0); works with no owner running.",
+        ),
+    ] = False,
 ) -> None:
     """Open the `duckdb` shell on the live warehouse of every running owner.
 
@@ -79,28 +89,52 @@ def sql(
     also views under their own names (raw.flights, ml.model_versions, _batches, ...) for
     statements that read one table (DuckDB 1.5.5 scans one remote table per statement).
     -c runs its statement on the owner whole. Read-only: owners refuse anything else.
-    Needs a running `tidemill up` or `tidemill run`.
+    The script it runs first is kept as <state>/catalog.sql (0600: it holds the tokens),
+    for `duckdb -init` or any client. Needs a running `tidemill up` or `tidemill run`.
     """
+    config = session.config()
+    everyone = layout.owners(config)
+    target = None
+    if pipeline is not None:
+        config.pipeline(pipeline)  # an unknown name fails here, naming the declared ones
+        target = next(n for n, (_, names) in everyone.items() if pipeline in names)
+    elif command is not None and len(everyone) > 1:
+        raise TidemillError(
+            f"{len(everyone)} workers own {config.state_dir}: add --pipeline P to run "
+            "the statement on the one that owns P"
+        )
+    else:
+        target = next(iter(everyone))
+    shell = shutil.which("duckdb", path=str(Path(sys.executable).parent)) or shutil.which("duckdb")
+    if shell is None:
+        raise TidemillError("no `duckdb` shell found: pip install duckdb-cli (make install does)")
+    if snapshot:
+        init = _snapshot_init(config, everyone, target)
+        arguments = [shell, "-init", str(init)]
+        if command is not None:
+            arguments += ["-bail", "-c", command]
+    else:
+        init, serving = write_live_catalog(config, everyone)
+        arguments = [shell, "-init", str(init)]
+        if command is not None:
+            if target not in serving:
+                raise TidemillError(f"the owner {target} does not serve: is its worker running?")
+            arguments += ["-bail", "-c", on_owner(str(target), command)]
+    sys.stdout.flush()
+    os.execv(shell, arguments)
+
+
+def write_live_catalog(
+    config: TidemillConfig, everyone: dict[str, tuple[TidemillConfig, list[str]]] | None = None
+) -> tuple[Path, list[str]]:
+    """Write `<state>/catalog.sql`, the script that attaches every serving owner over
+    Quack (warehouse/serving/shell.py); returns it and the names of the owners in it.
+    Raises TidemillError when no owner serves."""
     from tidemill.cli.access import read_live
     from tidemill.warehouse.serving import quack
-    from tidemill.warehouse.serving.shell import TABLES_SQL, Owner, on_owner, write_init
 
-    config = session.config()
-    everyone = _owners(config)
-    target = None
-    if command is not None:
-        if pipeline is not None:
-            config.pipeline(pipeline)  # an unknown name fails here, naming the declared ones
-            target = next(n for n, (_, names) in everyone.items() if pipeline in names)
-        elif len(everyone) > 1:
-            raise TidemillError(
-                f"{len(everyone)} workers own {config.state_dir}: add --pipeline P to run "
-                "the statement on the one that owns P"
-            )
-        else:
-            target = next(iter(everyone))
     owners = []
-    for name, (owner, _) in everyone.items():
+    for name, (owner, _) in (everyone or layout.owners(config)).items():
         if not key_file(owner.state_dir, "quack").exists():
             continue
         endpoint = quack.read_endpoint(owner.state_dir, get_token(owner.state_dir, "quack"))
@@ -113,14 +147,28 @@ def sql(
             f"no owner serves {config.state_dir} live: start `tidemill up` (or `make run`), "
             "or read the file with `tidemill query` while nothing runs"
         )
-    shell = shutil.which("duckdb", path=str(Path(sys.executable).parent)) or shutil.which("duckdb")
-    if shell is None:
-        raise TidemillError("no `duckdb` shell found: pip install duckdb-cli (make install does)")
-    init = write_init(config.state_dir / "run" / "sql-init.sql", owners)
-    arguments = [shell, "-init", str(init)]
-    if command is not None:
-        if target not in {o.name for o in owners}:
-            raise TidemillError(f"the owner {target} does not serve: is its worker running?")
-        arguments += ["-c", on_owner(str(target), command)]
-    sys.stdout.flush()
-    os.execv(shell, arguments)
+    path = write_init(layout.catalog_file(config.state_dir), init_sql(owners))
+    return path, [owner.name for owner in owners]
+
+
+def _snapshot_init(
+    config: TidemillConfig,
+    everyone: dict[str, tuple[TidemillConfig, list[str]]],
+    first: str | None,
+) -> Path:
+    """The init script that attaches each owner's published snapshot (with its key when
+    encrypted), `first`'s in use."""
+    snapshots: list[tuple[str, Path, str | None]] = []
+    for name, (owner, _) in sorted(everyone.items(), key=lambda item: item[0] != first):
+        published = snapshot_path(owner.state_dir)
+        if not published.exists():
+            continue
+        copy = published.resolve()
+        key = key_for(copy, owner.state_dir)
+        snapshots.append(("snapshot" if name == "live" else name, copy, key.text if key else None))
+    if not snapshots:
+        raise TidemillError(
+            f"no snapshot published in {config.state_dir}: set [serving] "
+            "snapshot_every_seconds above 0, or use `tidemill sql` on the live warehouse"
+        )
+    return write_init(config.state_dir / "run" / "snapshot-init.sql", snapshot_sql(snapshots))

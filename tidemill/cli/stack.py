@@ -14,6 +14,7 @@ import typer
 from tidemill import layout
 from tidemill.cli import session
 from tidemill.cli.output import err, out
+from tidemill.cli.sql import write_live_catalog
 from tidemill.config.fields import deployment_name
 from tidemill.errors import TidemillError
 from tidemill.settings import get_settings
@@ -59,22 +60,20 @@ def up(
         raise TidemillError(str(error)) from None
     first = started.pipelines[0] if started.pipelines else "PIPELINE"
     duckdb_cli = Path(sys.executable).with_name("duckdb")
-    catalog = layout.write_catalog(config)
-    owner = layout.owner_config(config, first) if started.pipelines else config
-    routed = f" -p {first}" if catalog else ""
+    try:
+        catalog, _ = write_live_catalog(config)
+    except TidemillError:  # no owner serves yet: `tidemill sql` writes it later
+        catalog = layout.catalog_file(config.state_dir)
+    routed = f" -p {first}" if layout.read(config.state_dir) else ""
     out.print(
         f"\n[bold green]tidemill is running[/bold green] (state in {config.state_dir}; "
         f"workers: {', '.join(started.worker_pids)})\n"
         f"  Prefect UI    {started.ui_url}  (Deployments → micro-batch/{deployment_name(first)})\n"
-        f'  SQL           tidemill query{routed} "SELECT count(*) AS rows, max(ts) FROM raw.{first}"\n'
+        f'  SQL           tidemill sql{routed} -c "SELECT count(*) AS rows, max(ts) FROM raw.{first}"\n'
+        f"  duckdb shell  tidemill sql   (or {duckdb_cli} -init {catalog}: every owner, live)\n"
         f"  models        tidemill models list {first}\n"
         f"  status        tidemill status\n"
-        + (
-            f"  snapshots     {duckdb_cli} -init {catalog}  (every worker's, as w1, w2, ...)\n"
-            if catalog
-            else f"  snapshot      {duckdb_cli} -readonly {owner.state_dir / 'snapshot.duckdb'}\n"
-        )
-        + f"  logs          {stack.logs_dir(config.state_dir)}/\n"
+        f"  logs          {stack.logs_dir(config.state_dir)}/\n"
     )
     if detach:
         return

@@ -22,12 +22,31 @@ class StateConfig(Strict):
         default=Path(".tidemill"),
         description="DuckDB file, artifacts, snapshot, landing folder and server state.",
     )
+    encryption: bool = Field(
+        default=True,
+        description="Encrypt the warehouse, its WAL and snapshots at rest (DuckDB's AES-GCM) "
+        "with TIDEMILL_ENCRYPTION_KEY or, unset, keys/encryption.key (made once, 0600). "
+        "Changing it converts the warehouse when its owner next opens it.",
+    )
+
+
+class ServingConfig(Strict):
+    """How other processes read the warehouse (live SQL over Quack is always on)."""
+
+    snapshot_every_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="Publish a read-only copy of the warehouse file (snapshot.duckdb) at most "
+        "this often, for readers that need a file; 0: no copies (readers use `tidemill sql` "
+        "live). A copy runs in the background, the next waits 10 times as long as it took.",
+    )
 
 
 class TidemillConfig(Strict):
     """A whole config file."""
 
     state: StateConfig = Field(default_factory=StateConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
     pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
     path: Path = Path("tidemill.toml")
 

@@ -18,7 +18,8 @@ from tidemill.warehouse.ledger.batches import (
     record_batch,
     replace_lag_history,
 )
-from tidemill.warehouse.pipeline_tables import PipelineTables, q
+from tidemill.warehouse.pipeline_tables import PipelineTables
+from tidemill.warehouse.quoting import q
 from tidemill.warehouse.transaction import transaction
 
 

@@ -20,7 +20,8 @@ from tidemill.config.pipeline import AggregateSpec, LagSpec, PipelineConfig
 from tidemill.tasks.judge.verdict import DriftEvent, Promotion, Scored
 from tidemill.tasks.learn.prequential import ShardRecord
 from tidemill.warehouse.frames import insert_frame
-from tidemill.warehouse.pipeline_tables import PipelineTables, lit, q
+from tidemill.warehouse.pipeline_tables import PipelineTables
+from tidemill.warehouse.quoting import lit, q
 from tidemill.warehouse.registry import ModelVersion, record_event, record_heads, record_shards
 from tidemill.warehouse.transaction import transaction
 

@@ -15,7 +15,8 @@ import duckdb
 import polars as pl
 
 from tidemill.config.pipeline import PipelineConfig
-from tidemill.warehouse.pipeline_tables import PipelineTables, q
+from tidemill.warehouse.pipeline_tables import PipelineTables
+from tidemill.warehouse.quoting import q
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import duckdb
 import polars as pl
 
 from tidemill.config.pipeline import AggregateSpec, LagSpec, PipelineConfig
-from tidemill.warehouse.pipeline_tables import PipelineTables, q
+from tidemill.warehouse.pipeline_tables import PipelineTables
+from tidemill.warehouse.quoting import q
 
 
 def batch_clean_rows(

@@ -7,6 +7,10 @@ hex editor, so after one the file is copied object by object into a fresh file (
 FROM DATABASE keeps schemas, tables, constraints, comments and sequences), sequences are
 moved to where they were, and the fresh file replaces the old one atomically.
 
+The same copy changes how the file is encrypted (`key_from` -> `key_to`: encrypt a
+plaintext warehouse, decrypt one, or re-encrypt it under a new key for a key rotation);
+the fresh file is written under `key_to` from its first byte.
+
 The caller must have closed every connection to the file (the owner reopens it after).
 """
 
@@ -19,7 +23,9 @@ from pathlib import Path
 
 import duckdb
 
-from tidemill.warehouse.pipeline_tables import lit, q
+from tidemill.warehouse import extensions
+from tidemill.warehouse.encryption import attach
+from tidemill.warehouse.quoting import lit, q
 
 
 @dataclass(frozen=True)
@@ -31,16 +37,31 @@ class Compacted:
     seconds: float
 
 
-def compact(path: Path, storage_version: str, settings: dict[str, str] | None = None) -> Compacted:
+def compact(
+    path: Path,
+    storage_version: str,
+    settings: dict[str, str] | None = None,
+    *,
+    key_from: str | None = None,
+    key_to: str | None = None,
+) -> Compacted:
     """Rewrite `path` into a fresh file and swap it in (see module docstring). `settings`:
     extra DuckDB settings for the copy (a test forces uncompressed storage so it can
-    search the bytes)."""
+    search the bytes). `key_from` opens an encrypted file; `key_to` encrypts the copy."""
     started = time.perf_counter()
     fresh = path.with_name(path.name + ".compact")
     fresh.unlink(missing_ok=True)
     before = path.stat().st_size
-    con = duckdb.connect(str(path), config=dict(settings or {}))
+    crypto = key_from is not None or key_to is not None
+    config: dict[str, extensions.Setting] = {**(settings or {})}
+    if crypto:
+        config |= {**extensions.settings(), "temp_file_encryption": True}
+    con = duckdb.connect(":memory:" if key_from else str(path), config=config)
     try:
+        if crypto:
+            extensions.load(con, ["httpfs"])
+        if key_from is not None:
+            attach(con, path, key_from, storage_version=storage_version)
         con.execute("CHECKPOINT")
         source = con.sql("SELECT current_database()").fetchall()[0][0]
         # Each sequence's next value, drawn from the old file (which is replaced below).
@@ -57,7 +78,10 @@ def compact(path: Path, storage_version: str, settings: dict[str, str] | None = 
             "SELECT schema_name, table_name, column_name, column_default FROM duckdb_columns() "
             "WHERE database_name = current_database() AND column_default LIKE 'nextval(%'"
         ).fetchall()
-        con.execute(f"ATTACH {lit(str(fresh))} AS _fresh (STORAGE_VERSION {lit(storage_version)})")
+        encrypted = f", ENCRYPTION_KEY {lit(key_to)}" if key_to is not None else ""
+        con.execute(
+            f"ATTACH {lit(str(fresh))} AS _fresh (STORAGE_VERSION {lit(storage_version)}{encrypted})"
+        )
         con.execute(f"COPY FROM DATABASE {q(source)} TO _fresh")
         con.execute("USE _fresh")  # unqualified names in defaults now resolve in the copy
         for schema, table, column, _ in defaults:

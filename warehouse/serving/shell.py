@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tidemill.warehouse import extensions
-from tidemill.warehouse.pipeline_tables import lit, q
+from tidemill.warehouse.quoting import lit, q
 from tidemill.warehouse.serving.quack import Endpoint
 
 TABLES_SQL = (
     "SELECT schema_name, table_name FROM duckdb_tables() WHERE NOT internal "
-    "UNION ALL SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal "
+    "UNION SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal "
     "ORDER BY ALL"
 )
 """The tables and views an owner has (asked of each owner before the shell starts)."""
@@ -44,7 +44,6 @@ def init_sql(owners: list[Owner]) -> str:
     folder = lit(str(extensions.extension_dir()))
     lines = [
         "-- tidemill: every owner's warehouse, live over Quack (warehouse/serving/shell.py)",
-        ".bail on",
         f"SET extension_directory = {folder};",
         "SET autoinstall_known_extensions = false;",
         "SET autoload_known_extensions = false;",
@@ -67,15 +66,35 @@ def init_sql(owners: list[Owner]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def snapshot_sql(snapshots: list[tuple[str, Path, str | None]]) -> str:
+    """An init script that attaches published snapshots read-only, each `(name, path of
+    the copy, its encryption key or None)`, and uses the first: a file, fixed at the
+    moment it was published, for readers that need one."""
+    folder = lit(str(extensions.extension_dir()))
+    lines = [
+        "-- tidemill: published snapshots, read-only (warehouse/serving/shell.py)",
+        f"SET extension_directory = {folder};",
+        "SET autoinstall_known_extensions = false;",
+        "SET autoload_known_extensions = false;",
+    ]
+    if any(key is not None for _, _, key in snapshots):
+        lines.append("LOAD httpfs;")
+    for name, path, key in snapshots:
+        options = "READ_ONLY" + (f", ENCRYPTION_KEY {lit(key)}" if key is not None else "")
+        lines.append(f"ATTACH {lit(str(path))} AS {q(name)} ({options});")
+    lines.append(f"USE {q(snapshots[0][0])};")
+    return "\n".join(lines) + "\n"
+
+
 def on_owner(name: str, sql: str) -> str:
     """`sql` as the shell sends it to owner `name` to run there whole."""
     return f"FROM {q(name)}.query({lit(sql)})"
 
 
-def write_init(path: Path, owners: list[Owner]) -> Path:
-    """Write the init script (it holds the tokens: mode 0600) and return its path."""
+def write_init(path: Path, text: str) -> Path:
+    """Write an init script (it holds tokens or keys: mode 0600) and return its path."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     path.touch(mode=0o600)
-    path.write_text(init_sql(owners))
+    path.write_text(text)
     return path

@@ -40,6 +40,7 @@ from pathlib import Path
 import duckdb
 
 from tidemill.warehouse.connection import open_readonly
+from tidemill.warehouse.encryption import Key
 
 log = logging.getLogger("tidemill")
 COPY_DUTY = 10
@@ -92,17 +93,25 @@ def publish_snapshot(database: Path, snapshot: Path, *, keep_previous: bool = Tr
     return target
 
 
-def open_snapshot(snapshot: Path, attempts: int = 5) -> duckdb.DuckDBPyConnection:
+def remove_snapshots(snapshot: Path) -> None:
+    """Delete the link `snapshot` and every published copy beside it."""
+    snapshot.unlink(missing_ok=True)
+    shutil.rmtree(snapshot.parent / SNAPSHOT_DIR, ignore_errors=True)
+
+
+def open_snapshot(
+    snapshot: Path, key: Key | None = None, attempts: int = 5
+) -> duckdb.DuckDBPyConnection:
     """Open the newest published copy read-only (see open_readonly) by its resolved name,
     so a publication meanwhile cannot mix two copies (see the module docstring).
     Raises FileNotFoundError when nothing was published yet."""
     for _ in range(attempts - 1):
         try:
-            return open_readonly(snapshot.resolve(strict=True))
+            return open_readonly(snapshot.resolve(strict=True), key)
         except (FileNotFoundError, duckdb.IOException):  # deleted by two publications since
             if not snapshot.exists():
                 raise
-    return open_readonly(snapshot.resolve(strict=True))
+    return open_readonly(snapshot.resolve(strict=True), key)
 
 
 class SnapshotPublisher:

@@ -14,6 +14,7 @@ import pytest
 
 from tidemill import layout
 from tidemill.cli.access import read_sql
+from tidemill.cli.sql import write_live_catalog
 from tidemill.config.load import TidemillConfig, load_config
 from tidemill.deployments.stack import processes, stack
 from tidemill.deployments.stack.supervisor import worker_processes
@@ -26,9 +27,10 @@ def test_up_runs_scheduled_batches_in_two_workers_and_sql_works_meanwhile(
     elec_csv: Callable[..., pl.DataFrame],
     free_port: int,
     prefect_api: Callable[[int], Any],
+    state_file: Callable[[Path, Path], duckdb.DuckDBPyConnection],
 ) -> None:
     """Two pipelines on two workers (`up --workers 2`), each owning its warehouse file."""
-    base = elec_config(batch_rows=40)
+    base = elec_config(batch_rows=40, snapshot_every_seconds=0.01)
     text = base.path.read_text()
     base.path.write_text(text + text[text.index("[pipelines.elec]") :].replace("elec", "grid"))
     config = load_config(base.path)
@@ -71,19 +73,20 @@ def test_up_runs_scheduled_batches_in_two_workers_and_sql_works_meanwhile(
             time.sleep(1)
             if not all((o.state_dir / "snapshot.duckdb").exists() for o in (elec, grid)):
                 continue  # the first copy is still being written
-            with duckdb.connect(str(elec.state_dir / "snapshot.duckdb"), read_only=True) as snap:
+            with state_file(elec.state_dir / "snapshot.duckdb", elec.state_dir) as snap:
                 in_elec = snap.sql("SELECT count(*) FROM raw.elec").fetchall()[0][0]
-            with duckdb.connect(str(grid.state_dir / "snapshot.duckdb"), read_only=True) as snap:
+            with state_file(grid.state_dir / "snapshot.duckdb", grid.state_dir) as snap:
                 published = (in_elec, snap.sql("SELECT count(*) FROM raw.grid").fetchall()[0][0])
         assert published == (200, 80)  # each worker publishes its own, in the background
-        # ... and every worker's snapshot at once through the catalog
-        catalog = layout.write_catalog(config)
-        assert catalog is not None
+        # ... and every worker's warehouse live at once through the catalog (over Quack)
+        catalog, owners = write_live_catalog(config)
+        assert owners == ["w1", "w2"] and catalog.stat().st_mode & 0o777 == 0o600
         with duckdb.connect() as con:
             con.execute(catalog.read_text())
-            counts = con.sql(
-                "SELECT (SELECT count(*) FROM w1.raw.elec), (SELECT count(*) FROM w2.raw.grid)"
-            ).fetchall()
+            counts = [
+                con.sql("SELECT count(*) FROM raw.elec").fetchall()[0]
+                + con.sql("FROM w2.query('SELECT count(*) FROM raw.grid')").fetchall()[0]
+            ]
         assert counts == [(200, 80)]
         elec_csv(landing / "b.csv", 200, 40)  # new data arrives while it runs
         deadline = time.monotonic() + 30
