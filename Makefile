@@ -36,12 +36,12 @@ chromium: ## Install Debian's chromium (apt) for the report's browser test, unle
 	  echo "warning: chromium could not be installed; the browser test will be skipped"; }
 
 test: lint chromium ## Lint and the import rules, then the whole test suite (real Prefect server, real DuckDB files)
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 test-fast: $(STAMP) ## The quick tests only (no Prefect server, no worker processes)
 	$(BIN)/pytest -m "not slow" -q
 
-chaos: $(STAMP) ## The chaos test at 2000 batches (~12 min; `make test` runs 200); summary in tests/chaos/results.txt
+chaos: $(STAMP) ## The chaos test at 2000 batches (~12 min; `make test` runs 100); summary in tests/chaos/results.txt
 	CHAOS_BATCHES=$${CHAOS_BATCHES:-2000} CHAOS_RESULTS=tests/chaos/results.txt $(BIN)/pytest -m chaos -s tests/chaos
 
 lint: $(STAMP) ## ruff, mypy and the import rules (import-linter contracts in pyproject.toml)

@@ -10,23 +10,33 @@ DuckDB's own protocol (warehouse/serving/quack.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
 import socketserver
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from tidemill.errors import TidemillError
+from tidemill.private import check_private
 
 MAX_REQUEST_BYTES = 1 << 20
+_MAX_SOCKET_PATH = 104  # sun_path is 108 bytes on Linux, 104 on macOS
 
 
 def socket_path(state_dir: Path) -> Path:
-    """Where the owner listens."""
-    return state_dir / "run" / "owner.sock"
+    """Where the owner listens: `run/owner.sock` in the state folder, or, when that path is
+    longer than a Unix socket address may be (108 bytes), a socket named by a hash of the
+    state folder in a private folder of this user under the temporary folder."""
+    inside = state_dir.absolute() / "run" / "owner.sock"
+    if len(os.fsencode(inside)) < _MAX_SOCKET_PATH:
+        return inside
+    digest = hashlib.sha256(os.fsencode(state_dir.absolute())).hexdigest()[:24]
+    return Path(tempfile.gettempdir()) / f"tidemill-{os.getuid()}" / f"{digest}.sock"
 
 
 class OwnerUnavailable(ConnectionError):
@@ -77,7 +87,8 @@ class OwnerSocket:
 
     def __init__(self, state_dir: Path, commands: Mapping[str, Command]) -> None:
         path = socket_path(state_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        check_private(path.parent, "owner socket folder")
         if path.exists():
             if _listening(path):
                 raise RuntimeError(f"another owner already listens on {path}")
