@@ -87,6 +87,7 @@ class OwnerSocket:
 
     def __init__(self, state_dir: Path, commands: Mapping[str, Command]) -> None:
         path = socket_path(state_dir)
+        (state_dir / "run").mkdir(mode=0o700, parents=True, exist_ok=True)  # the owner's files
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         check_private(path.parent, "owner socket folder")
         if path.exists():

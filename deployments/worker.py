@@ -154,6 +154,7 @@ def run_worker(config: TidemillConfig, pipelines: list[str] | None = None) -> No
         executor = InProcessExecutor(
             flows, poll_interval=0.5, max_lateness=settings.max_lateness_seconds
         )
+        ready.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         ready.write_text("\n".join(f"{i} {f.name}" for i, f in flows.items()) + "\n")
         log.info(
             "worker ready in %.1f s: %s",
