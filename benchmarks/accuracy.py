@@ -53,6 +53,7 @@ from tidemill.config.load import TidemillConfig, parse_config
 from tidemill.config.pipeline import PipelineConfig
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.runtime import Runtime
+from tidemill.private import restrict_umask
 from tidemill.tasks.features.clean import clean_rows
 from tidemill.tasks.learn.fresh import fresh_model
 from tidemill.tasks.learn.prequential import prequential_step
@@ -545,6 +546,7 @@ def plan(stream: Stream, limits: Limits, model: Model, extras: Sequence[str]) ->
 
 
 def main() -> None:
+    restrict_umask()  # a tidemill process: state folders private, as the CLI makes them
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -41,6 +41,7 @@ from tidemill.config.load import load_config
 from tidemill.data import load_flights
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.runtime import Runtime
+from tidemill.private import restrict_umask
 from tidemill.tasks.features.clean import clean_rows
 from tidemill.tasks.learn.fresh import fresh_model
 from tidemill.tasks.learn.state import learn, predict
@@ -114,6 +115,7 @@ def _bare(rows: pl.DataFrame, batch_rows: int, workdir: Path) -> list[float]:
 
 
 def main() -> None:
+    restrict_umask()  # a tidemill process: state folders private, as the CLI makes them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50_000, help="flights to process per run")
     parser.add_argument("--sizes", default="100,500,2000,10000", help="batch sizes")

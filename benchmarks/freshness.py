@@ -7,7 +7,7 @@ clean export of it, because the shared working tree held other sessions' edits):
     PYTHONPATH=$PWD /work/main/.venv/bin/python benchmarks/freshness.py --runs 100 --snapshot-every 5,0
     PYTHONPATH=$PWD /work/main/.venv/bin/python benchmarks/freshness.py --runs 100 --snapshot-every 5,0 --seed 2
 
-From a checkout: `.venv/bin/python benchmarks/freshness.py --runs 100 --snapshot-every 5,0`.
+From a checkout: `.venv/bin/python benchmarks/freshness.py --runs 100 --snapshot-every 5,1`.
 Smoke test: `.venv/bin/python benchmarks/freshness.py --runs 15`.
 
 Starts the real stack (`tidemill.deployments.stack.stack.up`: Prefect server, the worker; no replayer)
@@ -26,7 +26,8 @@ scheduled runs it measures:
 
 and counts failed / crashed / cancelled flow runs (Prefect REST). Several
 `--snapshot-every` values run one after the other, each on a fresh stack
-(TIDEMILL_SNAPSHOT_EVERY_SECONDS is set before the worker starts).
+(`[serving] snapshot_every_seconds` in the copied tidemill.toml; 0 is no snapshot now,
+so give values above 0). benchmarks/serving.py measures the live path (Quack).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from tidemill.config.load import TidemillConfig, load_config
 from tidemill.data import load_flights
 from tidemill.deployments.stack import stack
 from tidemill.deployments.worker import ready_file
+from tidemill.private import restrict_umask
 from tidemill.settings import get_settings
 from tidemill.tasks.synthetic.flights import flight_events, landing_rows
 from tidemill.warehouse.serving.snapshot import snapshot_path
@@ -78,8 +80,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _config(workdir: Path) -> TidemillConfig:
-    text = (REPO / "tidemill.toml").read_text()
+def _config(workdir: Path, snapshot_every: float) -> TidemillConfig:
+    text = (
+        (REPO / "tidemill.toml")
+        .read_text()
+        .replace(
+            "[pipelines.",
+            f"[serving]\nsnapshot_every_seconds = {snapshot_every:g}\n\n[pipelines.",
+            1,
+        )
+    )
     if not re.search(rf"^every_seconds = {CADENCE}\b", text, re.MULTILINE):
         raise SystemExit(f"tidemill.toml: the flights pipeline must keep every_seconds = {CADENCE}")
     (workdir / "tidemill.toml").write_text(text)
@@ -200,8 +210,7 @@ class Phase:
 
 
 def _measure(workdir: Path, runs_wanted: int, snapshot_every: float, seed: int) -> Phase:
-    os.environ["TIDEMILL_SNAPSHOT_EVERY_SECONDS"] = f"{snapshot_every:g}"
-    config = _config(workdir)
+    config = _config(workdir, snapshot_every)
     landing = Path(config.pipeline("flights").source.path).parent
     landing.mkdir(parents=True, exist_ok=True)
     events = landing_rows(flight_events(load_flights()))
@@ -349,12 +358,13 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 
 def main() -> None:
+    restrict_umask()  # a tidemill process: state folders private, as the CLI makes them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100, help="scheduled runs to measure over")
     parser.add_argument(
         "--snapshot-every",
         default="5",
-        help="TIDEMILL_SNAPSHOT_EVERY_SECONDS values, comma-separated; one stack each",
+        help="[serving] snapshot_every_seconds values (> 0), comma-separated; one stack each",
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the file intervals")
     parser.add_argument("--keep", action="store_true", help="keep the temporary state folders")

@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from tidemill.config.load import load_config
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.runtime import Runtime
+from tidemill.private import restrict_umask
 from tidemill.warehouse.connection import database_path
 from tidemill.warehouse.serving.snapshot import publish_snapshot, snapshot_path
 
@@ -174,6 +175,7 @@ def run(history: int, cycles: int, workdir: Path, snapshot: bool) -> dict[str, o
 
 
 def main() -> None:
+    restrict_umask()  # a tidemill process: state folders private, as the CLI makes them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="0,5000000,50000000")
     parser.add_argument("--cycles", type=int, default=100)

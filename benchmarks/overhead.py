@@ -51,6 +51,7 @@ from tidemill.cli.access import read_sql
 from tidemill.config.load import TidemillConfig, load_config
 from tidemill.deployments.stack import stack
 from tidemill.deployments.worker import ready_file
+from tidemill.private import restrict_umask
 from tidemill.settings import get_settings
 
 MIB = 1024 * 1024
@@ -249,6 +250,7 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 
 def main() -> None:
+    restrict_umask()  # a tidemill process: state folders private, as the CLI makes them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30, help="measured duration")
     parser.add_argument("--interval", type=float, default=60, help="seconds between samples")

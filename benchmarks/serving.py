@@ -62,6 +62,7 @@ from freshness import (
 from tidemill.config.load import TidemillConfig, load_config
 from tidemill.data import load_flights
 from tidemill.deployments.stack import stack
+from tidemill.private import restrict_umask
 from tidemill.tasks.synthetic.flights import flight_events, landing_rows
 from tidemill.warehouse import extensions
 from tidemill.warehouse.connection import open_readonly
@@ -271,6 +272,7 @@ def _row(table: Table, what: str, values: list[float], target: float | None, uni
 
 
 def main() -> None:
+    restrict_umask()  # a tidemill process: state folders private, as the CLI makes them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100, help="scheduled runs to measure over")
     parser.add_argument("--quick", action="store_true", help="20 runs (about 2 minutes)")

@@ -35,6 +35,7 @@ from history import CONFIG, batch_file
 from tidemill.config.load import load_config
 from tidemill.flows.engine.cycle import run_cycle
 from tidemill.flows.engine.runtime import Runtime
+from tidemill.private import restrict_umask
 from tidemill.tasks.judge.retention import RetentionPolicy
 from tidemill.warehouse.connection import database_path
 from tidemill.warehouse.retention import run_maintenance
@@ -51,6 +52,7 @@ def rss_mb() -> float:
 
 
 def main() -> None:
+    restrict_umask()  # a tidemill process: state folders private, as the CLI makes them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=10_000)
     parser.add_argument("--rows", type=int, default=500, help="rows per batch")
