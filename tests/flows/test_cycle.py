@@ -10,8 +10,10 @@ import polars as pl
 import pytest
 
 from tidemill.config.load import TidemillConfig, load_config
+from tidemill.data import load_flights
 from tidemill.flows.engine.cycle import BatchFailed, run_cycle
 from tidemill.flows.engine.runtime import Runtime
+from tidemill.tasks.synthetic.flights import flight_events, landing_rows
 
 REPO = Path(__file__).parents[2]
 
@@ -245,3 +247,22 @@ def test_features_and_classes_left_out_of_the_config_come_from_the_landing_files
         "class 'FLAT' is not one of the classes DOWN, UP; declare pipelines.elec.classes"
     )
     assert _one(runtime, "SELECT count(*) FROM raw.elec") == 100
+
+
+def test_a_batch_that_completes_several_shift_windows_keeps_one_psi_per_feature(
+    tmp_path: Path,
+) -> None:
+    """7,000 rows in one batch: the 2,000-row reference and three 2,000-row PSI windows
+    (the drift defaults); ml.feature_shift keeps the largest PSI per feature."""
+    config = _flights_config(tmp_path, batch_rows=7000)
+    _land(config, landing_rows(flight_events(load_flights().head(7000))), "big.csv")
+    runtime = Runtime.open(config)
+    try:
+        (report,) = _drain(runtime)
+        assert report.rows_in == 7000
+        rows = runtime.con.sql(
+            "SELECT feature, count(*), max(psi) FROM ml.feature_shift GROUP BY 1"
+        ).fetchall()
+    finally:
+        runtime.close()
+    assert rows and all(n == 1 and psi >= 0 for _, n, psi in rows), rows

@@ -264,7 +264,11 @@ def _insert_ml(
                 event.action,
             ],
         )
+    largest: dict[str, float] = {}  # a big batch can complete several windows: one row each
     for window in write.shift:
+        for feature, psi in window.items():
+            largest[feature] = max(psi, largest.get(feature, psi))
+    if largest:
         insert_frame(
             con,
             "ml.feature_shift",
@@ -272,8 +276,8 @@ def _insert_ml(
                 {
                     "pipeline": pipeline,
                     "batch_id": batch_id,
-                    "feature": list(window),
-                    "psi": list(window.values()),
+                    "feature": list(largest),
+                    "psi": list(largest.values()),
                 },
                 schema_overrides={"batch_id": pl.Int64},
             ),
