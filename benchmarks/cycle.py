@@ -159,7 +159,7 @@ def main() -> None:
                 if side == "tidemill"
                 else "",
             )
-    Console().print(table)
+    Console(width=160).print(table)
 
 
 if __name__ == "__main__":

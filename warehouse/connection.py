@@ -10,6 +10,10 @@ Arrow tables through `register()`, and artifacts and snapshots are written by Py
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +24,25 @@ from tidemill.errors import TidemillError
 from tidemill.warehouse import encryption, extensions
 from tidemill.warehouse.encryption import Key
 from tidemill.warehouse.migrate import migrate
+
+
+class _PandasAbsent(importlib.abc.MetaPathFinder):
+    """DuckDB 1.5.5's Python binding imports pandas for every query parameter it converts
+    (to recognise pandas' missing values) and does not remember that pandas is not
+    installed: each attempt searched all of sys.path, 150 ms of a 250 ms micro-batch of
+    500 rows (benchmarks/cycle.py, profiled). Installed only when pandas cannot be
+    imported, this finder says so at once."""
+
+    def find_spec(
+        self, fullname: str, path: object = None, target: object = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname == "pandas":
+            raise ModuleNotFoundError("No module named 'pandas'", name="pandas")
+        return None
+
+
+if importlib.util.find_spec("pandas") is None:
+    sys.meta_path.insert(0, _PandasAbsent())
 
 Connection = duckdb.DuckDBPyConnection
 """An open DuckDB connection or cursor: the type the layers above hold without importing
