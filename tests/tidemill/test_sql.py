@@ -94,3 +94,14 @@ def test_sql_without_a_running_owner_says_how_to_start_one(
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0
     assert "no owner serves" in done.stderr and "tidemill up" in done.stderr
+
+
+def test_snapshot_readers_without_snapshots_are_told_how_to_have_them(
+    elec_config: Callable[..., TidemillConfig],
+) -> None:
+    config = elec_config()  # snapshots are off by default
+    for args in (["sql", "--snapshot", "-c", "SELECT 1"], ["query", "SELECT 1", "--snapshot"]):
+        done = _tidemill(config.path, *args)
+        assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+        assert "no snapshot published" in done.stderr
+        assert "snapshot_every_seconds" in done.stderr

@@ -71,6 +71,16 @@ def read_sql(state_dir: Path, sql: str, *, snapshot: bool = False) -> tuple[Quer
                     ), "file"
     published = snapshot_path(state_dir)
     if not published.exists():
+        if snapshot:
+            raise NothingToRead(
+                f"no snapshot published in {state_dir}: set [serving] snapshot_every_seconds "
+                "above 0, or read the live warehouse without --snapshot"
+            )
+        if database_path(state_dir).exists():
+            raise NothingToRead(
+                f"{database_path(state_dir)} is open in a process that does not serve it live "
+                "and no snapshot is published: wait for it to finish, or stop it"
+            )
         raise NothingToRead(
             f"no warehouse in {state_dir} yet: run `tidemill run PIPELINE --drain` or `make run`"
         )
