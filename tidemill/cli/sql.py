@@ -92,6 +92,8 @@ def sql(
     The script it runs first is kept as <state>/catalog.sql (0600: it holds the tokens),
     for `duckdb -init` or any client. Needs a running `tidemill up` or `tidemill run`.
     """
+    from tidemill.warehouse.serving import quack
+
     config = session.config()
     everyone = layout.owners(config)
     target = None
@@ -119,6 +121,7 @@ def sql(
         if command is not None:
             if target not in serving:
                 raise TidemillError(f"the owner {target} does not serve: is its worker running?")
+            quack.check_locally(command)  # the reason in one line, not "Authorization failed"
             arguments += ["-bail", "-c", on_owner(str(target), command)]
     sys.stdout.flush()
     os.execv(shell, arguments)

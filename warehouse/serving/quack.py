@@ -296,6 +296,13 @@ def _client_cursor() -> duckdb.DuckDBPyConnection:
         return _client.cursor()
 
 
+def check_locally(sql: str) -> None:
+    """Raise ReadOnlyViolation, with the reason, for SQL the owner would refuse (it only
+    says "Authorization failed"); checked in this process, nothing is sent."""
+    with _client_cursor() as con:
+        check_readonly(con, sql)
+
+
 def run_remote(
     endpoint: Endpoint,
     sql: str,
