@@ -44,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -186,6 +187,41 @@ def _finished(api: str, deployment_id: str) -> int:
     return sum(r["state_type"] in FINISHED for r in _flow_runs(api, deployment_id))
 
 
+def _warm_up(api: str, deployment: str) -> int:
+    """Wait for the warm-up runs (the first runs after start-up are late while everything
+    imports); returns how many runs had finished."""
+    while (finished := _finished(api, deployment)) < WARMUP_RUNS:
+        time.sleep(1.0)
+    return finished
+
+
+def _landings(
+    config: TidemillConfig, api: str, deployment: str, runs_wanted: int, seed: int
+) -> Iterator[tuple[str, float, pl.DataFrame]]:
+    """Land the next real flights as one CSV every 2-5 s (random) until `runs_wanted`
+    more runs finished (call after `_warm_up`); yields each file's path, landed wall time
+    and rows as soon as it landed."""
+    landing = Path(config.pipeline("flights").source.path).parent
+    landing.mkdir(parents=True, exist_ok=True)
+    events = landing_rows(flight_events(load_flights()))
+    rng = random.Random(seed)
+    start_runs = _finished(api, deployment)
+    position, files, done, logged = 0, 0, 0, 0
+    while done < runs_wanted:
+        pause = rng.uniform(2.0, 5.0)
+        rows = events.slice(position, max(1, round(ROWS_PER_SECOND * pause)))
+        position += rows.height
+        path = landing / f"flights-{position:09d}.csv"
+        at = _write_atomically(path, rows.write_csv().encode())
+        files += 1
+        yield str(path), at, rows
+        time.sleep(max(0.0, pause - (time.time() - at)))
+        done = _finished(api, deployment) - start_runs
+        if done >= logged + 10:
+            logged = done
+            console.log(f"{files} files, {done}/{runs_wanted} runs")
+
+
 @dataclass
 class Phase:
     """What one stack run measured."""
@@ -211,10 +247,6 @@ class Phase:
 
 def _measure(workdir: Path, runs_wanted: int, snapshot_every: float, seed: int) -> Phase:
     config = _config(workdir, snapshot_every)
-    landing = Path(config.pipeline("flights").source.path).parent
-    landing.mkdir(parents=True, exist_ok=True)
-    events = landing_rows(flight_events(load_flights()))
-    rng = random.Random(seed)
     load_before = os.getloadavg()[1]
     port = _free_port()
     landed = Landed()
@@ -228,25 +260,12 @@ def _measure(workdir: Path, runs_wanted: int, snapshot_every: float, seed: int) 
         api = f"http://127.0.0.1:{port}/api"
         deployment = _deployment_id(config)
         reader.start()
-        # Warm-up: the first runs after start-up are late while everything imports.
-        while (start_runs := _finished(api, deployment)) < WARMUP_RUNS:
-            time.sleep(1.0)
-        position, done, logged = 0, 0, 0
-        while done < runs_wanted:
-            pause = rng.uniform(2.0, 5.0)
-            rows = events.slice(position, max(1, round(ROWS_PER_SECOND * pause)))
-            position += rows.height
-            path = landing / f"flights-{position:09d}.csv"
-            at = _write_atomically(path, rows.write_csv().encode())
+        _warm_up(api, deployment)
+        for path, at, rows in _landings(config, api, deployment, runs_wanted, seed):
             with landed.lock:
-                landed.files[str(path)] = (at, rows.height)
+                landed.files[path] = (at, rows.height)
                 for record in rows.filter(pl.col("late").is_not_null())["id"].cast(pl.Utf8):
-                    landed.record_file[record] = str(path)
-            time.sleep(max(0.0, pause - (time.time() - at)))
-            done = _finished(api, deployment) - start_runs
-            if done >= logged + 10:
-                logged = done
-                console.log(f"{len(landed.files)} files, {done}/{runs_wanted} runs")
+                    landed.record_file[record] = path
         deadline = time.monotonic() + 3 * CADENCE + 2 * snapshot_every
         while time.monotonic() < deadline and len(landed.visible) < len(landed.files):
             time.sleep(0.5)

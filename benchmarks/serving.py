@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import signal
 import statistics
@@ -51,19 +50,17 @@ from freshness import (
     CADENCE,
     POLL_SECONDS,
     ROWS_PER_SECOND,
-    WARMUP_RUNS,
+    _config,
     _deployment_id,
-    _finished,
     _flow_runs,
     _free_port,
-    _write_atomically,
+    _landings,
+    _warm_up,
 )
 
-from tidemill.config.load import TidemillConfig, load_config
-from tidemill.data import load_flights
+from tidemill.config.load import TidemillConfig
 from tidemill.deployments.stack import stack
 from tidemill.private import restrict_umask
-from tidemill.tasks.synthetic.flights import flight_events, landing_rows
 from tidemill.warehouse import extensions
 from tidemill.warehouse.connection import open_readonly
 from tidemill.warehouse.encryption import key_for
@@ -176,20 +173,6 @@ def _query_reader(config: TidemillConfig, seen: Seen, stop: threading.Event) -> 
         seen.saw("tidemill query", time.perf_counter() - started, [])
 
 
-def _config(workdir: Path, snapshot_every: float) -> TidemillConfig:
-    text = (
-        (REPO / "tidemill.toml")
-        .read_text()
-        .replace(
-            "[pipelines.",
-            f"[serving]\nsnapshot_every_seconds = {snapshot_every:g}\n\n[pipelines.",
-            1,
-        )
-    )
-    (workdir / "tidemill.toml").write_text(text)
-    return load_config(workdir / "tidemill.toml")
-
-
 @dataclass
 class Result:
     seen: Seen
@@ -200,10 +183,6 @@ class Result:
 
 def _measure(workdir: Path, runs_wanted: int, snapshot_every: float, seed: int) -> Result:
     config = _config(workdir, snapshot_every)
-    landing = Path(config.pipeline("flights").source.path).parent
-    landing.mkdir(parents=True, exist_ok=True)
-    events = landing_rows(flight_events(load_flights()))
-    rng = random.Random(seed)
     load_before = os.getloadavg()[1]
     port = _free_port()
     seen, stop = Seen(), threading.Event()
@@ -216,24 +195,12 @@ def _measure(workdir: Path, runs_wanted: int, snapshot_every: float, seed: int) 
         stack.up(config, port=port, speed=None)
         api = f"http://127.0.0.1:{port}/api"
         deployment = _deployment_id(config)
-        while (start_runs := _finished(api, deployment)) < WARMUP_RUNS:
-            time.sleep(1.0)
+        _warm_up(api, deployment)
         for reader in readers:
             reader.start()
-        position, done, logged = 0, 0, 0
-        while done < runs_wanted:
-            pause = rng.uniform(2.0, 5.0)
-            rows = events.slice(position, max(1, round(ROWS_PER_SECOND * pause)))
-            position += rows.height
-            path = landing / f"flights-{position:09d}.csv"
-            at = _write_atomically(path, rows.write_csv().encode())
+        for path, at, rows in _landings(config, api, deployment, runs_wanted, seed):
             with seen.lock:
-                seen.files[str(path)] = (at, rows.height)
-            time.sleep(max(0.0, pause - (time.time() - at)))
-            done = _finished(api, deployment) - start_runs
-            if done >= logged + 10:
-                logged = done
-                console.log(f"{len(seen.files)} files, {done}/{runs_wanted} runs")
+                seen.files[path] = (at, rows.height)
         deadline = time.monotonic() + 3 * CADENCE + 2 * snapshot_every
         while time.monotonic() < deadline and any(
             len(seen.visible.get(r, {})) < len(seen.files) for r in ("quack", "snapshot")

@@ -50,13 +50,18 @@ def get_key(state_dir: Path, name: KeyName) -> bytes:
                 "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
             )
         return key
-    path = key_file(state_dir, name)
+    return _key_in_file(key_file(state_dir, name), text=name in _TEXT)
+
+
+def _key_in_file(path: Path, *, text: bool) -> bytes:
+    """The key in `path`, checked to be private; made when missing (32 random bytes, or
+    64 hex characters for a text key), mode 0600 in a 0700 folder."""
     check_private(path.parent, "key folder")
     if path.exists() or path.is_symlink():
         check_private(path, "key file")
         return path.read_bytes()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key = secrets.token_hex(MIN_BYTES).encode() if name in _TEXT else secrets.token_bytes(MIN_BYTES)
+    key = secrets.token_hex(MIN_BYTES).encode() if text else secrets.token_bytes(MIN_BYTES)
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another process made it a moment ago
@@ -90,18 +95,7 @@ def stage_new_key(state_dir: Path, name: KeyName) -> str:
     """The new text key of a rotation, written (0600) beside the current one before any
     data is re-encrypted, so a rotation cut short can finish; kept if already staged."""
     assert name in _TEXT, f"{name} is a binary key"
-    path = staged_key_file(state_dir, name)
-    if path.exists() or path.is_symlink():
-        check_private(path, "key file")
-        return path.read_text()
-    fresh = secrets.token_hex(MIN_BYTES)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(descriptor, fresh.encode())
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    return fresh
+    return _key_in_file(staged_key_file(state_dir, name), text=True).decode()
 
 
 def commit_new_key(state_dir: Path, name: KeyName) -> None:

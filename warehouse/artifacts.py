@@ -53,13 +53,13 @@ from sklearn.exceptions import InconsistentVersionWarning
 from tidemill import sealing
 from tidemill.durable import write_atomic
 from tidemill.errors import TidemillError
-from tidemill.keys import existing_token, get_key, key_source
+from tidemill.keys import get_key
 from tidemill.tasks.drift.detectors import Adwin, PageHinkley
 from tidemill.tasks.drift.shift import FeatureShift
 from tidemill.tasks.features.encode import FeatureEncoder, RunningMoments
 from tidemill.tasks.learn.state import ModelState, Scores
 from tidemill.warehouse.connection import database_path
-from tidemill.warehouse.encryption import WrongKey, is_encrypted
+from tidemill.warehouse.encryption import WrongKey, key_for
 from tidemill.warehouse.registry import ModelVersion, next_version, versions
 from tidemill.warehouse.transaction import transaction
 
@@ -141,15 +141,8 @@ def _write_bytes(data: bytes, handle: BinaryIO) -> None:
 def sealing_key(state_dir: Path) -> bytes | None:
     """The key artifacts are sealed with: the state folder's encryption key when its
     warehouse is encrypted (artifacts follow the warehouse), else None."""
-    if not is_encrypted(database_path(state_dir)):
-        return None
-    secret = existing_token(state_dir, "encryption")
-    if secret is None:
-        raise WrongKey(
-            f"the warehouse of {state_dir} is encrypted and no key is set: "
-            f"{key_source(state_dir, 'encryption')}"
-        )
-    return sealing.file_key(secret)
+    key = key_for(database_path(state_dir), state_dir)
+    return None if key is None else sealing.file_key(key.text)
 
 
 def reseal(state_dir: Path, old: str | None, new: str | None) -> int:

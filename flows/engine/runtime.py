@@ -25,7 +25,7 @@ from tidemill.flows.engine.models import PipelineState, change_champion
 from tidemill.flows.engine.pipelines import Pipelines
 from tidemill.flows.engine.placement import Placement
 from tidemill.flows.engine.publication import Publication
-from tidemill.keys import existing_token, get_token, key_source, staged_key_file
+from tidemill.keys import get_token, key_source, staged_key_file
 from tidemill.settings import Settings, get_settings
 from tidemill.warehouse import artifacts, extensions, registry
 from tidemill.warehouse.connection import (
@@ -36,7 +36,7 @@ from tidemill.warehouse.connection import (
     database_path,
     open_warehouse,
 )
-from tidemill.warehouse.encryption import Key, WrongKey, is_encrypted
+from tidemill.warehouse.encryption import Key, WrongKey, is_encrypted, key_for
 from tidemill.warehouse.serving.compact import Compacted, compact
 from tidemill.warehouse.serving.quack import LiveServer, authorization
 from tidemill.warehouse.serving.readonly import QueryResult, run_readonly
@@ -219,12 +219,13 @@ def _settle_encryption(config: TidemillConfig) -> tuple[Key | None, bool]:
     wanted, found = config.state.encryption, is_encrypted(path)
     if not wanted and not found:
         return None, False
-    source = key_source(config.state_dir, "encryption")
-    if found and existing_token(config.state_dir, "encryption") is None:
-        raise WrongKey(f"{path} is encrypted and no key is set: {source}")  # none made up
     if found and staged_key_file(config.state_dir, "encryption").exists():
         raise WrongKey(f"a key rotation of {path} was cut short: run `tidemill keys rotate`")
-    key = Key(get_token(config.state_dir, "encryption"), source)
+    # an encrypted file's key must exist (none is made up); a new one is made for a file
+    # about to be encrypted
+    key = key_for(path, config.state_dir) or Key(
+        get_token(config.state_dir, "encryption"), key_source(config.state_dir, "encryption")
+    )
     if not path.exists() or wanted == found:
         if wanted:  # artifacts of a conversion cut short
             artifacts.reseal(config.state_dir, key.text, key.text)

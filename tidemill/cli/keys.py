@@ -25,13 +25,14 @@ def keys_rotate() -> None:
     """
     from tidemill.warehouse import rotation
 
+    from_environment = bool(os.environ.get(_GIVEN))
     rows = []
     for name, (owner, _) in layout.owners(session.config()).items():
         state = owner.state_dir
         current = existing_token(state, "encryption")
         if current is None:
             raise TidemillError(f"no encryption key for {state}: nothing is encrypted yet")
-        if os.environ.get(_GIVEN):
+        if from_environment:
             new = os.environ.get(_NEXT)
             if not new or new == current:
                 raise TidemillError(
@@ -41,7 +42,7 @@ def keys_rotate() -> None:
             new = stage_new_key(state, "encryption")
         old = Key(current, key_source(state, "encryption"))
         done = rotation.rotate(state, old, Key(new, "the new key"))
-        if not os.environ.get(_GIVEN):
+        if not from_environment:
             commit_new_key(state, "encryption")
         rows.append(
             (
@@ -57,5 +58,5 @@ def keys_rotate() -> None:
         rows,
         Format.table,
         title="re-encrypted under the new key"
-        + (f": now set {_GIVEN} to the value of {_NEXT}" if os.environ.get(_GIVEN) else ""),
+        + (f": now set {_GIVEN} to the value of {_NEXT}" if from_environment else ""),
     )

@@ -14,6 +14,7 @@ statements that read one table; joins and aggregates over big tables go through
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,14 +42,7 @@ class Owner:
 def init_sql(owners: list[Owner]) -> str:
     """The shell's init script: extensions by name from this environment, each owner
     attached, and a view per table."""
-    folder = lit(str(extensions.extension_dir()))
-    lines = [
-        "-- tidemill: every owner's warehouse, live over Quack (warehouse/serving/shell.py)",
-        f"SET extension_directory = {folder};",
-        "SET autoinstall_known_extensions = false;",
-        "SET autoload_known_extensions = false;",
-        *[f"LOAD {name};" for name in extensions.EXTENSIONS],
-    ]
+    lines = _preamble("every owner's warehouse, live over Quack", extensions.EXTENSIONS)
     holders: dict[tuple[str, str], list[str]] = defaultdict(list)
     for owner in owners:
         lines.append(
@@ -70,20 +64,25 @@ def snapshot_sql(snapshots: list[tuple[str, Path, str | None]]) -> str:
     """An init script that attaches published snapshots read-only, each `(name, path of
     the copy, its encryption key or None)`, and uses the first: a file, fixed at the
     moment it was published, for readers that need one."""
-    folder = lit(str(extensions.extension_dir()))
-    lines = [
-        "-- tidemill: published snapshots, read-only (warehouse/serving/shell.py)",
-        f"SET extension_directory = {folder};",
-        "SET autoinstall_known_extensions = false;",
-        "SET autoload_known_extensions = false;",
-    ]
-    if any(key is not None for _, _, key in snapshots):
-        lines.append("LOAD httpfs;")
+    encrypted = any(key is not None for _, _, key in snapshots)
+    lines = _preamble("published snapshots, read-only", ["httpfs"] if encrypted else [])
     for name, path, key in snapshots:
         options = "READ_ONLY" + (f", ENCRYPTION_KEY {lit(key)}" if key is not None else "")
         lines.append(f"ATTACH {lit(str(path))} AS {q(name)} ({options});")
     lines.append(f"USE {q(snapshots[0][0])};")
     return "\n".join(lines) + "\n"
+
+
+def _preamble(what: str, load: Sequence[str]) -> list[str]:
+    """An init script's first lines: what it is, then extensions loaded by name from this
+    environment's folder (nothing installed or loaded on its own)."""
+    return [
+        f"-- tidemill: {what} (warehouse/serving/shell.py)",
+        f"SET extension_directory = {lit(str(extensions.extension_dir()))};",
+        "SET autoinstall_known_extensions = false;",
+        "SET autoload_known_extensions = false;",
+        *[f"LOAD {name};" for name in load],
+    ]
 
 
 def on_owner(name: str, sql: str) -> str:
